@@ -1,0 +1,105 @@
+# Tally build. Plain make; one variant per build directory:
+#   build/rel   -O2, the ./tally binary, unit tests, benches
+#   build/asan  ASan+UBSan, unit tests and fuzz-corpus replays
+# `make test` installs missing Debian packages first (scripts/deps.sh).
+
+BUILD ?= rel
+O := build/$(BUILD)
+CC ?= cc
+
+PKGS := libevent libevent_pthreads rocksdb liblz4 libcjson libsodium inih libpcre2-8 \
+        libmaxminddb libxxhash zlib yaml-0.1
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+WARN := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
+ifeq ($(BUILD),asan)
+  OPT := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else
+  OPT := -O2 -g
+endif
+CFLAGS := -std=c11 -D_GNU_SOURCE -pthread $(WARN) $(OPT) -Iinclude -Isrc -I$(O)/gen $(PKG_CFLAGS) \
+          -MMD -MP
+LDLIBS := $(PKG_LIBS) -lpthread -lm -lstdc++
+
+SRC_LIB := $(filter-out src/main.c,$(shell find src -name '*.c' | sort))
+ASM_LIB := $(shell find src -name '*.S' | sort)
+OBJ_LIB := $(SRC_LIB:%.c=$(O)/%.o) $(ASM_LIB:%.S=$(O)/%.o)
+UNIT_BIN := $(patsubst tests/unit/%.c,$(O)/tests/%,$(wildcard tests/unit/test_*.c))
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_REPLAY := $(patsubst tests/fuzz/%.c,$(O)/fuzz/%_replay,$(FUZZ_SRC))
+BENCH_BIN := $(patsubst bench/%.c,$(O)/bench/%,$(wildcard bench/*.c))
+LIB := $(O)/libtally.a
+
+.PHONY: all deps run test test-only unit asan fuzz bench crash clean data format
+all: tally
+
+deps:
+	@sh scripts/deps.sh
+
+data:
+	@sh scripts/fetch_data.sh
+
+tally: data $(O)/tally
+	@cp $(O)/tally ./tally
+
+$(O)/tally: $(O)/src/main.o $(LIB)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(LIB): $(OBJ_LIB)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(O)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(O)/%.o: %.S
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(O)/tests/%: tests/unit/%.c tests/unit/test.h $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(LIB) $(LDLIBS)
+
+$(O)/fuzz/%_replay: tests/fuzz/%.c tests/fuzz/replay_main.c $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< tests/fuzz/replay_main.c $(LIB) $(LDLIBS)
+
+$(O)/bench/%: bench/%.c $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Ibench -o $@ $< $(LIB) $(LDLIBS)
+
+unit: data $(UNIT_BIN) $(FUZZ_REPLAY) $(BENCH_BIN) $(O)/tally
+
+asan:
+	@$(MAKE) --no-print-directory BUILD=asan unit
+
+run: deps tally
+	./tally
+
+test: deps
+	@$(MAKE) --no-print-directory test-only
+
+test-only: tally unit asan
+	@sh tests/run.sh
+
+crash: tally
+	@python3 tests/integration/crash_test.py --cycles 200
+
+# libFuzzer builds (clang). FUZZ_SECONDS per target; the corpus grows in tests/fuzz/corpus/NAME.
+FUZZ_SECONDS ?= 60
+fuzz: data
+	@sh scripts/fuzz.sh $(FUZZ_SECONDS)
+
+bench: tally
+	@$(MAKE) --no-print-directory $(BENCH_BIN)
+	@sh bench/run.sh
+
+format:
+	clang-format -i $$(find src include tests bench -name '*.[ch]')
+
+clean:
+	rm -rf build tally
+
+-include $(shell find build -name '*.d' 2>/dev/null)

@@ -1,0 +1,46 @@
+#!/bin/sh
+# Runs every test and ends with one line "N passed, N failed".
+# Each test binary/script prints PASS/FAIL lines; a binary that dies or times out without
+# printing a FAIL line counts as one failure. Per-binary timeout: TEST_TIMEOUT_S (default 600).
+cd "$(dirname "$0")/.."
+T=${TEST_TIMEOUT_S:-600}
+OUT=$(mktemp -d /tmp/tally-run-XXXXXX)
+pass=0; fail=0
+
+run_one() { # label, command...
+    label=$1; shift
+    log="$OUT/$(echo "$label" | tr '/ ' '__').log"
+    timeout -k 5 "$T" "$@" >"$log" 2>&1
+    rc=$?
+    p=$(grep -c '^PASS ' "$log"); f=$(grep -c '^FAIL ' "$log")
+    grep -E '^(PASS|FAIL) ' "$log" | sed "s|^|[$label] |"
+    if [ "$rc" != 0 ] && [ "$f" = 0 ]; then
+        echo "FAIL [$label] exited with status $rc; last lines:"; tail -20 "$log" | sed 's/^/    /'
+        f=1
+    elif [ "$f" != 0 ]; then
+        grep -v -E '^(PASS|FAIL) ' "$log" | tail -30 | sed 's/^/    /'
+    fi
+    pass=$((pass + p)); fail=$((fail + f))
+}
+
+for variant in rel asan; do
+    for t in build/$variant/tests/test_*; do
+        [ -x "$t" ] && run_one "$variant/unit/$(basename "$t")" "$t"
+    done
+    for r in build/$variant/fuzz/*_replay; do
+        [ -x "$r" ] || continue
+        name=$(basename "$r" _replay)
+        run_one "$variant/fuzz/$name" "$r" "tests/fuzz/corpus/$name"
+    done
+done
+
+for t in tests/integration/test_*.py; do
+    [ -f "$t" ] && TALLY_BIN=./tally run_one "integration/$(basename "$t")" python3 "$t"
+done
+for t in tests/integration/test_*.sh; do
+    [ -f "$t" ] && TALLY_BIN=./tally run_one "integration/$(basename "$t")" sh "$t"
+done
+
+rm -rf "$OUT"
+echo "$pass passed, $fail failed"
+[ "$fail" = 0 ]
