@@ -65,7 +65,7 @@ static int test_tmpdir_count_;
 
 static inline const char *test_binary_name_(void)
 {
-    static char name[128];
+    static char name[600];
     if (!name[0]) {
         char buf[512];
         ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
@@ -78,7 +78,7 @@ static inline const char *test_binary_name_(void)
 
 static inline void test_run_(const char *name, void (*fn)(void))
 {
-    char full[256];
+    char full[1024];
     snprintf(full, sizeof full, "%s.%s", test_binary_name_(), name);
     test_current_ = full;
     if (setjmp(test_jmp_) == 0) {
