@@ -1,0 +1,30 @@
+/*
+ * app: the entry points of the binary's modes, wired from the modules. main.c parses the command
+ * line and calls exactly one of these on the main thread.
+ * Each returns the process exit code: 0 success, 1 runtime error, 2 usage/configuration error.
+ */
+#ifndef TALLY_APP_H
+#define TALLY_APP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/config.h"
+
+#define TALLY_VERSION "0.1.0"
+
+struct app_options {
+    bool repair;          /* --repair: quarantine corrupt closed log segments at open */
+    uint64_t from_offset; /* --dump-log --from */
+};
+
+/* Serves until SIGTERM/SIGINT. Takes the data-directory lock. */
+int app_serve(const struct tally_config *cfg, const struct app_options *opt);
+
+/* --check: validates the data directory (the configuration was validated by main). */
+int app_check(const struct tally_config *cfg);
+
+/* --dump-log: prints the log's records from an offset as NDJSON on stdout. */
+int app_dump_log(const struct tally_config *cfg, const struct app_options *opt);
+
+#endif
