@@ -8,7 +8,7 @@ O := build/$(BUILD)
 CC ?= cc
 
 PKGS := libevent libevent_pthreads rocksdb liblz4 libcjson libsodium inih libpcre2-8 \
-        libmaxminddb libxxhash zlib yaml-0.1
+        libmaxminddb libxxhash zlib yaml-0.1 glib-2.0
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

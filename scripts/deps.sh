@@ -3,7 +3,7 @@
 # Runs apt-get update once, and only when something is missing.
 set -e
 PKGS="build-essential pkg-config libevent-dev librocksdb-dev liblz4-dev libcjson-dev libsodium-dev
-libinih-dev libpcre2-dev libmaxminddb-dev libxxhash-dev zlib1g-dev libyaml-dev
+libinih-dev libpcre2-dev libmaxminddb-dev libxxhash-dev zlib1g-dev libyaml-dev libglib2.0-dev tzdata
 clang libfuzzer-14-dev libclang-rt-14-dev wrk nginx-light sqlite3 python3 nodejs curl
 ca-certificates"
 missing=""
