@@ -42,7 +42,7 @@ data:
 	@sh scripts/fetch_data.sh
 
 tally: data $(O)/tally
-	@cp $(O)/tally ./tally
+	@cp $(O)/tally ./tally.tmp && mv -f ./tally.tmp ./tally
 
 $(O)/tally: $(O)/src/main.o $(LIB)
 	@echo "  LD    $@"
@@ -56,6 +56,9 @@ $(O)/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "  CC    $<"
 	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
+
+# The embedded data sets must be fetched before datasets.S is assembled (make -j).
+$(O)/src/ingest/datasets.o: | data
 
 $(O)/%.o: %.S
 	@mkdir -p $(dir $@)
