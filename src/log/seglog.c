@@ -1,0 +1,392 @@
+/*
+ * seglog: options, open/close, the append queue (producer side), seglog_wait and stats. The
+ * writer side (group commit, syncer, encode helpers, roll, poison, reset) is seglog_writer.c,
+ * recovery seglog_open.c, readers seglog_reader.c, consumers and retention seglog_retention.c;
+ * the shared struct and its lock/invariant rules are in seglog_int.h; the format in batch.h,
+ * segment.h and segindex.h.
+ *
+ * Queue design. SEGLOG_QBUFS buffers (struct qbuf): one is filling, the others are with the
+ * writer (being written, or written and waiting for their fdatasync). A producer memcpys its
+ * records, already in the batch's raw record form, into the filling buffer under qmu and notes
+ * the append (callback, record count, bytes, timestamp range); no allocation happens once the
+ * buffers have grown to their working size, and qmu is held only for that copy. The queue
+ * bounds count every record from seglog_append until its completion, so the records held in
+ * all buffers together never exceed queue_records_max / queue_bytes_max.
+ */
+#include "log/seglog_int.h"
+
+#include "core/diag.h"
+#include "log/batch.h"
+#include "tally/error.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+const uint32_t seglog_fsync_bucket_us[SEGLOG_FSYNC_BUCKETS - 1] = {
+    100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 500000, 1000000,
+};
+
+void seglog_options_default(struct seglog_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->segment_bytes = 64ull << 20;
+    o->fsync = SEGLOG_FSYNC_ALWAYS;
+    o->fsync_interval_ms = 100;
+    o->queue_records_max = 65536;
+    o->queue_bytes_max = 32ull << 20;
+    o->batch_bytes_max = 256u << 10;
+    o->record_bytes_max = 128u << 10;
+    o->compress_threads = 1;
+    o->index_interval_bytes = 16u << 10;
+    o->compress = 1;
+    o->verify = SEGLOG_VERIFY_ALL;
+}
+
+int64_t seglog_mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t seglog_mono_ms(void)
+{
+    return seglog_mono_us() / 1000;
+}
+
+void seglog_deadline_after_ms(struct timespec *ts, int64_t ms)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += (time_t)(ms / 1000);
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+static int options_check(const struct seglog_options *o, char *msg, size_t cap)
+{
+    const char *bad = NULL;
+    if (!o->dir || !o->dir[0] || strlen(o->dir) > SEGLOG_PATH_MAX - 64)
+        bad = "dir missing or too long";
+    else if (o->segment_bytes < (64u << 10) || o->segment_bytes > (1ull << 30))
+        bad = "segment_bytes outside [64 KiB, 1 GiB]";
+    else if (o->batch_bytes_max < (4u << 10) || o->batch_bytes_max > (32u << 20))
+        bad = "batch_bytes_max outside [4 KiB, 32 MiB]";
+    else if (o->segment_bytes < (uint64_t)o->batch_bytes_max + 64)
+        bad = "segment_bytes below batch_bytes_max + 64";
+    else if (o->record_bytes_max > o->batch_bytes_max - BATCH_RECORD_HEADER_BYTES)
+        bad = "record_bytes_max above batch_bytes_max - 12";
+    else if (o->queue_records_max < 1 || o->queue_bytes_max < 1024 ||
+             o->queue_bytes_max > (4ull << 30))
+        bad = "queue_records_max or queue_bytes_max out of range";
+    else if ((uint64_t)o->record_bytes_max + BATCH_RECORD_HEADER_BYTES > o->queue_bytes_max)
+        bad = "record_bytes_max above queue_bytes_max - 12";
+    else if (o->fsync != SEGLOG_FSYNC_ALWAYS && o->fsync != SEGLOG_FSYNC_INTERVAL &&
+             o->fsync != SEGLOG_FSYNC_NONE)
+        bad = "unknown fsync policy";
+    else if (o->fsync_interval_ms < 1 || o->fsync_interval_ms > 60000)
+        bad = "fsync_interval_ms outside [1, 60000]";
+    else if (o->index_interval_bytes < 1024 || o->index_interval_bytes > (16u << 20))
+        bad = "index_interval_bytes outside [1 KiB, 16 MiB]";
+    else if (o->verify != SEGLOG_VERIFY_ALL && o->verify != SEGLOG_VERIFY_TAIL)
+        bad = "unknown verify mode";
+    else if (o->compress_threads > SEGLOG_COMPRESS_THREADS_MAX)
+        bad = "compress_threads above 4";
+    else if (o->repair && o->read_only)
+        bad = "repair needs a writable log";
+    if (!bad) return TALLY_OK;
+    snprintf(msg, cap, "seglog: invalid options: %s", bad);
+    return TALLY_EINVAL;
+}
+
+void seglog_seg_free(struct seg *s)
+{
+    segindex_free(&s->idx);
+}
+
+int seglog_seg_find(const struct seglog *log, uint64_t off)
+{
+    int lo = 0, hi = (int)log->nsegs - 1, ans = -1;
+    while (lo <= hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (log->segs[mid].base <= off) {
+            ans = mid;
+            lo = mid + 1;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    return ans;
+}
+
+static void qbuf_free(struct qbuf *b)
+{
+    free(b->bytes);
+    free(b->apps);
+}
+
+void seglog_free(struct seglog *log)
+{
+    if (!log) return;
+    if (log->fd >= 0) log->fs->close(log->fs->ctx, log->fd);
+    for (uint32_t i = 0; i < log->nsegs; i++)
+        seglog_seg_free(&log->segs[i]);
+    free(log->segs);
+    for (int i = 0; i < SEGLOG_QBUFS; i++)
+        qbuf_free(&log->q[i]);
+    free(log->out);
+    free(log->jobs);
+    pthread_mutex_destroy(&log->smu);
+    pthread_mutex_destroy(&log->qmu);
+    pthread_mutex_destroy(&log->cmu);
+    pthread_mutex_destroy(&log->hmu);
+    pthread_cond_destroy(&log->qcv);
+    pthread_cond_destroy(&log->resetcv);
+    pthread_cond_destroy(&log->ccv);
+    pthread_cond_destroy(&log->hcv);
+    pthread_cond_destroy(&log->hdcv);
+    pthread_cond_destroy(&log->scv);
+    free(log);
+}
+
+int seglog_open(const struct seglog_options *opt, struct seglog **out,
+                struct seglog_open_report *report)
+{
+    struct seglog_open_report scratch;
+    if (!report) report = &scratch;
+    memset(report, 0, sizeof *report);
+    *out = NULL;
+    if (!opt) return TALLY_EINVAL;
+    int r = options_check(opt, report->message, sizeof report->message);
+    if (r) {
+        diag_error("%s", report->message);
+        return r;
+    }
+    struct seglog *log = calloc(1, sizeof *log);
+    if (!log) return TALLY_ENOMEM;
+    log->opt = *opt;
+    snprintf(log->dir, sizeof log->dir, "%s", opt->dir);
+    log->opt.dir = log->dir;
+    log->fs = fsio_or_real(opt->fs);
+    log->fd = -1;
+    pthread_mutex_init(&log->smu, NULL);
+    pthread_mutex_init(&log->cmu, NULL);
+    pthread_mutex_init(&log->hmu, NULL);
+    /* Producers hold qmu only for a memcpy: spinning briefly beats sleeping on contention. */
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
+    pthread_mutex_init(&log->qmu, &ma);
+    pthread_mutexattr_destroy(&ma);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&log->qcv, &ca);
+    pthread_cond_init(&log->resetcv, &ca);
+    pthread_cond_init(&log->ccv, &ca);
+    pthread_cond_init(&log->hcv, &ca);
+    pthread_cond_init(&log->hdcv, &ca);
+    pthread_cond_init(&log->scv, &ca);
+    pthread_condattr_destroy(&ca);
+
+    r = seglog_recover(log, report);
+    if (!r && !opt->read_only) r = seglog_writer_start(log);
+    if (r) {
+        seglog_free(log);
+        return r;
+    }
+    *out = log;
+    return TALLY_OK;
+}
+
+/* ---- producers ---------------------------------------------------------------------------- */
+
+static int qbuf_reserve(struct qbuf *b, size_t bytes, size_t bytes_max)
+{
+    if (b->len + bytes > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 64u << 10;
+        if (cap < b->len + bytes) cap = b->len + bytes;
+        if (cap > bytes_max && bytes_max >= b->len + bytes) cap = bytes_max;
+        uint8_t *n = realloc(b->bytes, cap);
+        if (!n) return TALLY_ENOMEM;
+        b->bytes = n;
+        b->cap = cap;
+    }
+    if (b->napps == b->capapps) {
+        uint32_t cap = b->capapps ? b->capapps * 2 : 256;
+        struct qappend *n = realloc(b->apps, (size_t)cap * sizeof *n);
+        if (!n) return TALLY_ENOMEM;
+        b->apps = n;
+        b->capapps = cap;
+    }
+    return TALLY_OK;
+}
+
+int seglog_append(struct seglog *log, const struct seglog_rec *recs, uint32_t n,
+                  seglog_done_fn done, void *arg)
+{
+    if (!log || !recs || n == 0 || !done) return TALLY_EINVAL;
+    if (log->opt.read_only) return TALLY_ECLOSED;
+    uint64_t bytes = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (recs[i].len > log->opt.record_bytes_max) return TALLY_ETOOBIG;
+        if (recs[i].len && !recs[i].data) return TALLY_EINVAL;
+        bytes += BATCH_RECORD_HEADER_BYTES + (uint64_t)recs[i].len;
+    }
+    if (n > log->opt.queue_records_max || bytes > log->opt.queue_bytes_max) return TALLY_ETOOBIG;
+
+    pthread_mutex_lock(&log->qmu);
+    int r = TALLY_OK;
+    if (log->closing) {
+        r = TALLY_ECLOSED;
+    } else if ((r = atomic_load_explicit(&log->poison_err, memory_order_relaxed)) != 0) {
+        /* fail fast with the original cause */
+    } else if (log->queued_records + n > log->opt.queue_records_max ||
+               log->queued_bytes + bytes > log->opt.queue_bytes_max) {
+        r = TALLY_EFULL;
+        atomic_fetch_add_explicit(&log->st_rejected_full, 1, memory_order_relaxed);
+    } else {
+        struct qbuf *b = &log->q[log->qfill];
+        r = qbuf_reserve(b, (size_t)bytes, (size_t)log->opt.queue_bytes_max);
+        if (!r) {
+            uint8_t *p = b->bytes + b->len;
+            int64_t tmin = INT64_MAX, tmax = INT64_MIN;
+            for (uint32_t i = 0; i < n; i++) {
+                p += batch_put_record(p, recs[i].data, recs[i].len, recs[i].ts_ms);
+                if (recs[i].ts_ms < tmin) tmin = recs[i].ts_ms;
+                if (recs[i].ts_ms > tmax) tmax = recs[i].ts_ms;
+            }
+            b->len += (size_t)bytes;
+            b->records += n;
+            b->apps[b->napps++] = (struct qappend){done, arg, n, (uint32_t)bytes, tmin, tmax};
+            log->queued_records += n;
+            log->queued_bytes += bytes;
+            if (log->writer_idle) pthread_cond_signal(&log->qcv);
+        }
+    }
+    pthread_mutex_unlock(&log->qmu);
+    if (!r) atomic_fetch_add_explicit(&log->st_appends, 1, memory_order_relaxed);
+    return r;
+}
+
+int seglog_poisoned_err(struct seglog *log)
+{
+    return atomic_load(&log->poison_err);
+}
+
+uint64_t seglog_committed_offset(struct seglog *log)
+{
+    return atomic_load_explicit(&log->committed_end, memory_order_acquire);
+}
+
+uint64_t seglog_start_offset(struct seglog *log)
+{
+    pthread_mutex_lock(&log->smu);
+    uint64_t s = log->nsegs ? log->segs[0].base : seglog_committed_offset(log);
+    pthread_mutex_unlock(&log->smu);
+    return s;
+}
+
+int seglog_reset_poison(struct seglog *log)
+{
+    if (log->opt.read_only) return TALLY_ECLOSED;
+    pthread_mutex_lock(&log->qmu);
+    if (log->closing) {
+        pthread_mutex_unlock(&log->qmu);
+        return TALLY_ECLOSED;
+    }
+    /* Wait for a reset already in progress, then run our own (it is a no-op when healthy). */
+    while (log->reset_pending)
+        pthread_cond_wait(&log->resetcv, &log->qmu);
+    log->reset_pending = 1;
+    uint64_t gen = log->reset_done_gen;
+    pthread_cond_signal(&log->qcv);
+    while (log->reset_done_gen == gen)
+        pthread_cond_wait(&log->resetcv, &log->qmu);
+    int r = log->reset_result;
+    pthread_mutex_unlock(&log->qmu);
+    return r;
+}
+
+/* ---- consumers' side ---------------------------------------------------------------------- */
+
+int seglog_wait(struct seglog *log, uint64_t offset, int timeout_ms)
+{
+    if (seglog_committed_offset(log) > offset) return TALLY_OK;
+    struct timespec ts;
+    if (timeout_ms >= 0) seglog_deadline_after_ms(&ts, timeout_ms);
+    pthread_mutex_lock(&log->cmu);
+    log->waiters++;
+    int timed_out = 0;
+    while (seglog_committed_offset(log) <= offset && !log->wait_closing && !timed_out) {
+        if (timeout_ms < 0)
+            pthread_cond_wait(&log->ccv, &log->cmu);
+        else
+            timed_out = pthread_cond_timedwait(&log->ccv, &log->cmu, &ts) == ETIMEDOUT;
+    }
+    int r = seglog_committed_offset(log) > offset ? TALLY_OK
+            : log->wait_closing                   ? TALLY_ECLOSED
+                                                  : TALLY_EAGAIN;
+    log->waiters--;
+    if (log->wait_closing && log->waiters == 0) pthread_cond_broadcast(&log->ccv);
+    pthread_mutex_unlock(&log->cmu);
+    return r;
+}
+
+void seglog_close(struct seglog *log)
+{
+    if (!log) return;
+    pthread_mutex_lock(&log->cmu);
+    log->wait_closing = 1;
+    pthread_cond_broadcast(&log->ccv);
+    while (log->waiters > 0)
+        pthread_cond_wait(&log->ccv, &log->cmu);
+    pthread_mutex_unlock(&log->cmu);
+    if (log->writer_started) {
+        pthread_mutex_lock(&log->qmu);
+        log->closing = 1;
+        pthread_cond_signal(&log->qcv);
+        pthread_mutex_unlock(&log->qmu);
+        pthread_join(log->writer, NULL);
+        seglog_writer_stop(log);
+    }
+    pthread_mutex_lock(&log->smu);
+    uint32_t readers = log->readers_open;
+    pthread_mutex_unlock(&log->smu);
+    TALLY_ASSERT(readers == 0);
+    seglog_free(log);
+}
+
+void seglog_stats(struct seglog *log, struct seglog_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    pthread_mutex_lock(&log->smu);
+    st->segment_count = log->nsegs;
+    st->start_offset = log->nsegs ? log->segs[0].base : 0;
+    for (uint32_t i = 0; i < log->nsegs; i++)
+        st->bytes_on_disk += log->segs[i].bytes;
+    pthread_mutex_unlock(&log->smu);
+    pthread_mutex_lock(&log->qmu);
+    st->queue_records = log->queued_records;
+    st->queue_bytes = log->queued_bytes;
+    pthread_mutex_unlock(&log->qmu);
+    st->end_offset = atomic_load(&log->written_end);
+    st->committed_offset = atomic_load(&log->committed_end);
+    st->durable_offset = atomic_load(&log->durable_end);
+    st->appends_total = atomic_load(&log->st_appends);
+    st->appends_rejected_full = atomic_load(&log->st_rejected_full);
+    st->records_written = atomic_load(&log->st_records);
+    st->batches_written = atomic_load(&log->st_batches);
+    st->bytes_written = atomic_load(&log->st_bytes);
+    st->raw_bytes_written = atomic_load(&log->st_raw_bytes);
+    st->fsync_count = atomic_load(&log->st_fsyncs);
+    st->fsync_sum_us = atomic_load(&log->st_fsync_sum_us);
+    for (int i = 0; i < SEGLOG_FSYNC_BUCKETS; i++)
+        st->fsync_hist[i] = atomic_load(&log->st_fsync_hist[i]);
+    st->poisoned_err = atomic_load(&log->poison_err);
+    st->poisoned = st->poisoned_err != 0;
+}
