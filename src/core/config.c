@@ -92,7 +92,7 @@ static const struct key_def g_keys[] = {
      fsync_names},
     {"storage", "fsync_interval_ms", KT_INT, CO(fsync_interval_ms), 1, 60000, "100", "ms",
      "fdatasync period for fsync = interval", NULL},
-    {"storage", "segment_bytes", KT_INT, CO(segment_bytes), 1 * MiB, 16 * GiB, "134217728",
+    {"storage", "segment_bytes", KT_INT, CO(segment_bytes), 1 * MiB, 1 * GiB, "134217728",
      "bytes", "size at which the log rolls to a new segment file", NULL},
     {"storage", "retention_days", KT_INT, CO(retention_days), 0, 36500, "0", "days",
      "delete closed log segments older than this; 0 = keep forever", NULL},

@@ -1,5 +1,6 @@
 """Disk full: the data directory on a small tmpfs. Ingest answers 503 with Retry-After once the
 disk is full, loses nothing acknowledged, and recovers by itself when space returns."""
+import base64
 import json
 import os
 import subprocess
@@ -25,11 +26,12 @@ def enospc_gives_503_then_recovers_without_loss():
             f.write(b"\0" * (4 << 20))
         t.start()
         acked, full_at = [], None
-        pad = "x" * 1500
         for i in range(5000):
             ids = ["d%d-%d" % (i, k) for k in range(10)]
+            # incompressible padding, so the log really grows
             body = [{"site": "example.com", "url": "https://example.com/", "id": x,
-                     "props": {"pad": pad}} for x in ids]
+                     "props": {"pad": base64.b64encode(os.urandom(1400)).decode()}}
+                    for x in ids]
             s, h, obj = t.post_json("/v1/events", body)
             if s == 202:
                 acked.extend(ids)

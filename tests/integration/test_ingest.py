@@ -97,10 +97,10 @@ def visitor_id_is_stable_hash_not_raw():
         t.cleanup()
 
 
-def expect_400(t, body, field, index=0, ctype="application/json"):
+def expect_400(t, body, field, index=0, ctype="application/json", status=400):
     data = body if isinstance(body, (str, bytes)) else json.dumps(body)
     s, h, raw = t.request("POST", "/v1/events", data, {"Content-Type": ctype})
-    eq(s, 400, raw)
+    eq(s, status, raw)
     eq(h.get("content-type", "").split(";")[0], "application/json")
     obj = json.loads(raw)
     check(field in obj["error"], "error %r should name %r" % (obj["error"], field))
@@ -134,8 +134,8 @@ def field_errors_name_field_and_index():
         expect_400(t, pv(revenue={"amount": "abc", "currency": "EUR"}), "revenue")
         expect_400(t, pv(revenue={"amount": 1, "currency": "euro"}), "revenue")
         expect_400(t, pv(interactive="yes"), "interactive")
-        expect_400(t, pv(ip="1.2.3.4"), "ip")
-        expect_400(t, pv(user_agent="x"), "user_agent")
+        expect_400(t, pv(ip="1.2.3.4"), "ip", status=403)  # needs a write key
+        expect_400(t, pv(user_agent="x"), "user_agent", status=403)
         expect_400(t, pv(unknown_field=1), "unknown_field")
         expect_400(t, [pv(), pv(), pv(name=3)], "name", index=2)
         expect_400(t, "[" * 10000 + "]" * 10000, "", index=None)
@@ -224,8 +224,11 @@ def bots_and_foreign_hosts_are_acknowledged_and_flagged():
     try:
         eq(t.post_json("/v1/events", pv(id="bot"), {"User-Agent": "Mozilla/5.0 (compatible; "
                        "Googlebot/2.1; +http://www.google.com/bot.html)"})[0], 202)
-        eq(t.post_json("/v1/events", pv(id="host", url="https://evil.net/x"))[0], 202)
-        eq(t.post_json("/v1/events", pv(id="ok", url="https://www.example.com/x"))[0], 202)
+        browser = {"User-Agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+                   "(KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"}
+        eq(t.post_json("/v1/events", pv(id="host", url="https://evil.net/x"), browser)[0], 202)
+        eq(t.post_json("/v1/events", pv(id="ok", url="https://www.example.com/x"), browser)[0],
+           202)
         _, _, metrics = t.request("GET", "/metrics")
         m = metrics.decode()
         check('tally_events_dropped_total{reason="bot"} 1' in m, m[-3000:])
@@ -307,7 +310,7 @@ def check_mode_reports_config_errors_with_line():
         out = subprocess.run([BIN, "--config", t.config_path, "--check"], capture_output=True,
                              text=True, timeout=10)
         eq(out.returncode, 2)
-        check("tally.ini:3" in out.stderr and "threads" in out.stderr, out.stderr)
+        check("tally.ini:4" in out.stderr and "threads" in out.stderr, out.stderr)
     finally:
         t.cleanup()
 

@@ -1,0 +1,117 @@
+/*
+ * Operations endpoints: GET /healthz (JSON: status, log offsets, writer state) and GET /metrics
+ * (Prometheus text: the metrics registry, then the log's own counters rendered from
+ * seglog_stats at scrape time). Both run on a worker thread and do no disk I/O.
+ */
+#include <event2/buffer.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "app/app_int.h"
+#include "http/http_server.h"
+#include "tally/error.h"
+
+static void on_healthz(struct http_request *req, struct http_exchange *ex, void *arg)
+{
+    struct app *app = arg;
+    (void)req;
+    struct seglog_stats st;
+    seglog_stats(app->log, &st);
+    char body[512];
+    int n;
+    if (st.poisoned) {
+        n = snprintf(body, sizeof body,
+                     "{\"status\": \"unavailable\", \"error\": \"event log cannot take writes: "
+                     "%s\", \"log_end_offset\": %llu}",
+                     tally_strerror(st.poisoned_err), (unsigned long long)st.committed_offset);
+        http_exchange_complete(ex, 503, "application/json", body, (size_t)n,
+                               "Retry-After: 5\r\n");
+        return;
+    }
+    if (atomic_load(&app->stopping)) {
+        n = snprintf(body, sizeof body, "{\"status\": \"stopping\"}");
+        http_respond(ex, 503, "application/json", body, (size_t)n);
+        return;
+    }
+    n = snprintf(body, sizeof body,
+                 "{\"status\": \"ok\", \"log_start_offset\": %llu, \"log_end_offset\": %llu, "
+                 "\"log_queue_records\": %llu, \"consumers\": {}}",
+                 (unsigned long long)st.start_offset, (unsigned long long)st.committed_offset,
+                 (unsigned long long)st.queue_records);
+    http_respond(ex, 200, "application/json", body, (size_t)n);
+}
+
+static void gauge(struct evbuffer *b, const char *name, const char *help, const char *type,
+                  double v)
+{
+    evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type,
+                        name, v);
+}
+
+static void render_log_stats(struct app *app, struct evbuffer *b)
+{
+    struct seglog_stats st;
+    seglog_stats(app->log, &st);
+    gauge(b, "tally_log_bytes", "Bytes of log segments on disk.", "gauge",
+          (double)st.bytes_on_disk);
+    gauge(b, "tally_log_segments", "Log segment files.", "gauge", (double)st.segment_count);
+    gauge(b, "tally_log_start_offset", "First offset still in the log.", "gauge",
+          (double)st.start_offset);
+    gauge(b, "tally_log_committed_offset", "End of the committed (acknowledged) records.",
+          "gauge", (double)st.committed_offset);
+    gauge(b, "tally_log_queue_records", "Records waiting for the log writer.", "gauge",
+          (double)st.queue_records);
+    gauge(b, "tally_log_queue_bytes", "Bytes waiting for the log writer.", "gauge",
+          (double)st.queue_bytes);
+    gauge(b, "tally_log_records_written_total", "Records written to the log.", "counter",
+          (double)st.records_written);
+    gauge(b, "tally_log_batches_written_total", "Batches (group commits) written.", "counter",
+          (double)st.batches_written);
+    gauge(b, "tally_log_written_bytes_total", "Encoded batch bytes written.", "counter",
+          (double)st.bytes_written);
+    gauge(b, "tally_log_appends_rejected_full_total", "Appends refused: queue full.", "counter",
+          (double)st.appends_rejected_full);
+    gauge(b, "tally_log_poisoned", "1 when the log writer failed and refuses writes.", "gauge",
+          (double)st.poisoned);
+    evbuffer_add_printf(b, "# HELP tally_log_fsync_seconds fdatasync latency of the log.\n"
+                           "# TYPE tally_log_fsync_seconds histogram\n");
+    uint64_t cum = 0;
+    for (int i = 0; i < SEGLOG_FSYNC_BUCKETS; i++) {
+        cum += st.fsync_hist[i];
+        if (i < SEGLOG_FSYNC_BUCKETS - 1)
+            evbuffer_add_printf(b, "tally_log_fsync_seconds_bucket{le=\"%g\"} %llu\n",
+                                seglog_fsync_bucket_us[i] / 1e6, (unsigned long long)cum);
+        else
+            evbuffer_add_printf(b, "tally_log_fsync_seconds_bucket{le=\"+Inf\"} %llu\n",
+                                (unsigned long long)cum);
+    }
+    evbuffer_add_printf(b, "tally_log_fsync_seconds_sum %.6f\ntally_log_fsync_seconds_count "
+                           "%llu\n", st.fsync_sum_us / 1e6, (unsigned long long)st.fsync_count);
+}
+
+static void on_metrics(struct http_request *req, struct http_exchange *ex, void *arg)
+{
+    struct app *app = arg;
+    (void)req;
+    struct evbuffer *b = evbuffer_new();
+    if (!b || metrics_render(app->metrics, b) != 0) {
+        evbuffer_free(b);
+        http_respond_error(ex, 503, "out of memory");
+        return;
+    }
+    render_log_stats(app, b);
+    size_t len = evbuffer_get_length(b);
+    const void *data = evbuffer_pullup(b, -1);
+    http_respond(ex, 200, "text/plain; version=0.0.4", data, len);
+    evbuffer_free(b);
+}
+
+int ops_routes(struct app *app)
+{
+    struct http_route health = {.methods = HTTP_M(HTTP_GET), .path = "/healthz",
+                                .name = "healthz", .handler = on_healthz, .arg = app};
+    struct http_route metrics = {.methods = HTTP_M(HTTP_GET), .path = "/metrics",
+                                 .name = "metrics", .handler = on_metrics, .arg = app};
+    int rc = http_server_route(app->http, &health);
+    return rc ? rc : http_server_route(app->http, &metrics);
+}

@@ -1,0 +1,410 @@
+/*
+ * The server's lifecycle (app_serve) and the offline tools (--check, --dump-log).
+ *
+ * Start order: data-directory lock -> event log (recovery happens here) -> salts, sites, rate
+ * limiter, enrichment data -> HTTP server (binds) -> routes -> workers. Signals (TERM, INT) are
+ * blocked in every thread and taken by the main thread with sigtimedwait, which also runs the
+ * once-a-second chores: salt rotation, log retention, and recovery of the log writer after a
+ * failed write (a full disk: seglog_reset_poison once space is back).
+ *
+ * Stop order (SIGTERM/SIGINT): stop accepting and drain in-flight requests (their appends
+ * complete through the still-running log writer), close the log (drains the queue, durably),
+ * then free the HTTP server (responses posted by the last completions are dropped with their
+ * connections) and the rest. Exit 0 within shutdown_timeout_ms + the log drain.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statvfs.h>
+#include <time.h>
+
+#include <cjson/cJSON.h>
+#include <sodium.h>
+
+#include "app/app.h"
+#include "app/app_int.h"
+#include "core/datadir.h"
+#include "core/diag.h"
+#include "http/http_server.h"
+#include "ingest/bots.h"
+#include "ingest/event.h"
+#include "ingest/referrer.h"
+#include "ingest/ua.h"
+#include "tally/error.h"
+
+#define CHORE_INTERVAL_MS 1000
+#define RETENTION_INTERVAL_MS 60000
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void log_options(const struct tally_config *cfg, const char *dir,
+                        struct seglog_options *o)
+{
+    seglog_options_default(o);
+    o->dir = dir;
+    o->segment_bytes = (uint64_t)cfg->segment_bytes;
+    o->fsync = cfg->fsync == CONFIG_FSYNC_ALWAYS     ? SEGLOG_FSYNC_ALWAYS
+               : cfg->fsync == CONFIG_FSYNC_INTERVAL ? SEGLOG_FSYNC_INTERVAL
+                                                     : SEGLOG_FSYNC_NONE;
+    o->fsync_interval_ms = (uint32_t)cfg->fsync_interval_ms;
+    o->queue_records_max = (uint32_t)cfg->queue_events_max;
+    o->queue_bytes_max = (uint64_t)cfg->queue_bytes_max;
+    o->batch_bytes_max = 16u << 20; /* a whole request fits one batch (see ingest.c) */
+    if (o->segment_bytes < (uint64_t)o->batch_bytes_max + 64)
+        o->batch_bytes_max = (uint32_t)(o->segment_bytes / 2);
+    o->record_bytes_max = 256u << 10; /* > EVENT_ENCODED_BYTES_MAX */
+    o->retention_age_ms = (uint64_t)cfg->retention_days * 86400000ULL;
+    o->retention_bytes = (uint64_t)cfg->retention_bytes;
+}
+
+static int open_log(const struct tally_config *cfg, const struct datadir *dd, bool repair,
+                    bool read_only, struct seglog **out)
+{
+    char dir[4096];
+    datadir_join(dd, "log", dir, sizeof dir);
+    struct seglog_options o;
+    log_options(cfg, dir, &o);
+    o.repair = repair;
+    o.read_only = read_only;
+    struct seglog_open_report rep;
+    memset(&rep, 0, sizeof rep);
+    int rc = seglog_open(&o, out, &rep);
+    if (rc != 0) {
+        fprintf(stderr, "tally: cannot open the event log in %s: %s%s%s\n", dir,
+                tally_strerror(rc), rep.message[0] ? ": " : "", rep.message);
+        if (rc == TALLY_ECORRUPT && !repair)
+            fprintf(stderr, "tally: start with --repair to quarantine the damaged segment "
+                            "(the report names the offsets lost)\n");
+        return rc;
+    }
+    if (rep.message[0]) diag_warn("event log: %s", rep.message);
+    for (uint32_t i = 0; i < rep.lost_range_count; i++)
+        diag_warn("event log: offsets [%llu, %llu) lost (quarantined)",
+                  (unsigned long long)rep.lost[i].first, (unsigned long long)rep.lost[i].end);
+    return 0;
+}
+
+static int lock_data_dir(const struct tally_config *cfg, struct datadir **dd)
+{
+    pid_t holder = 0;
+    int rc = datadir_open(cfg->data_dir, dd, &holder);
+    if (rc == TALLY_ELOCKED) {
+        fprintf(stderr, "tally: data directory %s is locked by another tally process (pid %ld)"
+                        "\n", cfg->data_dir, (long)holder);
+    } else if (rc != 0) {
+        fprintf(stderr, "tally: cannot use data directory %s: %s\n", cfg->data_dir,
+                tally_strerror(rc));
+    }
+    return rc;
+}
+
+static int init_enrichment(const struct tally_config *cfg, geo **g)
+{
+    int rc = bots_init();
+    if (rc == 0) rc = ua_init(UA_CACHE_ENTRIES_DEFAULT);
+    if (rc == 0) rc = referrer_init();
+    if (rc != 0) {
+        fprintf(stderr, "tally: cannot load the embedded enrichment data: %s\n",
+                tally_strerror(rc));
+        return rc;
+    }
+    *g = NULL;
+    if (cfg->geoip_db[0]) {
+        rc = geo_open(cfg->geoip_db, g);
+        if (rc != 0) {
+            fprintf(stderr, "tally: [server] geoip_db: cannot open %s: %s\n", cfg->geoip_db,
+                    tally_strerror(rc));
+            return rc;
+        }
+    }
+    return 0;
+}
+
+static void register_metrics(struct app *app)
+{
+    static const char *const reasons[DROP_REASON_COUNT] = {
+        "bot", "host", "rate_limit", "invalid", "unknown_site", "unavailable"};
+    app->events_accepted = metrics_counter(app->metrics, "tally_events_accepted_total",
+                                           "Events durably appended to the log.", NULL, 0);
+    for (int i = 0; i < DROP_REASON_COUNT; i++) {
+        const char *labels[] = {"reason", reasons[i], NULL};
+        app->events_dropped[i] = metrics_counter(
+            app->metrics, "tally_events_dropped_total",
+            "Events refused (rate_limit, invalid, unknown_site, unavailable) or acknowledged "
+            "but left out of statistics (bot, host).", labels, 0);
+    }
+    app->disk_full_recoveries = metrics_counter(
+        app->metrics, "tally_log_writer_recoveries_total",
+        "Times the log writer resumed after a failed write (e.g. a full disk).", NULL, 0);
+}
+
+static int make_http(struct app *app)
+{
+    const struct tally_config *cfg = app->cfg;
+    struct http_config hc;
+    http_config_defaults(&hc);
+    hc.listen = cfg->listen;
+    hc.threads = (unsigned)cfg->threads;
+    hc.limits.header_bytes_max = (size_t)cfg->header_bytes_max;
+    hc.limits.header_count_max = (size_t)cfg->header_count_max;
+    hc.limits.url_bytes_max = (size_t)cfg->url_bytes_max;
+    hc.limits.body_bytes_max = (size_t)cfg->body_bytes_max;
+    hc.limits.body_decoded_bytes_max = (size_t)cfg->body_decoded_bytes_max;
+    hc.limits.head_timeout_ms = (uint32_t)cfg->head_timeout_ms;
+    hc.limits.body_timeout_ms = (uint32_t)cfg->body_timeout_ms;
+    hc.limits.idle_timeout_ms = (uint32_t)cfg->idle_timeout_ms;
+    hc.limits.connections_max = (uint32_t)cfg->connections_max;
+    hc.cors_origins = (const char *const *)cfg->cors_origins.items;
+    hc.cors_origins_count = (size_t)cfg->cors_origins.count;
+    hc.metrics = app->metrics;
+    int rc = http_server_new(&hc, &app->http);
+    if (rc != 0) {
+        fprintf(stderr, "tally: cannot listen on %s: %s\n", cfg->listen, tally_strerror(rc));
+        return rc;
+    }
+    if ((rc = ingest_routes(app)) || (rc = ops_routes(app))) return rc;
+    return 0;
+}
+
+static int parse_proxies(const struct tally_config *cfg, struct cidr_list *out)
+{
+    out->count = 0;
+    for (int i = 0; i < cfg->trusted_proxies.count; i++) {
+        if (out->count >= CIDR_LIST_MAX ||
+            cidr_parse(cfg->trusted_proxies.items[i], &out->items[out->count]) != 0) {
+            fprintf(stderr, "tally: [server] trusted_proxies: '%s' is not a CIDR\n",
+                    cfg->trusted_proxies.items[i]);
+            return TALLY_EINVAL;
+        }
+        out->count++;
+    }
+    return 0;
+}
+
+/* Once a second on the main thread. */
+static void chores(struct app *app, int64_t *last_retention_ms)
+{
+    int64_t now = wall_ms();
+    visitor_salts_rotate(app->salts, now);
+    int err = seglog_poisoned_err(app->log);
+    if (err != 0) {
+        int rc = seglog_reset_poison(app->log);
+        if (rc == 0) {
+            metrics_counter_add(app->disk_full_recoveries, 1);
+            diag_warn("event log writer recovered after: %s", tally_strerror(err));
+        } else {
+            diag_warn("event log writer still failing (%s); ingest answers 503",
+                      tally_strerror(err));
+        }
+    }
+    if (now - *last_retention_ms >= RETENTION_INTERVAL_MS) {
+        *last_retention_ms = now;
+        struct seglog_retention_result res;
+        if (seglog_retention_run(app->log, now, &res) == 0 && res.segments_deleted > 0)
+            diag_info("retention: deleted %u log segments (%llu records)", res.segments_deleted,
+                      (unsigned long long)res.records_deleted);
+    }
+}
+
+int app_serve(const struct tally_config *cfg, const struct app_options *opt)
+{
+    struct app app;
+    memset(&app, 0, sizeof app);
+    app.cfg = cfg;
+    struct datadir *dd = NULL;
+    int exit_code = 1;
+
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* inherited by every thread started below */
+    signal(SIGPIPE, SIG_IGN);
+
+    if (sodium_init() < 0) {
+        fprintf(stderr, "tally: libsodium failed to start\n");
+        return 1;
+    }
+    if (parse_proxies(cfg, &app.trusted_proxies) != 0) return 2;
+    if (lock_data_dir(cfg, &dd) != 0) return 1;
+    if (open_log(cfg, dd, opt->repair, false, &app.log) != 0) goto out;
+    int rc = visitor_salts_open(datadir_path(dd), wall_ms(), &app.salts);
+    if (rc != 0) {
+        fprintf(stderr, "tally: cannot open %s/salts: %s\n", datadir_path(dd),
+                tally_strerror(rc));
+        goto out;
+    }
+    if (init_enrichment(cfg, &app.geo) != 0) goto out;
+    app.sites = sites_new(cfg);
+    app.ratelimit = ratelimit_new(cfg->rate_limit_per_ip, cfg->rate_limit_burst);
+    app.metrics = metrics_new();
+    if (!app.sites || !app.ratelimit || !app.metrics) goto out;
+    register_metrics(&app);
+    if (make_http(&app) != 0) goto out;
+    if (http_server_start(app.http) != 0) goto out;
+    diag_info("tally %s serving on %s (data in %s, fsync %s)", TALLY_VERSION, cfg->listen,
+              cfg->data_dir, cfg->fsync == CONFIG_FSYNC_ALWAYS ? "always"
+                             : cfg->fsync == CONFIG_FSYNC_INTERVAL ? "interval" : "none");
+
+    int64_t last_retention_ms = 0;
+    for (;;) {
+        struct timespec timeout = {CHORE_INTERVAL_MS / 1000, 0};
+        int sig = sigtimedwait(&sigs, NULL, &timeout);
+        if (sig == SIGTERM || sig == SIGINT) {
+            diag_info("signal %d: stopping", sig);
+            break;
+        }
+        chores(&app, &last_retention_ms);
+    }
+    atomic_store(&app.stopping, 1);
+    int cut = http_server_stop(app.http, (uint32_t)cfg->shutdown_timeout_ms);
+    if (cut > 0) diag_warn("stop: %d connections cut after the drain timeout", cut);
+    exit_code = 0;
+out:
+    seglog_close(app.log); /* completes every pending append before the server is freed */
+    app.log = NULL;
+    http_server_free(app.http);
+    metrics_free(app.metrics);
+    ratelimit_free(app.ratelimit);
+    sites_free(app.sites);
+    geo_close(app.geo);
+    visitor_salts_close(app.salts);
+    referrer_shutdown();
+    ua_shutdown();
+    bots_shutdown();
+    datadir_close(dd);
+    if (exit_code == 0) diag_info("stopped");
+    return exit_code;
+}
+
+int app_check(const struct tally_config *cfg)
+{
+    pid_t holder = 0;
+    if (datadir_is_locked(cfg->data_dir, &holder)) {
+        printf("configuration: ok\ndata directory %s: in use by a running tally (pid %ld); "
+               "the event log was not checked\n", cfg->data_dir, (long)holder);
+        return 0;
+    }
+    struct statvfs vfs;
+    if (statvfs(cfg->data_dir, &vfs) != 0 && errno != ENOENT) {
+        fprintf(stderr, "tally: data directory %s: %s\n", cfg->data_dir, strerror(errno));
+        return 1;
+    }
+    struct datadir *dd;
+    if (lock_data_dir(cfg, &dd) != 0) return 1;
+    struct seglog *log = NULL;
+    int rc = open_log(cfg, dd, false, true, &log);
+    if (rc == TALLY_ENOENT) {
+        printf("configuration: ok\ndata directory %s: ok (no event log yet)\n", cfg->data_dir);
+        datadir_close(dd);
+        return 0;
+    }
+    if (rc != 0) {
+        datadir_close(dd);
+        return 1;
+    }
+    printf("configuration: ok\ndata directory %s: ok\nevent log: offsets [%llu, %llu)\n",
+           cfg->data_dir, (unsigned long long)seglog_start_offset(log),
+           (unsigned long long)seglog_committed_offset(log));
+    seglog_close(log);
+    datadir_close(dd);
+    return 0;
+}
+
+static cJSON *str_json(struct event_str s)
+{
+    char *tmp = strndup(s.ptr ? s.ptr : "", s.len);
+    cJSON *j = cJSON_CreateString(tmp ? tmp : "");
+    free(tmp);
+    return j;
+}
+
+/* One record as a JSON line (the IP is never in a record, so never here). */
+static void print_record(const struct seglog_record *rec)
+{
+    struct event ev;
+    struct event_scratch scratch;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "offset", (double)rec->offset);
+    if (event_decode(rec->data, rec->len, &ev, &scratch) != 0) {
+        cJSON_AddStringToObject(o, "error", "undecodable record");
+    } else {
+        char hex[17];
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)ev.visitor);
+        cJSON_AddNumberToObject(o, "ts_ms", (double)ev.ts_ms);
+        cJSON_AddNumberToObject(o, "received_ms", (double)ev.received_ms);
+        cJSON_AddStringToObject(o, "source", event_source_name(ev.source));
+        cJSON_AddItemToObject(o, "site", str_json(ev.site));
+        cJSON_AddItemToObject(o, "name", str_json(ev.name));
+        cJSON_AddItemToObject(o, "url", str_json(ev.url));
+        cJSON_AddItemToObject(o, "referrer", str_json(ev.referrer));
+        cJSON_AddItemToObject(o, "user_agent", str_json(ev.user_agent));
+        cJSON_AddItemToObject(o, "id", str_json(ev.client_id));
+        cJSON_AddStringToObject(o, "visitor", hex);
+        cJSON_AddItemToObject(o, "country", str_json(ev.country));
+        cJSON_AddItemToObject(o, "region", str_json(ev.region));
+        cJSON_AddItemToObject(o, "city", str_json(ev.city));
+        cJSON_AddBoolToObject(o, "interactive", ev.interactive);
+        cJSON *flags = cJSON_AddArrayToObject(o, "flags");
+        if (ev.flags & EVENT_F_BOT) cJSON_AddItemToArray(flags, cJSON_CreateString("bot"));
+        if (ev.flags & EVENT_F_HOST_NOT_ALLOWED)
+            cJSON_AddItemToArray(flags, cJSON_CreateString("host_not_allowed"));
+        cJSON *props = cJSON_AddObjectToObject(o, "props");
+        for (uint32_t i = 0; i < ev.props_count; i++) {
+            char *k = strndup(ev.props[i].key.ptr, ev.props[i].key.len);
+            cJSON_AddItemToObject(props, k ? k : "", str_json(ev.props[i].value));
+            free(k);
+        }
+        if (ev.has_revenue) {
+            char amount[48];
+            long long m = ev.revenue_micros;
+            snprintf(amount, sizeof amount, "%lld.%06lld", m / 1000000, m % 1000000);
+            cJSON *rv = cJSON_AddObjectToObject(o, "revenue");
+            cJSON_AddStringToObject(rv, "amount", amount);
+            cJSON_AddStringToObject(rv, "currency", ev.currency);
+        }
+    }
+    char *text = cJSON_PrintUnformatted(o);
+    if (text) puts(text);
+    free(text);
+    cJSON_Delete(o);
+}
+
+int app_dump_log(const struct tally_config *cfg, const struct app_options *opt)
+{
+    struct datadir *dd;
+    if (lock_data_dir(cfg, &dd) != 0) return 1;
+    struct seglog *log = NULL;
+    int rc = open_log(cfg, dd, false, true, &log);
+    if (rc == TALLY_ENOENT) {
+        datadir_close(dd);
+        return 0; /* no log yet: nothing to print */
+    }
+    if (rc != 0) {
+        datadir_close(dd);
+        return 1;
+    }
+    uint64_t from = opt->from_offset;
+    if (from < seglog_start_offset(log)) from = seglog_start_offset(log);
+    struct seglog_reader *r = NULL;
+    int exit_code = 0;
+    if (from < seglog_committed_offset(log) && seglog_reader_open(log, from, &r) == 0) {
+        struct seglog_record rec;
+        while ((rc = seglog_reader_next(r, &rec)) == 0) print_record(&rec);
+        if (rc != TALLY_EAGAIN) {
+            fprintf(stderr, "tally: reading the log: %s\n", tally_strerror(rc));
+            exit_code = 1;
+        }
+    }
+    seglog_reader_close(r);
+    seglog_close(log);
+    datadir_close(dd);
+    return exit_code;
+}
