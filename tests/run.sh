@@ -41,6 +41,13 @@ for t in tests/integration/test_*.sh; do
     [ -f "$t" ] && TALLY_BIN=./tally run_one "integration/$(basename "$t")" sh "$t"
 done
 
+# The server under ASan+UBSan: the functional and hostile-input suites again.
+if [ -x build/asan/tally ]; then
+    for t in test_ingest.py test_hostile.py; do
+        TALLY_BIN=build/asan/tally run_one "asan/integration/$t" python3 "tests/integration/$t"
+    done
+fi
+
 rm -rf "$OUT"
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]

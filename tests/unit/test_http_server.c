@@ -1231,7 +1231,7 @@ TEST(metrics_exported)
     ASSERT_TRUE(strstr(text, "tally_http_requests_total{route=\"none\",status=\"404\"} 1\n") != NULL);
     ASSERT_TRUE(strstr(text, "status=\"500\"") == NULL); /* zero cells hidden */
     ASSERT_TRUE(strstr(text, "tally_http_connections_accepted_total 2\n") != NULL);
-    ASSERT_TRUE(strstr(text, "# TYPE http_request_duration_seconds histogram\n") != NULL);
+    ASSERT_TRUE(strstr(text, "# TYPE tally_http_request_duration_seconds histogram\n") != NULL);
     ASSERT_TRUE(strstr(text, "tally_http_request_duration_seconds_count 4\n") != NULL);
     evbuffer_free(out);
     finish(srv);
