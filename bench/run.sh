@@ -2,7 +2,7 @@
 # Runs every benchmark and prints their `bench=` lines (one per benchmark) after a header line
 # with the date, the git revision and the core count. `make bench` builds first and calls this.
 #
-#   every executable in build/rel/bench/ except http_load (which needs arguments): run with no
+#   every executable in build/rel/bench/ except http_load and http_echo (they need arguments): run with no
 #   arguments, meaning "the default run" (log_append, native_decode, ua_classify, rebuild, ...)
 #   bench/http_ingest.sh: HTTP ingest against nginx (see that file)
 #
@@ -73,7 +73,7 @@ if [ -d "$BENCH_DIR" ]; then
             continue
         fi
         name=$(basename "$bin")
-        [ "$name" = http_load ] && continue
+        case "$name" in http_load | http_echo) continue ;; esac
         run "$name" "$bin"
     done
 else
