@@ -2,6 +2,7 @@
 log, sites, keys, rate limits, CORS, gzip, health, metrics, graceful stop."""
 import gzip
 import json
+import os
 import subprocess
 import time
 
@@ -284,6 +285,32 @@ def healthz_metrics_and_graceful_stop():
         t0 = time.time()
         eq(t.stop(), 0)
         check(time.time() - t0 < 10, "stopped within 10 s")
+    finally:
+        t.cleanup()
+
+
+@test
+def geoip_country_from_client_ip_never_the_ip():
+    mmdb = os.path.abspath("third_party/data/geo-whois-asn-country.mmdb")
+    check(os.path.exists(mmdb), "country database not fetched (make data)")
+    out = subprocess.run([BIN, "key", "new", "--scope", "write"], capture_output=True,
+                         text=True, timeout=10)
+    key, digests = [l.split(" = ")[1] for l in out.stdout.splitlines()]
+    t = with_server("[server]\ngeoip_db = %s\ntrusted_proxies = 127.0.0.1/32\n"
+                    "[auth]\nkey_digests = %s\n" % (mmdb, digests))
+    try:
+        auth = {"Authorization": "Bearer " + key}
+        eq(t.post_json("/v1/events", pv(id="g-us", ip="8.8.8.8"), auth)[0], 202)
+        eq(t.post_json("/v1/events", pv(id="g-xff"), {"X-Forwarded-For": "9.9.9.9, 1.1.1.1"})[0],
+           202)
+        eq(t.post_json("/v1/events", pv(id="g-local"))[0], 202)
+        t.stop()
+        recs = {r["id"]: r for r in t.dump_log()}
+        eq(recs["g-us"]["country"], "US")
+        eq(recs["g-xff"]["country"], "AU", "rightmost untrusted X-Forwarded-For address")
+        eq(recs["g-local"]["country"], "")
+        text = json.dumps(list(recs.values()))
+        check("8.8.8.8" not in text and "1.1.1.1" not in text, "no IP stored")
     finally:
         t.cleanup()
 
