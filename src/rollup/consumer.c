@@ -1,0 +1,868 @@
+/* consumer: see consumer.h (and rollup.h for the service's promises). */
+#include "rollup/consumer.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/diag.h"
+#include "ingest/timefmt.h"
+#include "log/seglog.h"
+#include "rollup/dedup.h"
+#include "store/raw.h"
+#include "store/strtab.h"
+#include "tally/error.h"
+
+#define SITE_CACHE_MAX 65536
+#define RETRY_DELAY_MS 1000
+#define WAIT_MS 100
+#define RAW_RETENTION_INTERVAL_MS (3600LL * 1000)
+
+int64_t consumer_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int64_t ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+/* ---------------------------------------------------------------- feeder */
+
+struct fsite {
+    const char *name; /* canonical name: the config's, or a copy of the event's */
+    const char *const *hosts;
+    size_t host_count;
+    char *owned;
+};
+
+struct feeder {
+    const struct tally_config *cfg;
+    struct derive_ctx *dctx;
+    struct strtab *names; /* site string as sent -> index into sites */
+    struct fsite *sites;
+    size_t nsites, capsites;
+    uint64_t corrupt;
+    char buf[EVENT_SITE_BYTES_MAX + 1];
+};
+
+struct feeder *feeder_new(const struct tally_config *cfg)
+{
+    struct feeder *f = calloc(1, sizeof *f);
+    if (!f) return NULL;
+    f->cfg = cfg;
+    f->dctx = derive_ctx_new();
+    f->names = strtab_new();
+    if (!f->dctx || !f->names) {
+        feeder_free(f);
+        return NULL;
+    }
+    return f;
+}
+
+void feeder_free(struct feeder *f)
+{
+    if (!f) return;
+    for (size_t i = 0; i < f->nsites; i++) free(f->sites[i].owned);
+    free(f->sites);
+    strtab_free(f->names);
+    derive_ctx_free(f->dctx);
+    free(f);
+}
+
+uint64_t feeder_corrupt(const struct feeder *f)
+{
+    return f->corrupt;
+}
+
+static const struct fsite *feeder_site(struct feeder *f, const struct event *ev)
+{
+    int64_t i = strtab_find(f->names, 0, ev->site.ptr, (uint32_t)ev->site.len);
+    if (i >= 0) return &f->sites[i];
+    if (f->nsites >= SITE_CACHE_MAX) {
+        for (size_t k = 0; k < f->nsites; k++) free(f->sites[k].owned);
+        f->nsites = 0;
+        strtab_clear(f->names);
+    }
+    size_t n = ev->site.len < EVENT_SITE_BYTES_MAX ? ev->site.len : EVENT_SITE_BYTES_MAX;
+    memcpy(f->buf, ev->site.ptr, n);
+    f->buf[n] = 0;
+    struct fsite st = {0};
+    const struct config_site *cs = f->cfg ? config_site_find(f->cfg, f->buf) : NULL;
+    if (cs) {
+        st.name = cs->name;
+        st.hosts = (const char *const *)cs->hosts.items;
+        st.host_count = (size_t)cs->hosts.count;
+    } else {
+        st.owned = strdup(f->buf);
+        if (!st.owned) return NULL;
+        st.name = st.owned;
+    }
+    if (f->nsites == f->capsites) {
+        size_t cap = f->capsites ? f->capsites * 2 : 16;
+        struct fsite *p = realloc(f->sites, cap * sizeof *p);
+        if (!p) {
+            free(st.owned);
+            return NULL;
+        }
+        f->sites = p;
+        f->capsites = cap;
+    }
+    i = strtab_intern(f->names, 0, ev->site.ptr, (uint32_t)ev->site.len, NULL);
+    if (i < 0 || (size_t)i != f->nsites) {
+        free(st.owned);
+        return NULL;
+    }
+    f->sites[f->nsites++] = st;
+    return &f->sites[i];
+}
+
+int feeder_derive(struct feeder *f, uint64_t offset, const void *data, size_t len,
+                  struct devent *out)
+{
+    struct event *ev;
+    if (derive_decode(f->dctx, data, len, &ev) != 0) {
+        f->corrupt++;
+        return TALLY_ECORRUPT;
+    }
+    const struct fsite *st = feeder_site(f, ev);
+    if (!st) return TALLY_ENOMEM;
+    derive_event(f->dctx, ev, offset, st->name, st->hosts, st->host_count, out);
+    return TALLY_OK;
+}
+
+/* ---------------------------------------------------------------- time zones */
+
+const char *rollup_site_tz(const struct tally_config *cfg, const char *site, size_t len)
+{
+    if (!cfg) return "UTC";
+    char buf[EVENT_SITE_BYTES_MAX + 1];
+    if (len > EVENT_SITE_BYTES_MAX) len = EVENT_SITE_BYTES_MAX;
+    memcpy(buf, site, len);
+    buf[len] = 0;
+    const struct config_site *cs = config_site_find(cfg, buf);
+    return cs && cs->timezone && cs->timezone[0] ? cs->timezone : "UTC";
+}
+
+static const char *engine_tz(void *arg, const char *site, size_t len)
+{
+    return rollup_site_tz(arg, site, len);
+}
+
+/* ---------------------------------------------------------------- shared loop */
+
+struct loop_ops {
+    void *ctx;
+    uint64_t (*cursor)(void *ctx);
+    int (*add)(void *ctx, const struct devent *ev);
+    void (*skip)(void *ctx, uint64_t offset);
+    bool (*should_flush)(void *ctx);
+    size_t (*pending)(void *ctx);
+    int (*flush)(void *ctx);
+    void (*tick)(void *ctx); /* optional: called once per loop iteration */
+};
+
+static void report(struct consumer_status *st, uint64_t cursor, uint64_t from, uint64_t end)
+{
+    if (!st) return;
+    atomic_store(&st->cursor, cursor);
+    if (st->progress) st->progress(st->progress_arg, cursor - from, end - from);
+}
+
+struct loop_state {
+    struct seglog *log;
+    const struct loop_ops *ops;
+    struct consumer_status *st;
+    int consumer_id;
+    uint64_t from, end;
+    int64_t last_flush;
+};
+
+/* Flushes, then tells the log and the status where the consumer is. */
+static int do_flush(struct loop_state *ls)
+{
+    int rc = ls->ops->flush(ls->ops->ctx);
+    ls->last_flush = consumer_now_ms();
+    if (rc) return rc;
+    uint64_t cur = ls->ops->cursor(ls->ops->ctx);
+    if (ls->consumer_id >= 0) seglog_consumer_advance(ls->log, ls->consumer_id, cur);
+    report(ls->st, cur, ls->from, ls->end);
+    return TALLY_OK;
+}
+
+/* Reads [cursor, end) (or live) feeding ops. Returns 0 at the end/stop, or an error. */
+static int loop(struct seglog *log, struct feeder *fd, const struct loop_ops *ops,
+                uint64_t end_offset, bool live, int64_t flush_interval_ms,
+                struct consumer_status *st, const char *name, int consumer_id)
+{
+    uint64_t cursor = ops->cursor(ops->ctx);
+    uint64_t start = seglog_start_offset(log);
+    if (cursor < start) {
+        diag_warn("%s consumer: offsets [%llu, %llu) were deleted from the log before they "
+                  "were consumed", name, (unsigned long long)cursor, (unsigned long long)start);
+        cursor = start;
+    }
+    uint64_t end = end_offset == UINT64_MAX ? seglog_committed_offset(log) : end_offset;
+    report(st, ops->cursor(ops->ctx), cursor, end > cursor ? end : cursor);
+    if (!live && cursor >= end) return TALLY_OK;
+    struct seglog_reader *r = NULL;
+    int rc = seglog_reader_open(log, cursor, &r);
+    if (rc) return rc;
+    struct loop_state ls = {log, ops, st, consumer_id, cursor, end, consumer_now_ms()};
+    uint64_t since_report = 0;
+    while (!rc) {
+        if (st && atomic_load(&st->stop)) break;
+        if (ops->tick) ops->tick(ops->ctx);
+        if (!live && seglog_reader_position(r) >= end) break;
+        struct seglog_record rec;
+        int n = seglog_reader_next(r, &rec);
+        if (n == 0) {
+            if (!live && rec.offset >= end) break;
+            struct devent de;
+            int d = feeder_derive(fd, rec.offset, rec.data, rec.len, &de);
+            if (d == TALLY_ECORRUPT) ops->skip(ops->ctx, rec.offset);
+            else if (d) rc = d;
+            else rc = ops->add(ops->ctx, &de);
+            if (st) atomic_fetch_add(&st->events, 1);
+            if (!rc && ops->should_flush(ops->ctx)) rc = do_flush(&ls);
+            if (++since_report >= 65536) {
+                since_report = 0;
+                report(st, ops->cursor(ops->ctx), ls.from, ls.end);
+            }
+        } else if (n == TALLY_EAGAIN) {
+            if (!live) break;
+            if (ops->pending(ops->ctx)) rc = do_flush(&ls);
+            if (!rc) {
+                ls.end = seglog_committed_offset(log);
+                int w = seglog_wait(log, seglog_reader_position(r), WAIT_MS);
+                if (w == TALLY_ECLOSED) break;
+            }
+        } else if (n == TALLY_ERANGE) {
+            uint64_t s0 = seglog_start_offset(log);
+            diag_warn("%s consumer: the log moved past the reader (retention); resuming at %llu",
+                      name, (unsigned long long)s0);
+            seglog_reader_close(r);
+            r = NULL;
+            rc = seglog_reader_open(log, s0, &r);
+        } else {
+            rc = n;
+        }
+        if (!rc && live && ops->pending(ops->ctx) &&
+            consumer_now_ms() - ls.last_flush >= flush_interval_ms)
+            rc = do_flush(&ls);
+    }
+    if (!rc && ops->pending(ops->ctx)) rc = do_flush(&ls);
+    if (!rc) report(st, ops->cursor(ops->ctx), ls.from, ls.end);
+    seglog_reader_close(r);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- pipelined catch-up */
+
+/*
+ * Catch-up runs (rebuilds, the raw store filling up) spend about a third of their time decoding
+ * and deriving records. A reader thread does that into batches of deep-copied devents while
+ * the caller's thread feeds the previous batch to the consumer: the two overlap on two cores.
+ * Batches are handed over through a small bounded queue (PIPE_BATCHES), so memory stays
+ * bounded; the order of events is unchanged, so results are identical to the plain loop.
+ */
+#define PIPE_EVENTS 2048
+#define PIPE_BATCHES 4
+
+struct pbatch {
+    struct devent ev[PIPE_EVENTS];
+    bool corrupt[PIPE_EVENTS];
+    size_t n;
+    char *arena;
+    size_t alen, acap;
+    struct devent_prop *props;
+    size_t nprops, capprops;
+    int err;  /* the reader's error, ending the stream */
+    bool end; /* no more batches */
+};
+
+struct pipe {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct pbatch *full[PIPE_BATCHES], *empty[PIPE_BATCHES];
+    size_t nfull, nempty, head; /* full is a FIFO ring from head */
+    bool stop;
+    /* reader side */
+    struct seglog *log;
+    struct feeder *fd;
+    uint64_t from, end;
+};
+
+static bool arena_copy(struct pbatch *b, struct devent_str *s)
+{
+    if (s->len == 0) {
+        s->ptr = "";
+        return true;
+    }
+    if (b->alen + s->len > b->acap) return false;
+    memcpy(b->arena + b->alen, s->ptr, s->len);
+    s->ptr = b->arena + b->alen; /* fixed up after the batch is complete (arena may move) */
+    b->alen += s->len;
+    return true;
+}
+
+static bool arena_reserve(struct pbatch *b, size_t need)
+{
+    if (b->alen + need <= b->acap) return true;
+    size_t cap = b->acap ? b->acap : (1u << 20);
+    while (cap < b->alen + need) cap *= 2;
+    char *p = realloc(b->arena, cap);
+    if (!p) return false;
+    /* rebase every pointer already copied into the arena */
+    for (size_t i = 0; i < b->n; i++) {
+        struct devent *e = &b->ev[i];
+        struct devent_str *all[DE_FIELD_COUNT + 2];
+        for (int f = 0; f < DE_FIELD_COUNT; f++) all[f] = &e->str[f];
+        all[DE_FIELD_COUNT] = &e->site;
+        all[DE_FIELD_COUNT + 1] = &e->client_id;
+        for (int f = 0; f < DE_FIELD_COUNT + 2; f++)
+            if (all[f]->len) all[f]->ptr = p + (all[f]->ptr - b->arena);
+    }
+    for (size_t i = 0; i < b->nprops; i++) {
+        if (b->props[i].key.len) b->props[i].key.ptr = p + (b->props[i].key.ptr - b->arena);
+        if (b->props[i].value.len)
+            b->props[i].value.ptr = p + (b->props[i].value.ptr - b->arena);
+    }
+    b->arena = p;
+    b->acap = cap;
+    return true;
+}
+
+/* Appends a deep copy of ev to the batch. false on allocation failure. */
+static bool batch_add(struct pbatch *b, const struct devent *ev)
+{
+    size_t need = ev->site.len + ev->client_id.len;
+    for (int f = 0; f < DE_FIELD_COUNT; f++) need += ev->str[f].len;
+    for (uint32_t i = 0; i < ev->props_count; i++)
+        need += ev->props[i].key.len + ev->props[i].value.len;
+    if (!arena_reserve(b, need)) return false;
+    if (b->nprops + ev->props_count > b->capprops) {
+        size_t cap = b->capprops ? b->capprops * 2 : 1024;
+        while (cap < b->nprops + ev->props_count) cap *= 2;
+        struct devent_prop *p = realloc(b->props, cap * sizeof *p);
+        if (!p) return false;
+        /* props pointers of earlier events are fixed when the batch is handed over */
+        b->props = p;
+        b->capprops = cap;
+    }
+    struct devent *e = &b->ev[b->n];
+    *e = *ev;
+    for (int f = 0; f < DE_FIELD_COUNT; f++) arena_copy(b, &e->str[f]);
+    arena_copy(b, &e->site);
+    arena_copy(b, &e->client_id);
+    for (uint32_t i = 0; i < ev->props_count; i++) {
+        b->props[b->nprops + i] = ev->props[i];
+        arena_copy(b, &b->props[b->nprops + i].key);
+        arena_copy(b, &b->props[b->nprops + i].value);
+    }
+    e->props = (const struct devent_prop *)(uintptr_t)b->nprops; /* an index until handed over */
+    b->nprops += ev->props_count;
+    b->corrupt[b->n] = false;
+    b->n++;
+    return true;
+}
+
+static void batch_seal(struct pbatch *b)
+{
+    for (size_t i = 0; i < b->n; i++)
+        if (!b->corrupt[i]) b->ev[i].props = b->props + (uintptr_t)b->ev[i].props;
+}
+
+static struct pbatch *pipe_take_empty(struct pipe *p)
+{
+    pthread_mutex_lock(&p->mu);
+    while (!p->nempty && !p->stop) pthread_cond_wait(&p->cv, &p->mu);
+    struct pbatch *b = p->stop ? NULL : p->empty[--p->nempty];
+    pthread_mutex_unlock(&p->mu);
+    return b;
+}
+
+static void pipe_put_full(struct pipe *p, struct pbatch *b)
+{
+    pthread_mutex_lock(&p->mu);
+    p->full[(p->head + p->nfull) % PIPE_BATCHES] = b;
+    p->nfull++;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+static void *pipe_reader(void *arg)
+{
+    struct pipe *p = arg;
+    struct seglog_reader *r = NULL;
+    int rc = seglog_reader_open(p->log, p->from, &r);
+    for (;;) {
+        struct pbatch *b = pipe_take_empty(p);
+        if (!b) break;
+        b->n = b->alen = b->nprops = 0;
+        b->err = 0;
+        b->end = false;
+        while (!rc && b->n < PIPE_EVENTS) {
+            if (seglog_reader_position(r) >= p->end) {
+                b->end = true;
+                break;
+            }
+            struct seglog_record rec;
+            int n = seglog_reader_next(r, &rec);
+            if (n == TALLY_EAGAIN || (n == 0 && rec.offset >= p->end)) {
+                b->end = true;
+                break;
+            }
+            if (n) {
+                rc = n;
+                break;
+            }
+            struct devent de;
+            int d = feeder_derive(p->fd, rec.offset, rec.data, rec.len, &de);
+            if (d == TALLY_ECORRUPT) {
+                memset(&b->ev[b->n], 0, sizeof b->ev[b->n]);
+                b->ev[b->n].offset = rec.offset;
+                b->corrupt[b->n++] = true;
+            } else if (d || !batch_add(b, &de)) {
+                rc = d ? d : TALLY_ENOMEM;
+            }
+        }
+        if (rc) {
+            b->err = rc;
+            b->end = true;
+        }
+        batch_seal(b);
+        bool last = b->end;
+        pipe_put_full(p, b);
+        if (last) break;
+    }
+    seglog_reader_close(r);
+    return NULL;
+}
+
+static void pbatch_free(struct pbatch *b)
+{
+    if (!b) return;
+    free(b->arena);
+    free(b->props);
+    free(b);
+}
+
+/* As loop() without live mode, with decoding and deriving on a second thread. */
+static int loop_pipelined(struct seglog *log, struct feeder *fd, const struct loop_ops *ops,
+                          uint64_t end_offset, struct consumer_status *st, const char *name)
+{
+    uint64_t cursor = ops->cursor(ops->ctx);
+    uint64_t start = seglog_start_offset(log);
+    if (cursor < start) {
+        diag_warn("%s consumer: offsets [%llu, %llu) were deleted from the log before they "
+                  "were consumed", name, (unsigned long long)cursor, (unsigned long long)start);
+        cursor = start;
+    }
+    uint64_t end = end_offset == UINT64_MAX ? seglog_committed_offset(log) : end_offset;
+    report(st, ops->cursor(ops->ctx), cursor, end > cursor ? end : cursor);
+    if (cursor >= end) return TALLY_OK;
+    struct pipe *p = calloc(1, sizeof *p);
+    if (!p) return TALLY_ENOMEM;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    p->log = log;
+    p->fd = fd;
+    p->from = cursor;
+    p->end = end;
+    int rc = TALLY_OK;
+    for (int i = 0; i < PIPE_BATCHES; i++) {
+        struct pbatch *b = calloc(1, sizeof *b);
+        if (!b) rc = TALLY_ENOMEM;
+        else p->empty[p->nempty++] = b;
+    }
+    pthread_t th;
+    bool started = !rc && pthread_create(&th, NULL, pipe_reader, p) == 0;
+    if (!rc && !started) rc = TALLY_ENOMEM;
+    struct loop_state ls = {log, ops, st, -1, cursor, end, consumer_now_ms()};
+    bool done = !started;
+    while (!done && !rc) {
+        pthread_mutex_lock(&p->mu);
+        while (!p->nfull) pthread_cond_wait(&p->cv, &p->mu);
+        struct pbatch *b = p->full[p->head];
+        p->head = (p->head + 1) % PIPE_BATCHES;
+        p->nfull--;
+        pthread_mutex_unlock(&p->mu);
+        for (size_t i = 0; i < b->n && !rc; i++) {
+            if (b->corrupt[i]) ops->skip(ops->ctx, b->ev[i].offset);
+            else rc = ops->add(ops->ctx, &b->ev[i]);
+            if (st) atomic_fetch_add(&st->events, 1);
+            if (!rc && ops->should_flush(ops->ctx)) rc = do_flush(&ls);
+        }
+        if (!rc) rc = b->err;
+        done = b->end;
+        if (st && atomic_load(&st->stop)) done = true;
+        pthread_mutex_lock(&p->mu);
+        p->empty[p->nempty++] = b;
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+        report(st, ops->cursor(ops->ctx), ls.from, ls.end);
+    }
+    if (started) {
+        pthread_mutex_lock(&p->mu);
+        p->stop = true;
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+        pthread_join(th, NULL);
+    }
+    for (size_t i = 0; i < p->nempty; i++) pbatch_free(p->empty[i]);
+    for (size_t i = 0; i < p->nfull; i++) pbatch_free(p->full[(p->head + i) % PIPE_BATCHES]);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    free(p);
+    if (!rc && ops->pending(ops->ctx)) rc = do_flush(&ls);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- rollup consumer */
+
+static uint64_t eng_cursor(void *c)
+{
+    return engine_cursor(c);
+}
+static int eng_add(void *c, const struct devent *ev)
+{
+    return engine_add(c, ev);
+}
+static void eng_skip(void *c, uint64_t off)
+{
+    engine_skip(c, off);
+}
+static bool eng_should(void *c)
+{
+    return engine_should_flush(c);
+}
+static size_t eng_pending(void *c)
+{
+    return engine_pending(c);
+}
+static int eng_flush(void *c)
+{
+    return engine_flush(c);
+}
+
+int consumer_run_rollup(struct store *s, struct seglog *log, const struct rollup_config *cfg,
+                        const struct engine_opts *eopt, uint64_t from_offset,
+                        uint64_t end_offset, bool live, struct consumer_status *st,
+                        struct engine_stats *stats_out)
+{
+    struct engine_opts o = *eopt;
+    o.tz_of = engine_tz;
+    o.tz_arg = (void *)cfg->cfg;
+    int rc = TALLY_OK;
+    for (;;) {
+        struct engine *e = NULL;
+        struct feeder *fd = feeder_new(cfg->cfg);
+        o.start_offset = from_offset;
+        rc = fd ? engine_open(s, &o, &e) : TALLY_ENOMEM;
+        int cid = -1;
+        if (!rc && live) cid = seglog_consumer_register(log, "rollup", engine_cursor(e));
+        if (!rc) {
+            struct loop_ops ops = {e,           eng_cursor,  eng_add,   eng_skip,
+                                   eng_should,  eng_pending, eng_flush, NULL};
+            rc = live ? loop(log, fd, &ops, end_offset, true, cfg->flush_interval_ms, st,
+                             "rollup", cid)
+                      : loop_pipelined(log, fd, &ops, end_offset, st, "rollup");
+        }
+        if (e && stats_out) engine_get_stats(e, stats_out);
+        if (st) atomic_store(&st->err, rc);
+        engine_close(e);
+        feeder_free(fd);
+        if (!rc || !live || (st && atomic_load(&st->stop))) break;
+        diag_error("rollup consumer: %s; resuming from the stored cursor", tally_strerror(rc));
+        sleep_ms(RETRY_DELAY_MS);
+    }
+    return rc;
+}
+
+/* ---------------------------------------------------------------- raw consumer */
+
+static void raw_retention_run(struct store *s, const struct tally_config *cfg)
+{
+    if (!cfg) return;
+    int64_t now = timefmt_now_ms();
+    for (int i = 0; i < cfg->site_count; i++) {
+        const struct config_site *cs = &cfg->sites[i];
+        if (cs->retention_days <= 0) continue;
+        uint32_t id;
+        if (store_site_id(s, cs->name, strlen(cs->name), false, &id) != 0) continue;
+        int rc = raw_retention(s, id, now - cs->retention_days * 86400000LL);
+        if (rc) diag_warn("raw retention of %s: %s", cs->name, tally_strerror(rc));
+    }
+}
+
+struct rawcons {
+    struct store *s;
+    const struct tally_config *cfg;
+    int64_t next_retention_ms; /* monotonic; 0: retention off (catch-up runs) */
+    struct raw_writer *w;
+    struct dedup *dd;
+    struct store_batch *b;
+    uint64_t cursor;
+    int64_t wm;
+    size_t pending, flush_max;
+    struct strtab *site_names; /* site name -> index into site_ids */
+    uint32_t *site_ids;
+    size_t nsites, capsites;
+};
+
+static void rawcons_free(struct rawcons *c)
+{
+    if (!c) return;
+    raw_writer_free(c->w);
+    dedup_free(c->dd);
+    store_batch_free(c->b);
+    strtab_free(c->site_names);
+    free(c->site_ids);
+    free(c);
+}
+
+static int rawcons_open(struct store *s, size_t flush_max, struct rawcons **out)
+{
+    struct rawcons *c = calloc(1, sizeof *c);
+    if (!c) return TALLY_ENOMEM;
+    c->s = s;
+    c->flush_max = flush_max;
+    c->w = raw_writer_new(s);
+    c->dd = dedup_new(RAW_STATE_PREFIX "dd", 0);
+    c->b = store_batch_new(s);
+    c->site_names = strtab_new();
+    int rc = (!c->w || !c->dd || !c->b || !c->site_names) ? TALLY_ENOMEM : TALLY_OK;
+    uint64_t v;
+    if (!rc) {
+        int r = store_meta_get_u64(s, RAW_STATE_PREFIX "cursor", &v);
+        if (r == 0) c->cursor = v;
+        else if (r != TALLY_ENOENT) rc = r;
+    }
+    if (!rc) {
+        int r = store_meta_get_u64(s, RAW_STATE_PREFIX "wm", &v);
+        if (r == 0) c->wm = (int64_t)v;
+        else if (r != TALLY_ENOENT) rc = r;
+    }
+    if (!rc) rc = dedup_load(c->dd, s, c->wm);
+    if (rc) {
+        rawcons_free(c);
+        return rc;
+    }
+    *out = c;
+    return TALLY_OK;
+}
+
+static uint64_t raw_cursor(void *p)
+{
+    return ((struct rawcons *)p)->cursor;
+}
+
+static int raw_add(void *p, const struct devent *ev)
+{
+    struct rawcons *c = p;
+    c->cursor = ev->offset + 1;
+    c->pending++;
+    if (ev->received_ms > c->wm) c->wm = ev->received_ms;
+    uint32_t site;
+    int64_t i = strtab_find(c->site_names, 0, ev->site.ptr, ev->site.len);
+    if (i >= 0) {
+        site = c->site_ids[i];
+    } else {
+        int rc = store_site_id(c->s, ev->site.ptr, ev->site.len, true, &site);
+        if (rc) return rc;
+        if (c->nsites == c->capsites) {
+            size_t cap = c->capsites ? c->capsites * 2 : 16;
+            uint32_t *ids = realloc(c->site_ids, cap * sizeof *ids);
+            if (!ids) return TALLY_ENOMEM;
+            c->site_ids = ids;
+            c->capsites = cap;
+        }
+        i = strtab_intern(c->site_names, 0, ev->site.ptr, ev->site.len, NULL);
+        if (i < 0 || (size_t)i != c->nsites) return TALLY_ENOMEM;
+        c->site_ids[c->nsites++] = site;
+    }
+    bool dup = engine_dedup_applies(ev) && dedup_check(c->dd, ev->site.ptr, ev->site.len,
+                                                       ev->client_id.ptr, ev->client_id.len,
+                                                       c->wm);
+    return raw_writer_add(c->w, site, ev, dup ? RAW_F_DUPLICATE : 0);
+}
+
+static void raw_tick(void *p)
+{
+    struct rawcons *c = p;
+    if (!c->next_retention_ms || consumer_now_ms() < c->next_retention_ms) return;
+    raw_retention_run(c->s, c->cfg);
+    c->next_retention_ms = consumer_now_ms() + RAW_RETENTION_INTERVAL_MS;
+}
+
+static void raw_skip(void *p, uint64_t off)
+{
+    struct rawcons *c = p;
+    if (off >= c->cursor) c->cursor = off + 1;
+    c->pending++;
+}
+
+static bool raw_should(void *p)
+{
+    struct rawcons *c = p;
+    return c->pending >= c->flush_max;
+}
+
+static size_t raw_pending(void *p)
+{
+    return ((struct rawcons *)p)->pending;
+}
+
+static int raw_flush(void *p)
+{
+    struct rawcons *c = p;
+    store_batch_clear(c->b);
+    int rc = raw_writer_flush(c->w, c->b);
+    if (!rc) {
+        dedup_flush(c->dd, c->b, c->wm);
+        store_batch_put_u64(c->b, RAW_STATE_PREFIX "cursor", c->cursor);
+        store_batch_put_u64(c->b, RAW_STATE_PREFIX "wm", (uint64_t)c->wm);
+        rc = store_write(c->s, c->b);
+    }
+    store_batch_clear(c->b);
+    if (rc) {
+        raw_writer_abort(c->w);
+        return rc;
+    }
+    raw_writer_commit(c->w);
+    dedup_commit(c->dd);
+    c->pending = 0;
+    return TALLY_OK;
+}
+
+int consumer_run_raw(struct store *s, struct seglog *log, const struct rollup_config *cfg,
+                     uint64_t end_offset, bool live, struct consumer_status *st)
+{
+    int rc;
+    for (;;) {
+        struct rawcons *c = NULL;
+        struct feeder *fd = feeder_new(cfg->cfg);
+        rc = fd ? rawcons_open(s, cfg->raw_flush_events_max, &c) : TALLY_ENOMEM;
+        int cid = -1;
+        if (!rc && live) {
+            cid = seglog_consumer_register(log, "raw", c->cursor);
+            c->cfg = cfg->cfg;
+            c->next_retention_ms = consumer_now_ms(); /* at start, then hourly */
+        }
+        if (!rc) {
+            struct loop_ops ops = {c,          raw_cursor,  raw_add,   raw_skip,
+                                   raw_should, raw_pending, raw_flush, raw_tick};
+            rc = live ? loop(log, fd, &ops, end_offset, true, cfg->flush_interval_ms, st, "raw",
+                             cid)
+                      : loop_pipelined(log, fd, &ops, end_offset, st, "raw");
+        }
+        if (st) atomic_store(&st->err, rc);
+        rawcons_free(c);
+        feeder_free(fd);
+        if (!rc || !live || (st && atomic_load(&st->stop))) break;
+        diag_error("raw consumer: %s; resuming from the stored cursor", tally_strerror(rc));
+        sleep_ms(RETRY_DELAY_MS);
+    }
+    return rc;
+}
+
+/* ---------------------------------------------------------------- service */
+
+void rollup_config_default(struct rollup_config *c)
+{
+    memset(c, 0, sizeof *c);
+    engine_opts_default(&c->engine);
+    c->flush_interval_ms = 1000;
+    c->raw_flush_events_max = 100000;
+}
+
+struct worker {
+    pthread_t th;
+    bool started;
+    struct consumer_status st;
+    struct rollup_service *svc;
+    bool raw;
+};
+
+struct rollup_service {
+    struct store *s;
+    struct seglog *log;
+    struct rollup_config cfg;
+    struct worker raw, roll;
+};
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    struct rollup_service *svc = w->svc;
+    if (w->raw) {
+        consumer_run_raw(svc->s, svc->log, &svc->cfg, UINT64_MAX, true, &w->st);
+    } else {
+        struct engine_opts o = svc->cfg.engine;
+        o.state_prefix = ROLLUP_STATE_PREFIX;
+        o.only_site = NULL;
+        o.range = false;
+        o.known_empty = false;
+        consumer_run_rollup(svc->s, svc->log, &svc->cfg, &o, 0, UINT64_MAX, true, &w->st,
+                            NULL);
+    }
+    return NULL;
+}
+
+int rollup_service_start(struct store *s, struct seglog *log, const struct rollup_config *cfg,
+                         struct rollup_service **out)
+{
+    struct rollup_service *svc = calloc(1, sizeof *svc);
+    if (!svc) return TALLY_ENOMEM;
+    svc->s = s;
+    svc->log = log;
+    svc->cfg = *cfg;
+    if (svc->cfg.flush_interval_ms <= 0) svc->cfg.flush_interval_ms = 1000;
+    if (!svc->cfg.raw_flush_events_max) svc->cfg.raw_flush_events_max = 100000;
+    uint64_t marker;
+    if (store_meta_get_u64(s, ROLLUP_STATE_PREFIX "rebuilding", &marker) == 0)
+        diag_warn("a rebuild of the rollups was interrupted: run `tally --rebuild` again");
+    struct worker *ws[2] = {&svc->raw, &svc->roll};
+    for (int i = 0; i < 2; i++) {
+        ws[i]->svc = svc;
+        ws[i]->raw = i == 0;
+        if (pthread_create(&ws[i]->th, NULL, worker_main, ws[i]) != 0) {
+            rollup_service_stop(svc);
+            return TALLY_ENOMEM;
+        }
+        ws[i]->started = true;
+    }
+    *out = svc;
+    return TALLY_OK;
+}
+
+void rollup_service_stop(struct rollup_service *svc)
+{
+    if (!svc) return;
+    atomic_store(&svc->raw.st.stop, true);
+    atomic_store(&svc->roll.st.stop, true);
+    if (svc->raw.started) pthread_join(svc->raw.th, NULL);
+    if (svc->roll.started) pthread_join(svc->roll.th, NULL);
+    free(svc);
+}
+
+void rollup_service_lag(struct rollup_service *svc, struct rollup_lag *out)
+{
+    memset(out, 0, sizeof *out);
+    out->log_end = seglog_committed_offset(svc->log);
+    out->raw_cursor = atomic_load(&svc->raw.st.cursor);
+    out->rollup_cursor = atomic_load(&svc->roll.st.cursor);
+    out->raw_lag = out->log_end > out->raw_cursor ? out->log_end - out->raw_cursor : 0;
+    out->rollup_lag = out->log_end > out->rollup_cursor ? out->log_end - out->rollup_cursor : 0;
+    out->raw_events = atomic_load(&svc->raw.st.events);
+    out->rollup_events = atomic_load(&svc->roll.st.events);
+    out->raw_err = atomic_load(&svc->raw.st.err);
+    out->rollup_err = atomic_load(&svc->roll.st.err);
+}

@@ -1,0 +1,357 @@
+/* rollup reads and digest: see rollup.h. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "rollup/rollup.h"
+#include "store/strtab.h"
+#include "tally/error.h"
+
+static uint32_t bucket_ceil(int64_t ms)
+{
+    if (ms <= 0) return 0;
+    int64_t b = (ms + 59999) / 60000;
+    return b > UINT32_MAX ? UINT32_MAX : (uint32_t)b;
+}
+
+typedef int (*cell_cb)(void *arg, uint32_t bucket, const char *value, size_t vlen,
+                       const uint8_t *val, size_t len);
+
+/* Calls cb for every stored cell of (site, g, dim) with bucket key instant in [from, to). */
+static int each_cell(struct store *s, uint32_t site, enum tz_gran g, int dim, int64_t from_ms,
+                     int64_t to_ms, cell_cb cb, void *arg)
+{
+    uint32_t b0 = bucket_ceil(from_ms), b1 = bucket_ceil(to_ms);
+    if (b1 <= b0) return TALLY_OK;
+    uint8_t lo[10], hi[10];
+    size_t ll, hl;
+    if (g == TZ_MINUTE) {
+        lo[0] = hi[0] = 'm';
+        store_put_be32(lo + 1, b0);
+        store_put_be32(hi + 1, b1);
+        ll = hl = 5;
+    } else {
+        cell_key_prefix(lo, g, site, dim);
+        cell_key_prefix(hi, g, site, dim);
+        store_put_be32(lo + 6, b0);
+        store_put_be32(hi + 6, b1);
+        ll = hl = 10;
+    }
+    struct store_iter *it = store_iter_new(s, STORE_CF_ROLLUPS, lo, ll, hi, hl);
+    if (!it) return TALLY_ENOMEM;
+    int rc = TALLY_OK;
+    for (store_iter_seek_first(it); store_iter_valid(it) && !rc; store_iter_next(it)) {
+        size_t kl, vl;
+        const uint8_t *k = store_iter_key(it, &kl);
+        const uint8_t *v = store_iter_value(it, &vl);
+        int kg, kd;
+        uint32_t ks, kb;
+        const char *val;
+        size_t vlen;
+        if (!cell_key_parse(k, kl, &kg, &ks, &kd, &kb, &val, &vlen)) continue;
+        if (ks != site || kd != dim || kg != (int)g) continue;
+        rc = cb(arg, kb, val, vlen, v, vl);
+    }
+    if (!rc) rc = store_iter_status(it);
+    store_iter_free(it);
+    return rc;
+}
+
+struct agg {
+    struct cell sum;
+    struct cell_union *u;
+};
+
+static void agg_init(struct agg *a)
+{
+    cell_init(&a->sum);
+    a->u = NULL;
+}
+
+static void agg_free(struct agg *a)
+{
+    cell_free(&a->sum);
+    cell_union_free(a->u);
+    a->u = NULL;
+}
+
+static int agg_add(struct agg *a, const uint8_t *val, size_t len)
+{
+    struct cell c;
+    int rc = cell_decode(val, len, &c);
+    if (rc) return rc;
+    a->sum.pageviews += c.pageviews;
+    a->sum.events += c.events;
+    a->sum.visits += c.visits;
+    a->sum.bounces += c.bounces;
+    a->sum.duration_ms += c.duration_ms;
+    for (uint32_t i = 0; i < c.nrev && !rc; i++)
+        rc = cell_add_revenue(&a->sum, c.rev[i].cur, c.rev[i].micros);
+    if (!rc && (c.hll || c.nms)) {
+        if (!a->u && !(a->u = cell_union_new())) rc = TALLY_ENOMEM;
+        if (!rc) rc = cell_union_add(a->u, &c);
+    }
+    cell_free(&c);
+    return rc;
+}
+
+static void agg_metrics(const struct agg *a, struct rollup_metrics *m)
+{
+    memset(m, 0, sizeof *m);
+    m->pageviews = a->sum.pageviews;
+    m->events = a->sum.events;
+    m->visits = a->sum.visits;
+    m->bounces = a->sum.bounces;
+    m->duration_ms = a->sum.duration_ms;
+    m->visitors_exact = true;
+    if (a->u) m->visitors = cell_union_count(a->u, &m->visitors_exact);
+    m->nrev = a->sum.nrev;
+    for (uint32_t i = 0; i < a->sum.nrev && i < ROLLUP_CURRENCIES_MAX; i++)
+        m->rev[i] = a->sum.rev[i];
+}
+
+struct value_ctx {
+    const char *value;
+    size_t vlen;
+    struct agg a;
+    rollup_series_fn fn;
+    void *arg;
+};
+
+static int value_cb(void *arg, uint32_t bucket, const char *value, size_t vlen,
+                    const uint8_t *val, size_t len)
+{
+    struct value_ctx *c = arg;
+    (void)bucket;
+    if (vlen != c->vlen || memcmp(value, c->value, vlen) != 0) return 0;
+    return agg_add(&c->a, val, len);
+}
+
+int rollup_read_value(struct store *s, uint32_t site, enum tz_gran g, int dim, const char *value,
+                      size_t vlen, int64_t from_ms, int64_t to_ms, struct rollup_metrics *out)
+{
+    struct value_ctx c = {.value = value, .vlen = vlen};
+    agg_init(&c.a);
+    int rc = each_cell(s, site, g, dim, from_ms, to_ms, value_cb, &c);
+    agg_metrics(&c.a, out);
+    agg_free(&c.a);
+    return rc;
+}
+
+static int series_cb(void *arg, uint32_t bucket, const char *value, size_t vlen,
+                     const uint8_t *val, size_t len)
+{
+    struct value_ctx *c = arg;
+    if (vlen != c->vlen || memcmp(value, c->value, vlen) != 0) return 0;
+    struct agg a;
+    agg_init(&a);
+    int rc = agg_add(&a, val, len);
+    if (!rc) {
+        struct rollup_metrics m;
+        agg_metrics(&a, &m);
+        rc = c->fn(c->arg, (int64_t)bucket * 60000, &m);
+    }
+    agg_free(&a);
+    return rc;
+}
+
+int rollup_read_series(struct store *s, uint32_t site, enum tz_gran g, int dim,
+                       const char *value, size_t vlen, int64_t from_ms, int64_t to_ms,
+                       rollup_series_fn fn, void *arg)
+{
+    struct value_ctx c = {.value = value, .vlen = vlen, .fn = fn, .arg = arg};
+    return each_cell(s, site, g, dim, from_ms, to_ms, series_cb, &c);
+}
+
+struct breakdown_ctx {
+    struct strtab *values;
+    struct agg *aggs;
+    size_t n, cap, max;
+};
+
+static int breakdown_cb(void *arg, uint32_t bucket, const char *value, size_t vlen,
+                        const uint8_t *val, size_t len)
+{
+    struct breakdown_ctx *c = arg;
+    (void)bucket;
+    bool created;
+    int64_t i = strtab_intern(c->values, 0, value, (uint32_t)vlen, &created);
+    if (i < 0) return TALLY_ENOMEM;
+    if (created) {
+        if ((size_t)i >= c->max) return TALLY_ETOOBIG;
+        if ((size_t)i >= c->cap) {
+            size_t cap = c->cap ? c->cap * 2 : 256;
+            struct agg *p = realloc(c->aggs, cap * sizeof *p);
+            if (!p) return TALLY_ENOMEM;
+            c->aggs = p;
+            c->cap = cap;
+        }
+        agg_init(&c->aggs[i]);
+        c->n = (size_t)i + 1;
+    }
+    return agg_add(&c->aggs[i], val, len);
+}
+
+struct order {
+    const char *s;
+    uint32_t len;
+    size_t i;
+};
+
+static int order_cmp(const void *a, const void *b)
+{
+    const struct order *x = a, *y = b;
+    uint32_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->s, y->s, n);
+    if (c) return c;
+    return x->len < y->len ? -1 : x->len > y->len;
+}
+
+int rollup_read_breakdown(struct store *s, uint32_t site, enum tz_gran g, int dim,
+                          int64_t from_ms, int64_t to_ms, size_t values_max,
+                          rollup_breakdown_fn fn, void *arg)
+{
+    struct breakdown_ctx c = {.values = strtab_new(),
+                              .max = values_max ? values_max : ROLLUP_BREAKDOWN_VALUES_MAX};
+    if (!c.values) return TALLY_ENOMEM;
+    int rc = each_cell(s, site, g, dim, from_ms, to_ms, breakdown_cb, &c);
+    struct order *ord = NULL;
+    if (!rc && c.n) {
+        ord = malloc(c.n * sizeof *ord);
+        if (!ord) rc = TALLY_ENOMEM;
+    }
+    if (!rc) {
+        for (size_t i = 0; i < c.n; i++) {
+            ord[i].s = strtab_str(c.values, (uint32_t)i, &ord[i].len);
+            ord[i].i = i;
+        }
+        qsort(ord, c.n, sizeof *ord, order_cmp);
+        for (size_t i = 0; i < c.n && !rc; i++) {
+            struct rollup_metrics m;
+            agg_metrics(&c.aggs[ord[i].i], &m);
+            rc = fn(arg, ord[i].s, ord[i].len, &m);
+        }
+    }
+    for (size_t i = 0; i < c.n; i++) agg_free(&c.aggs[i]);
+    free(c.aggs);
+    free(ord);
+    strtab_free(c.values);
+    return rc;
+}
+
+/* ---- digest ---- */
+
+struct digest_acc {
+    uint64_t lo, hi, n;
+};
+
+static void acc_add(struct digest_acc *a, XXH128_hash_t h)
+{
+    uint64_t lo = a->lo + h.low64;
+    a->hi += h.high64 + (lo < a->lo);
+    a->lo = lo;
+    a->n++;
+}
+
+struct name_cache {
+    uint32_t id;
+    char name[STORE_SITE_NAME_BYTES_MAX + 1];
+    size_t len;
+};
+
+static const char *site_name(struct store *s, struct name_cache *nc, uint32_t id, size_t *len)
+{
+    if (nc->id != id) {
+        nc->id = id;
+        if (store_site_name(s, id, nc->name, sizeof nc->name) != 0)
+            snprintf(nc->name, sizeof nc->name, "#%u", id);
+        nc->len = strlen(nc->name);
+    }
+    *len = nc->len;
+    return nc->name;
+}
+
+/* Hashes (tag, site name, key without the site id, value). */
+static XXH128_hash_t entry_hash(XXH3_state_t *st, uint8_t tag, const char *name, size_t nlen,
+                                const uint8_t *k1, size_t l1, const uint8_t *k2, size_t l2,
+                                const uint8_t *v, size_t vl)
+{
+    uint8_t lens[4 + 4 * 4];
+    lens[0] = tag;
+    store_put_be32(lens + 1, (uint32_t)nlen);
+    store_put_be32(lens + 5, (uint32_t)l1);
+    store_put_be32(lens + 9, (uint32_t)l2);
+    store_put_be32(lens + 13, (uint32_t)vl);
+    XXH3_128bits_reset(st);
+    XXH3_128bits_update(st, lens, 17);
+    XXH3_128bits_update(st, name, nlen);
+    XXH3_128bits_update(st, k1, l1);
+    XXH3_128bits_update(st, k2, l2);
+    XXH3_128bits_update(st, v, vl);
+    return XXH3_128bits_digest(st);
+}
+
+int rollup_digest(struct store *s, const char *site, struct rollup_digest *out)
+{
+    memset(out, 0, sizeof *out);
+    uint32_t only = 0;
+    if (site) {
+        int rc = store_site_id(s, site, strlen(site), false, &only);
+        if (rc == TALLY_ENOENT) only = UINT32_MAX; /* nothing stored: the empty digest */
+        else if (rc) return rc;
+    }
+    XXH3_state_t *st = XXH3_createState();
+    if (!st) return TALLY_ENOMEM;
+    struct digest_acc acc = {0, 0, 0}, cells = {0, 0, 0}, visits = {0, 0, 0};
+    struct name_cache nc = {.id = 0};
+    int rc = TALLY_OK;
+    struct store_iter *it = store_iter_new(s, STORE_CF_ROLLUPS, NULL, 0, NULL, 0);
+    if (!it) rc = TALLY_ENOMEM;
+    else store_iter_seek_first(it);
+    for (; !rc && store_iter_valid(it); store_iter_next(it)) {
+        size_t kl, vl, nlen;
+        const uint8_t *k = store_iter_key(it, &kl);
+        const uint8_t *v = store_iter_value(it, &vl);
+        if (kl < 10) continue;
+        uint32_t id = k[0] == 'm' ? store_get_be32(k + 5) : store_get_be32(k + 1);
+        if (only && id != only) continue;
+        const char *name = site_name(s, &nc, id, &nlen);
+        XXH128_hash_t h;
+        if (k[0] == 'm')
+            h = entry_hash(st, 'm', name, nlen, k + 1, 4, k + 9, kl - 9, v, vl);
+        else
+            h = entry_hash(st, k[0], name, nlen, NULL, 0, k + 5, kl - 5, v, vl);
+        acc_add(&acc, h);
+        acc_add(&cells, h);
+        out->cells++;
+    }
+    if (!rc) rc = store_iter_status(it);
+    store_iter_free(it);
+    it = NULL;
+    if (!rc && !(it = store_iter_new(s, STORE_CF_SESSIONS, NULL, 0, NULL, 0))) rc = TALLY_ENOMEM;
+    if (!rc) store_iter_seek_first(it);
+    for (; !rc && store_iter_valid(it); store_iter_next(it)) {
+        size_t kl, vl, nlen;
+        const uint8_t *k = store_iter_key(it, &kl);
+        const uint8_t *v = store_iter_value(it, &vl);
+        if (kl < 4) continue;
+        uint32_t id = store_get_be32(k);
+        if (only && id != only) continue;
+        const char *name = site_name(s, &nc, id, &nlen);
+        XXH128_hash_t h = entry_hash(st, 's', name, nlen, NULL, 0, k + 4, kl - 4, v, vl);
+        acc_add(&acc, h);
+        acc_add(&visits, h);
+        out->visits++;
+    }
+    if (!rc && it) rc = store_iter_status(it);
+    store_iter_free(it);
+    XXH3_freeState(st);
+    snprintf(out->hex, sizeof out->hex, "%016llx%016llx", (unsigned long long)acc.hi,
+             (unsigned long long)acc.lo);
+    snprintf(out->cells_hex, sizeof out->cells_hex, "%016llx%016llx",
+             (unsigned long long)cells.hi, (unsigned long long)cells.lo);
+    snprintf(out->visits_hex, sizeof out->visits_hex, "%016llx%016llx",
+             (unsigned long long)visits.hi, (unsigned long long)visits.lo);
+    return rc;
+}

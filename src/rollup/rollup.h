@@ -1,0 +1,168 @@
+/*
+ * rollup: the processing core's public face: the consumer threads of the server, `tally
+ * --rebuild` and `tally --digest`, and reads of rollup cells for the query engine.
+ *
+ * CONSUMERS (rollup_service_*). Two threads read the event log from their own cursors:
+ *  - raw: derives each record (derive.h) and stores it in the raw store (store/raw.h), with
+ *    duplicates flagged (dedup.h); state under "raw." in the meta CF;
+ *  - rollup: derives each record and feeds the engine (engine.h); state under "rollup.".
+ * Each writes its output and its cursor in one batch, at least every flush_interval_ms while
+ * events arrive (freshness: an acknowledged event is in the rollups within about a second), and
+ * registers its cursor with the log so retention keeps what it still needs. A failed write
+ * (disk full, ...) drops the consumer's memory and resumes from the stored cursor a second
+ * later: nothing lost, nothing doubled. Raw retention: once an hour, each site's blocks older
+ * than its retention_days are deleted.
+ *
+ * REBUILD. rollup_rebuild recomputes sessions and rollups from the log: everything, one site,
+ * and/or a range of local days. A full rebuild clears the rollup consumer's outputs and state
+ * and runs the same engine from the first offset, so its result IS what the consumer would have
+ * produced. A filtered rebuild first brings the consumer up to the log end (so that what is
+ * outside the filter is current), deletes the filtered cells (and the sites' visits, which it
+ * rewrites, identical where they lie outside the range), then replays the whole log with a
+ * memory-only engine that writes only inside the filter. It sets "rollup.rebuilding" in the meta
+ * CF while it runs; rollup_service_start warns when it finds it (an interrupted rebuild: run it
+ * again). Nothing else may write the store meanwhile (the binary holds the data-dir lock).
+ *
+ * DIGEST. XXH3-128 sum over every rollup cell and every visit, each hashed in a canonical form
+ * that names its site (site ids are per store), so an incremental store and a rebuilt one
+ * compare equal exactly when their contents are equal; order-independent, so it needs no sort.
+ * Printed as 32 hex digits.
+ *
+ * READS. Cells of [from_ms, to_ms): every bucket of granularity g whose key instant lies in the
+ * range. Unique visitors across several buckets are unions of the cells' visitor sets (exact
+ * while every set is exact; otherwise estimates within the bounds of cell.h), never sums.
+ * Values are raw strings ("" where the event had none; the query layer shows "(none)").
+ *
+ * THREADS. A service is started and stopped by one thread. Reads and digests may run on any
+ * thread at any time (RocksDB snapshots). rollup_rebuild runs on the caller's thread and must
+ * not overlap a running service on the same store.
+ */
+#ifndef TALLY_ROLLUP_H
+#define TALLY_ROLLUP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/config.h"
+#include "rollup/cell.h"
+#include "rollup/engine.h"
+#include "rollup/tz.h"
+#include "store/store.h"
+
+struct seglog;
+
+#define ROLLUP_DIGEST_HEX 33
+#define ROLLUP_CURRENCIES_MAX 8 /* currencies reported per metrics record (ascending codes) */
+#define ROLLUP_STATE_PREFIX "rollup."
+#define RAW_STATE_PREFIX "raw."
+
+/* ---- reads ---- */
+
+struct rollup_metrics {
+    int64_t pageviews, events, visits, bounces, duration_ms;
+    uint64_t visitors;
+    bool visitors_exact;
+    uint32_t nrev; /* currencies with revenue (at most ROLLUP_CURRENCIES_MAX reported) */
+    struct cell_rev rev[ROLLUP_CURRENCIES_MAX];
+};
+
+/* Metrics of one value (dim ROLLUP_DIM_TOTAL with value "" for the site total) summed over the
+ * buckets of g in [from_ms, to_ms). 0 (all zero when nothing is stored), TALLY_EIO,
+ * TALLY_ECORRUPT, TALLY_ENOMEM. */
+int rollup_read_value(struct store *s, uint32_t site, enum tz_gran g, int dim, const char *value,
+                      size_t vlen, int64_t from_ms, int64_t to_ms, struct rollup_metrics *out);
+
+/* One call per stored bucket of g in [from_ms, to_ms), ascending, with that bucket's metrics of
+ * the value. fn returns 0 to go on. */
+typedef int (*rollup_series_fn)(void *arg, int64_t bucket_ms, const struct rollup_metrics *m);
+int rollup_read_series(struct store *s, uint32_t site, enum tz_gran g, int dim,
+                       const char *value, size_t vlen, int64_t from_ms, int64_t to_ms,
+                       rollup_series_fn fn, void *arg);
+
+/* One call per value of dim present in [from_ms, to_ms), with its metrics over the range, in
+ * ascending byte order of the values (the caller sorts by metric). At most values_max values
+ * are aggregated (0: ROLLUP_BREAKDOWN_VALUES_MAX); beyond it TALLY_ETOOBIG. */
+#define ROLLUP_BREAKDOWN_VALUES_MAX 1000000
+typedef int (*rollup_breakdown_fn)(void *arg, const char *value, size_t vlen,
+                                   const struct rollup_metrics *m);
+int rollup_read_breakdown(struct store *s, uint32_t site, enum tz_gran g, int dim,
+                          int64_t from_ms, int64_t to_ms, size_t values_max,
+                          rollup_breakdown_fn fn, void *arg);
+
+/* ---- digest ---- */
+
+struct rollup_digest {
+    char hex[ROLLUP_DIGEST_HEX];        /* everything */
+    char cells_hex[ROLLUP_DIGEST_HEX];  /* the rollup cells alone */
+    char visits_hex[ROLLUP_DIGEST_HEX]; /* the visits alone */
+    uint64_t cells;  /* rollup cells hashed */
+    uint64_t visits; /* visits hashed */
+};
+
+/* Digest of the sessions and rollups of every site (site NULL) or of one site. */
+int rollup_digest(struct store *s, const char *site, struct rollup_digest *out);
+
+/* ---- consumers ---- */
+
+struct rollup_config {
+    const struct tally_config *cfg; /* sites: time zones, hosts, ids, retention; NULL: none */
+    struct engine_opts engine;      /* tuning; state_prefix and filters are set internally */
+    int64_t flush_interval_ms;      /* default 1000 */
+    size_t raw_flush_events_max;    /* default 100,000 */
+};
+
+void rollup_config_default(struct rollup_config *c);
+
+struct rollup_lag {
+    uint64_t log_end;         /* committed offset of the log */
+    uint64_t raw_cursor, rollup_cursor;
+    uint64_t raw_lag, rollup_lag; /* log_end - cursor */
+    uint64_t raw_events, rollup_events; /* events processed since start */
+    int raw_err, rollup_err;  /* last error (0 when healthy) */
+};
+
+struct rollup_service;
+
+/* Starts both consumer threads. s and log are borrowed (they outlive the service); cfg is
+ * copied (its tally_config pointer is borrowed). 0, TALLY_ENOMEM, TALLY_EIO. */
+int rollup_service_start(struct store *s, struct seglog *log, const struct rollup_config *cfg,
+                         struct rollup_service **out);
+/* Flushes what both consumers hold, stops and joins the threads, frees. NULL is a no-op. */
+void rollup_service_stop(struct rollup_service *svc);
+/* Cursors and lag (for /healthz and /metrics). Any thread. */
+void rollup_service_lag(struct rollup_service *svc, struct rollup_lag *out);
+
+/* ---- rebuild ---- */
+
+struct rollup_rebuild_opts {
+    const struct tally_config *cfg; /* NULL: every site UTC, default hosts */
+    const char *site;               /* NULL: every site */
+    const char *from_date, *to_date; /* "YYYY-MM-DD", inclusive local days; NULL: unbounded */
+    void (*progress)(void *arg, uint64_t done, uint64_t total); /* records; may be NULL */
+    void *progress_arg;
+    struct engine_opts engine;      /* tuning (engine_opts_default when zeroed) */
+};
+
+struct rollup_rebuild_summary {
+    uint64_t log_start, log_end;    /* offsets replayed [start, end) */
+    uint64_t events_read, events_counted, events_excluded, events_duplicate;
+    uint64_t records_corrupt;       /* records that did not decode (skipped) */
+    uint64_t buckets_written;       /* rollup cells written */
+    uint64_t visits_written;
+    double elapsed_s;
+    double flush_s, write_s;        /* of elapsed: in engine flushes, of which batch writes */
+    struct rollup_digest digest;    /* of the whole store after the rebuild */
+};
+
+/* See REBUILD above. 0, TALLY_EINVAL (bad date or site), or the first I/O error. */
+int rollup_rebuild(struct store *s, struct seglog *log, const struct rollup_rebuild_opts *opt,
+                   struct rollup_rebuild_summary *out);
+
+/* Parses "YYYY-MM-DD" into days since 1970-01-01. 0 or TALLY_EINVAL. */
+int rollup_parse_date(const char *s, int64_t *day);
+
+/* Time zone of a site under cfg (the engine's tz callback); "UTC" when not configured. */
+const char *rollup_site_tz(const struct tally_config *cfg, const char *site, size_t len);
+
+#endif

@@ -1,0 +1,127 @@
+/*
+ * raw: the raw event store: every derived event, by site and time, for queries that rollups
+ * cannot answer (several filters, several dimensions, regexes), exports and funnels.
+ *
+ * KEYS (raw CF)   site id (u32 BE) | UTC hour (u32 BE, ts_ms / 3600000) | first offset (u64 BE)
+ * A value is a BLOCK of up to RAW_BLOCK_EVENTS_MAX events of one site and one UTC hour, written
+ * by one consumer flush; "first offset" is the smallest log offset in the block, so keys never
+ * collide (an offset lives in exactly one block). A site's events of [from, to) are the blocks of
+ * a contiguous key range: one seek and a sequential read.
+ *
+ * BLOCK LAYOUT (version 1). Rows are sorted by (visitor, ts, offset) so that a visitor's rows
+ * follow each other and repeat most fields; each row stores only what differs from the row
+ * before it:
+ *     u8 version = 1, varint count, then per row:
+ *     varint mask   bit 0 visitor differs, bit 1 flags differ, bit 2+f string field f differs
+ *                   (f in devent_field order), bit 21 props follow, bit 22 revenue follows
+ *     [bit 0]  u64 LE visitor
+ *     svarint  offset - previous row's offset (first row: - the key's first offset)
+ *     svarint  ts_ms - previous row's ts_ms (first row: - the hour's start)
+ *     svarint  received_ms - ts_ms
+ *     [bit 1]  varint flags (RAW_F_*)
+ *     [bit 2+f] varint dictionary id of field f (0 = empty string), for each differing f
+ *     [bit 21] varint n (1..30), n x (varint key id, varint value id)
+ *     [bit 22] svarint revenue micros, varint currency id
+ * The initial "previous row" has visitor 0, flags 0 and every id 0. A block that does not
+ * decode exactly is TALLY_ECORRUPT.
+ *
+ * DICTIONARY (dict CF, per site). Strings are stored once per site and referred to by id:
+ *     'S' | site (u32 BE) | string bytes -> id (u32 BE)
+ *     'I' | site (u32 BE) | id (u32 BE)  -> string bytes
+ *     'N' | site (u32 BE)                -> next id to assign (u32 BE)
+ * Ids start at 1 (0 is the empty string) and are assigned in log order by the one raw consumer,
+ * in the same write batch as the blocks that use them (so a crash never leaves a block whose
+ * ids are unknown, and a replay assigns the same ids again). Filters are evaluated on ids: look
+ * the value up once (raw_dict_find, or raw_dict_each for contains/regex), then compare ids.
+ *
+ * RETENTION. raw_retention deletes whole hours before a cut with one range deletion.
+ *
+ * THREADS. A raw_writer is owned by one thread (the raw consumer). raw_scan and the dict
+ * readers may run on any thread, concurrently with the writer (RocksDB snapshots).
+ */
+#ifndef TALLY_STORE_RAW_H
+#define TALLY_STORE_RAW_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "rollup/devent.h"
+#include "store/store.h"
+
+#define RAW_BLOCK_EVENTS_MAX 4096
+#define RAW_DICT_CACHE_BYTES_MAX (64u << 20) /* writer's dictionary cache, cleared beyond */
+#define RAW_STRING_BYTES_MAX 4096            /* longer strings are cut (at a UTF-8 boundary) */
+#define RAW_HOUR_MS 3600000LL
+
+#define RAW_F_BOT 0x1u
+#define RAW_F_HOST_NOT_ALLOWED 0x2u
+#define RAW_F_DUPLICATE 0x4u      /* a repeated client event id (dedup.h) */
+#define RAW_F_PAGEVIEW 0x8u
+#define RAW_F_NONINTERACTIVE 0x10u
+#define RAW_F_EXCLUDED (RAW_F_BOT | RAW_F_HOST_NOT_ALLOWED | RAW_F_DUPLICATE)
+
+struct raw_prop {
+    uint32_t key, value; /* dictionary ids */
+};
+
+/* One stored event as a scan returns it. */
+struct raw_event {
+    uint64_t offset;
+    int64_t ts_ms, received_ms;
+    uint64_t visitor;
+    uint32_t flags; /* RAW_F_* */
+    uint32_t id[DE_FIELD_COUNT]; /* dictionary ids, 0 = "" */
+    uint32_t props_count;
+    struct raw_prop props[DE_PROPS_MAX];
+    bool has_revenue;
+    int64_t revenue_micros;
+    uint32_t currency_id;
+};
+
+struct raw_writer;
+
+/* A writer for the store s (borrowed; must outlive the writer). NULL on OOM. */
+struct raw_writer *raw_writer_new(struct store *s);
+void raw_writer_free(struct raw_writer *w);
+
+/* Buffers one event of site site_id. extra_flags adds RAW_F_DUPLICATE. Assigns dictionary ids
+ * (pending until raw_writer_commit). 0, TALLY_ENOMEM, TALLY_EIO (dictionary read). */
+int raw_writer_add(struct raw_writer *w, uint32_t site_id, const struct devent *ev,
+                   uint32_t extra_flags);
+/* Events buffered since the last flush. */
+size_t raw_writer_pending(const struct raw_writer *w);
+/* Appends the buffered events as blocks, and the new dictionary entries, to batch b, and
+ * empties the buffer. 0 or TALLY_ENOMEM. */
+int raw_writer_flush(struct raw_writer *w, struct store_batch *b);
+/* After the batch was written: the new dictionary entries are now durable. */
+void raw_writer_commit(struct raw_writer *w);
+/* After the batch failed: forget buffered events and pending dictionary entries. */
+void raw_writer_abort(struct raw_writer *w);
+
+/* Calls fn for every stored event of site_id with from_ms <= ts_ms < to_ms, block by block in
+ * key order (by UTC hour, then by block), rows within a block by (visitor, ts, offset). fn
+ * returns 0 to go on, anything else to stop (raw_scan then returns that value). ev is valid for
+ * the call only. Excluded events (RAW_F_EXCLUDED) are included: filter on flags.
+ * 0, fn's value, TALLY_ECORRUPT, TALLY_EIO. Any thread. */
+typedef int (*raw_scan_fn)(void *arg, const struct raw_event *ev);
+int raw_scan(struct store *s, uint32_t site_id, int64_t from_ms, int64_t to_ms, raw_scan_fn fn,
+             void *arg);
+
+/* Dictionary readers (any thread). raw_dict_find: 0 with *id, TALLY_ENOENT when the site never
+ * stored the string ("" is always id 0). raw_dict_string: *out malloc'd (caller frees),
+ * NUL-terminated, *len its length; TALLY_ENOENT for an unknown id. raw_dict_each: fn for every
+ * string of the site in id order; fn returns non-zero to stop. */
+int raw_dict_find(struct store *s, uint32_t site_id, const char *str, uint32_t len,
+                  uint32_t *id);
+int raw_dict_string(struct store *s, uint32_t site_id, uint32_t id, char **out, uint32_t *len);
+int raw_dict_each(struct store *s, uint32_t site_id,
+                  int (*fn)(void *arg, uint32_t id, const char *str, uint32_t len), void *arg);
+
+/* Deletes the site's blocks of every UTC hour that ends at or before cut_ms. 0 or TALLY_EIO. */
+int raw_retention(struct store *s, uint32_t site_id, int64_t cut_ms);
+
+/* Decodes one block value (for tools and tests): fn per row. 0, fn's value, TALLY_ECORRUPT. */
+int raw_block_decode(const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen,
+                     raw_scan_fn fn, void *arg);
+
+#endif

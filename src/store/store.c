@@ -1,0 +1,559 @@
+/*
+ * store: RocksDB wrapper (see store.h for the column families, the site registry and the
+ * exactly-once rule). RocksDB reports errors as malloc'd strings: they go to diag and become
+ * TALLY_EIO (TALLY_ENOSPC when the message says the disk is full).
+ */
+#include "store/store.h"
+
+#include <pthread.h>
+#include <rocksdb/c.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/diag.h"
+#include "tally/error.h"
+
+static const char *const cf_names[STORE_CF_COUNT] = {"raw", "rollups", "sessions", "dict",
+                                                      "meta"};
+
+struct store {
+    rocksdb_t *db;
+    rocksdb_options_t *db_opts;
+    rocksdb_options_t *cf_opts[STORE_CF_COUNT];
+    rocksdb_block_based_table_options_t *table_opts;
+    rocksdb_cache_t *cache;
+    rocksdb_column_family_handle_t *cf[STORE_CF_COUNT];
+    rocksdb_writeoptions_t *wopts;
+    rocksdb_readoptions_t *ropts;
+    bool read_only;
+
+    pthread_mutex_t sites_mu; /* guards the registry below */
+    char **site_names;        /* index = id; [0] unused */
+    uint32_t site_count;      /* highest id in use */
+};
+
+struct store_batch {
+    struct store *s;
+    rocksdb_writebatch_t *wb;
+};
+
+struct store_iter {
+    rocksdb_iterator_t *it;
+    rocksdb_readoptions_t *ro;
+    uint8_t *lower, *upper;
+};
+
+const char *store_cf_name(enum store_cf cf)
+{
+    return (unsigned)cf < STORE_CF_COUNT ? cf_names[cf] : "?";
+}
+
+void store_options_default(struct store_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->block_cache_bytes = 64u << 20;
+    o->write_buffer_bytes = 32u << 20;
+}
+
+static int err_code(char *err, const char *what)
+{
+    int rc = TALLY_EIO;
+    if (strstr(err, "No space") || strstr(err, "ENOSPC")) rc = TALLY_ENOSPC;
+    diag_error("store: %s: %s", what, err);
+    rocksdb_free(err);
+    return rc;
+}
+
+static int sites_load(struct store *s);
+
+int store_open(const struct store_options *opt, struct store **out)
+{
+    struct store *s = calloc(1, sizeof *s);
+    if (!s) return TALLY_ENOMEM;
+    pthread_mutex_init(&s->sites_mu, NULL);
+    s->read_only = opt->read_only;
+    size_t cache_bytes = opt->block_cache_bytes ? opt->block_cache_bytes : 64u << 20;
+    size_t wbuf = opt->write_buffer_bytes ? opt->write_buffer_bytes : 32u << 20;
+
+    s->cache = rocksdb_cache_create_lru(cache_bytes);
+    s->table_opts = rocksdb_block_based_options_create();
+    rocksdb_block_based_options_set_block_cache(s->table_opts, s->cache);
+    rocksdb_block_based_options_set_filter_policy(s->table_opts,
+                                                  rocksdb_filterpolicy_create_bloom_full(10));
+    rocksdb_block_based_options_set_block_size(s->table_opts, 16 * 1024);
+    rocksdb_block_based_options_set_format_version(s->table_opts, 5);
+
+    s->db_opts = rocksdb_options_create();
+    rocksdb_options_set_create_if_missing(s->db_opts, 1);
+    rocksdb_options_set_create_missing_column_families(s->db_opts, 1);
+    rocksdb_options_set_max_background_jobs(s->db_opts, 2);
+    rocksdb_options_set_keep_log_file_num(s->db_opts, 3);
+    rocksdb_options_set_info_log_level(s->db_opts, 2 /* WARN */);
+    for (int i = 0; i < STORE_CF_COUNT; i++) {
+        rocksdb_options_t *o = rocksdb_options_create();
+        rocksdb_options_set_compression(o, rocksdb_lz4_compression);
+        rocksdb_options_set_block_based_table_factory(o, s->table_opts);
+        rocksdb_options_set_write_buffer_size(o, i == STORE_CF_META ? (4u << 20) : wbuf);
+        rocksdb_options_set_level_compaction_dynamic_level_bytes(o, 1);
+        s->cf_opts[i] = o;
+    }
+    const char *names[STORE_CF_COUNT + 1];
+    const rocksdb_options_t *opts[STORE_CF_COUNT + 1];
+    rocksdb_column_family_handle_t *handles[STORE_CF_COUNT + 1];
+    names[0] = "default";
+    opts[0] = s->db_opts;
+    for (int i = 0; i < STORE_CF_COUNT; i++) {
+        names[i + 1] = cf_names[i];
+        opts[i + 1] = s->cf_opts[i];
+    }
+    char *err = NULL;
+    if (opt->read_only)
+        s->db = rocksdb_open_for_read_only_column_families(s->db_opts, opt->dir,
+                                                           STORE_CF_COUNT + 1, names, opts,
+                                                           handles, 0, &err);
+    else
+        s->db = rocksdb_open_column_families(s->db_opts, opt->dir, STORE_CF_COUNT + 1, names,
+                                             opts, handles, &err);
+    if (err) {
+        int rc = strstr(err, "lock") ? TALLY_ELOCKED : TALLY_EIO;
+        diag_error("store: open %s: %s", opt->dir, err);
+        rocksdb_free(err);
+        s->db = NULL;
+        store_close(s);
+        return rc;
+    }
+    rocksdb_column_family_handle_destroy(handles[0]);
+    for (int i = 0; i < STORE_CF_COUNT; i++) s->cf[i] = handles[i + 1];
+    s->wopts = rocksdb_writeoptions_create();
+    rocksdb_writeoptions_set_sync(s->wopts, opt->sync_writes ? 1 : 0);
+    s->ropts = rocksdb_readoptions_create();
+    int rc = sites_load(s);
+    if (rc) {
+        store_close(s);
+        return rc;
+    }
+    *out = s;
+    return TALLY_OK;
+}
+
+void store_close(struct store *s)
+{
+    if (!s) return;
+    if (s->db) {
+        for (int i = 0; i < STORE_CF_COUNT; i++)
+            if (s->cf[i]) rocksdb_column_family_handle_destroy(s->cf[i]);
+        rocksdb_close(s->db);
+    }
+    if (s->wopts) rocksdb_writeoptions_destroy(s->wopts);
+    if (s->ropts) rocksdb_readoptions_destroy(s->ropts);
+    for (int i = 0; i < STORE_CF_COUNT; i++)
+        if (s->cf_opts[i]) rocksdb_options_destroy(s->cf_opts[i]);
+    if (s->db_opts) rocksdb_options_destroy(s->db_opts);
+    if (s->table_opts) rocksdb_block_based_options_destroy(s->table_opts);
+    if (s->cache) rocksdb_cache_destroy(s->cache);
+    if (s->site_names) {
+        for (uint32_t i = 0; i <= s->site_count; i++) free(s->site_names[i]);
+        free(s->site_names);
+    }
+    pthread_mutex_destroy(&s->sites_mu);
+    free(s);
+}
+
+int store_get(struct store *s, enum store_cf cf, const void *key, size_t klen, void **val,
+              size_t *len)
+{
+    char *err = NULL;
+    size_t vlen = 0;
+    char *v = rocksdb_get_cf(s->db, s->ropts, s->cf[cf], key, klen, &vlen, &err);
+    if (err) return err_code(err, "get");
+    if (!v) return TALLY_ENOENT;
+    /* RocksDB's value is malloc'd by its allocator, which is the process malloc on Debian;
+     * copy anyway so that callers may always free() it. */
+    void *copy = malloc(vlen ? vlen : 1);
+    if (!copy) {
+        rocksdb_free(v);
+        return TALLY_ENOMEM;
+    }
+    memcpy(copy, v, vlen);
+    rocksdb_free(v);
+    *val = copy;
+    *len = vlen;
+    return TALLY_OK;
+}
+
+int store_multi_get(struct store *s, enum store_cf cf, size_t n, const void *const *keys,
+                    const size_t *klens, void **vals, size_t *lens)
+{
+    if (n == 0) return TALLY_OK;
+    const rocksdb_column_family_handle_t **cfs = malloc(n * sizeof *cfs);
+    char **errs = calloc(n, sizeof *errs);
+    char **raw = calloc(n, sizeof *raw);
+    if (!cfs || !errs || !raw) {
+        free(cfs);
+        free(errs);
+        free(raw);
+        return TALLY_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) cfs[i] = s->cf[cf];
+    rocksdb_multi_get_cf(s->db, s->ropts, cfs, n, (const char *const *)keys, klens, raw, lens,
+                         errs);
+    int rc = TALLY_OK;
+    for (size_t i = 0; i < n; i++) {
+        if (errs[i]) {
+            if (rc == TALLY_OK) rc = err_code(errs[i], "multi_get");
+            else rocksdb_free(errs[i]);
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        vals[i] = NULL;
+        if (raw[i] && rc == TALLY_OK) {
+            vals[i] = malloc(lens[i] ? lens[i] : 1);
+            if (!vals[i]) rc = TALLY_ENOMEM;
+            else memcpy(vals[i], raw[i], lens[i]);
+        }
+        if (raw[i]) rocksdb_free(raw[i]);
+    }
+    if (rc != TALLY_OK)
+        for (size_t i = 0; i < n; i++) free(vals[i]), vals[i] = NULL;
+    free(cfs);
+    free(errs);
+    free(raw);
+    return rc;
+}
+
+struct store_batch *store_batch_new(struct store *s)
+{
+    struct store_batch *b = malloc(sizeof *b);
+    if (!b) return NULL;
+    b->s = s;
+    b->wb = rocksdb_writebatch_create();
+    return b;
+}
+
+void store_batch_free(struct store_batch *b)
+{
+    if (!b) return;
+    rocksdb_writebatch_destroy(b->wb);
+    free(b);
+}
+
+void store_batch_clear(struct store_batch *b)
+{
+    rocksdb_writebatch_clear(b->wb);
+}
+
+void store_batch_put(struct store_batch *b, enum store_cf cf, const void *key, size_t klen,
+                     const void *val, size_t vlen)
+{
+    rocksdb_writebatch_put_cf(b->wb, b->s->cf[cf], key, klen, val, vlen);
+}
+
+void store_batch_delete(struct store_batch *b, enum store_cf cf, const void *key, size_t klen)
+{
+    rocksdb_writebatch_delete_cf(b->wb, b->s->cf[cf], key, klen);
+}
+
+void store_batch_delete_range(struct store_batch *b, enum store_cf cf, const void *begin,
+                              size_t blen, const void *end, size_t elen)
+{
+    rocksdb_writebatch_delete_range_cf(b->wb, b->s->cf[cf], begin, blen, end, elen);
+}
+
+size_t store_batch_bytes(struct store_batch *b)
+{
+    size_t n = 0;
+    rocksdb_writebatch_data(b->wb, &n);
+    return n;
+}
+
+int store_batch_count(struct store_batch *b)
+{
+    return rocksdb_writebatch_count(b->wb);
+}
+
+int store_write(struct store *s, struct store_batch *b)
+{
+    if (s->read_only) return TALLY_ECLOSED;
+    char *err = NULL;
+    rocksdb_write(s->db, s->wopts, b->wb, &err);
+    if (err) return err_code(err, "write");
+    return TALLY_OK;
+}
+
+struct store_iter *store_iter_new(struct store *s, enum store_cf cf, const void *lower,
+                                  size_t llen, const void *upper, size_t ulen)
+{
+    struct store_iter *it = calloc(1, sizeof *it);
+    if (!it) return NULL;
+    it->ro = rocksdb_readoptions_create();
+    if (lower) {
+        it->lower = malloc(llen ? llen : 1);
+        if (!it->lower) goto fail;
+        memcpy(it->lower, lower, llen);
+        rocksdb_readoptions_set_iterate_lower_bound(it->ro, (const char *)it->lower, llen);
+    }
+    if (upper) {
+        it->upper = malloc(ulen ? ulen : 1);
+        if (!it->upper) goto fail;
+        memcpy(it->upper, upper, ulen);
+        rocksdb_readoptions_set_iterate_upper_bound(it->ro, (const char *)it->upper, ulen);
+    }
+    it->it = rocksdb_create_iterator_cf(s->db, it->ro, s->cf[cf]);
+    return it;
+fail:
+    store_iter_free(it);
+    return NULL;
+}
+
+void store_iter_free(struct store_iter *it)
+{
+    if (!it) return;
+    if (it->it) rocksdb_iter_destroy(it->it);
+    if (it->ro) rocksdb_readoptions_destroy(it->ro);
+    free(it->lower);
+    free(it->upper);
+    free(it);
+}
+
+void store_iter_seek_first(struct store_iter *it)
+{
+    rocksdb_iter_seek_to_first(it->it);
+}
+
+void store_iter_seek_last(struct store_iter *it)
+{
+    rocksdb_iter_seek_to_last(it->it);
+}
+
+void store_iter_seek(struct store_iter *it, const void *key, size_t klen)
+{
+    rocksdb_iter_seek(it->it, key, klen);
+}
+
+void store_iter_seek_prev(struct store_iter *it, const void *key, size_t klen)
+{
+    rocksdb_iter_seek_for_prev(it->it, key, klen);
+}
+
+bool store_iter_valid(struct store_iter *it)
+{
+    return rocksdb_iter_valid(it->it) != 0;
+}
+
+void store_iter_next(struct store_iter *it)
+{
+    rocksdb_iter_next(it->it);
+}
+
+void store_iter_prev(struct store_iter *it)
+{
+    rocksdb_iter_prev(it->it);
+}
+
+const uint8_t *store_iter_key(struct store_iter *it, size_t *len)
+{
+    return (const uint8_t *)rocksdb_iter_key(it->it, len);
+}
+
+const uint8_t *store_iter_value(struct store_iter *it, size_t *len)
+{
+    return (const uint8_t *)rocksdb_iter_value(it->it, len);
+}
+
+int store_iter_status(struct store_iter *it)
+{
+    char *err = NULL;
+    rocksdb_iter_get_error(it->it, &err);
+    if (err) return err_code(err, "iterate");
+    return TALLY_OK;
+}
+
+/* ---- site registry ---- */
+
+static int sites_grow(struct store *s, uint32_t id)
+{
+    /* site_names has room for ids 0..site_count; grow to hold id */
+    char **p = realloc(s->site_names, (size_t)(id + 1) * sizeof *p);
+    if (!p) return TALLY_ENOMEM;
+    for (uint32_t i = s->site_names ? s->site_count + 1 : 0; i <= id; i++) p[i] = NULL;
+    s->site_names = p;
+    s->site_count = id;
+    return TALLY_OK;
+}
+
+static int sites_load(struct store *s)
+{
+    int rc = sites_grow(s, 0);
+    if (rc) return rc;
+    s->site_count = 0;
+    uint8_t lo = 'I', hi = 'J';
+    struct store_iter *it = store_iter_new(s, STORE_CF_META, &lo, 1, &hi, 1);
+    if (!it) return TALLY_ENOMEM;
+    for (store_iter_seek_first(it); store_iter_valid(it); store_iter_next(it)) {
+        size_t kl, vl;
+        const uint8_t *k = store_iter_key(it, &kl);
+        const uint8_t *v = store_iter_value(it, &vl);
+        if (kl != 5 || vl == 0 || vl > STORE_SITE_NAME_BYTES_MAX) continue;
+        uint32_t id = store_get_be32(k + 1);
+        if (id == 0 || id >= STORE_SITES_MAX) continue;
+        if (id > s->site_count && (rc = sites_grow(s, id))) break;
+        free(s->site_names[id]);
+        s->site_names[id] = strndup((const char *)v, vl);
+        if (!s->site_names[id]) {
+            rc = TALLY_ENOMEM;
+            break;
+        }
+    }
+    if (!rc) rc = store_iter_status(it);
+    store_iter_free(it);
+    return rc;
+}
+
+int store_site_id(struct store *s, const char *name, size_t len, bool create, uint32_t *id)
+{
+    if (len == 0 || len > STORE_SITE_NAME_BYTES_MAX) return TALLY_EINVAL;
+    int rc = TALLY_ENOENT;
+    pthread_mutex_lock(&s->sites_mu);
+    for (uint32_t i = 1; i <= s->site_count; i++) {
+        const char *n = s->site_names[i];
+        if (n && strlen(n) == len && memcmp(n, name, len) == 0) {
+            *id = i;
+            rc = TALLY_OK;
+            goto done;
+        }
+    }
+    if (!create) goto done;
+    if (s->read_only) {
+        rc = TALLY_ECLOSED;
+        goto done;
+    }
+    uint32_t nid = s->site_count + 1;
+    if (nid >= STORE_SITES_MAX) {
+        rc = TALLY_EFULL;
+        goto done;
+    }
+    char *copy = strndup(name, len);
+    if (!copy) {
+        rc = TALLY_ENOMEM;
+        goto done;
+    }
+    uint8_t k1[1 + STORE_SITE_NAME_BYTES_MAX], k2[5], v2[4];
+    k1[0] = 'S';
+    memcpy(k1 + 1, name, len);
+    k2[0] = 'I';
+    store_put_be32(k2 + 1, nid);
+    store_put_be32(v2, nid);
+    struct store_batch *b = store_batch_new(s);
+    if (!b) {
+        free(copy);
+        rc = TALLY_ENOMEM;
+        goto done;
+    }
+    store_batch_put(b, STORE_CF_META, k1, 1 + len, v2, 4);
+    store_batch_put(b, STORE_CF_META, k2, 5, name, len);
+    rc = store_write(s, b);
+    store_batch_free(b);
+    if (rc == TALLY_OK) rc = sites_grow(s, nid);
+    if (rc) {
+        free(copy);
+        goto done;
+    }
+    s->site_names[nid] = copy;
+    *id = nid;
+done:
+    pthread_mutex_unlock(&s->sites_mu);
+    return rc;
+}
+
+int store_site_name(struct store *s, uint32_t id, char *buf, size_t cap)
+{
+    int rc = TALLY_ENOENT;
+    pthread_mutex_lock(&s->sites_mu);
+    if (id >= 1 && id <= s->site_count && s->site_names[id]) {
+        snprintf(buf, cap, "%s", s->site_names[id]);
+        rc = TALLY_OK;
+    }
+    pthread_mutex_unlock(&s->sites_mu);
+    return rc;
+}
+
+void store_sites_each(struct store *s, void (*fn)(void *arg, uint32_t id, const char *name),
+                      void *arg)
+{
+    pthread_mutex_lock(&s->sites_mu);
+    uint32_t n = s->site_count;
+    pthread_mutex_unlock(&s->sites_mu);
+    char buf[STORE_SITE_NAME_BYTES_MAX + 1];
+    for (uint32_t i = 1; i <= n; i++)
+        if (store_site_name(s, i, buf, sizeof buf) == 0) fn(arg, i, buf);
+}
+
+/* ---- meta helpers ---- */
+
+int store_meta_get_u64(struct store *s, const char *key, uint64_t *v)
+{
+    void *val;
+    size_t len;
+    int rc = store_get(s, STORE_CF_META, key, strlen(key), &val, &len);
+    if (rc) return rc;
+    if (len != 8) {
+        free(val);
+        return TALLY_ECORRUPT;
+    }
+    *v = store_get_be64(val);
+    free(val);
+    return TALLY_OK;
+}
+
+void store_batch_put_u64(struct store_batch *b, const char *key, uint64_t v)
+{
+    uint8_t buf[8];
+    store_put_be64(buf, v);
+    store_batch_put(b, STORE_CF_META, key, strlen(key), buf, 8);
+}
+
+/* ---- sizes and maintenance ---- */
+
+uint64_t store_cf_bytes(struct store *s, enum store_cf cf)
+{
+    uint64_t total = 0;
+    const char *props[] = {"rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"};
+    for (size_t i = 0; i < 2; i++) {
+        char *v = rocksdb_property_value_cf(s->db, s->cf[cf], props[i]);
+        if (v) {
+            total += strtoull(v, NULL, 10);
+            rocksdb_free(v);
+        }
+    }
+    return total;
+}
+
+int store_flush(struct store *s)
+{
+    rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
+    rocksdb_flushoptions_set_wait(fo, 1);
+    int rc = TALLY_OK;
+    for (int i = 0; i < STORE_CF_COUNT && rc == TALLY_OK; i++) {
+        char *err = NULL;
+        rocksdb_flush_cf(s->db, fo, s->cf[i], &err);
+        if (err) rc = err_code(err, "flush");
+    }
+    rocksdb_flushoptions_destroy(fo);
+    return rc;
+}
+
+int store_compact(struct store *s, enum store_cf cf)
+{
+    rocksdb_compact_range_cf(s->db, s->cf[cf], NULL, 0, NULL, 0);
+    return TALLY_OK;
+}
+
+int store_property(struct store *s, enum store_cf cf, const char *name, char *buf, size_t cap)
+{
+    char *v = rocksdb_property_value_cf(s->db, s->cf[cf], name);
+    if (!v) return TALLY_ENOENT;
+    snprintf(buf, cap, "%s", v);
+    rocksdb_free(v);
+    return TALLY_OK;
+}

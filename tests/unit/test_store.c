@@ -1,0 +1,363 @@
+/* Unit tests for store (RocksDB wrapper, site registry) and store/raw (blocks, dictionary,
+ * scans, retention). */
+#include "test.h"
+
+#include "store/raw.h"
+#include "store/store.h"
+#include "tally/error.h"
+
+static struct store *open_store(const char *dir)
+{
+    struct store_options o;
+    store_options_default(&o);
+    o.dir = dir;
+    o.block_cache_bytes = 4u << 20;
+    o.write_buffer_bytes = 1u << 20;
+    struct store *s = NULL;
+    if (store_open(&o, &s) != 0) abort();
+    return s;
+}
+
+TEST(basics_and_sites)
+{
+    const char *dir = test_tmpdir();
+    struct store *s = open_store(dir);
+    uint32_t a, b, c;
+    ASSERT_EQ(store_site_id(s, "a.com", 5, false, &a), TALLY_ENOENT);
+    ASSERT_EQ(store_site_id(s, "a.com", 5, true, &a), 0);
+    ASSERT_EQ(store_site_id(s, "b.com", 5, true, &b), 0);
+    ASSERT_EQ(store_site_id(s, "a.com", 5, true, &c), 0);
+    ASSERT_EQ(a, 1);
+    ASSERT_EQ(b, 2);
+    ASSERT_EQ(c, 1);
+    ASSERT_EQ(store_site_id(s, "", 0, true, &c), TALLY_EINVAL);
+    struct store_batch *bt = store_batch_new(s);
+    store_batch_put(bt, STORE_CF_ROLLUPS, "k1", 2, "v1", 2);
+    store_batch_put(bt, STORE_CF_ROLLUPS, "k2", 2, "v2", 2);
+    store_batch_put(bt, STORE_CF_ROLLUPS, "k3", 2, "v3", 2);
+    store_batch_put_u64(bt, "cursor", 77);
+    ASSERT_EQ(store_batch_count(bt), 4);
+    ASSERT_EQ(store_write(s, bt), 0);
+    store_batch_clear(bt);
+    store_batch_delete_range(bt, STORE_CF_ROLLUPS, "k2", 2, "k3", 2);
+    ASSERT_EQ(store_write(s, bt), 0);
+    store_batch_free(bt);
+    store_close(s);
+
+    s = open_store(dir);
+    char name[STORE_SITE_NAME_BYTES_MAX + 1];
+    ASSERT_EQ(store_site_name(s, 2, name, sizeof name), 0);
+    ASSERT_STREQ(name, "b.com");
+    ASSERT_EQ(store_site_id(s, "c.com", 5, true, &c), 0);
+    ASSERT_EQ(c, 3);
+    uint64_t cur = 0;
+    ASSERT_EQ(store_meta_get_u64(s, "cursor", &cur), 0);
+    ASSERT_EQ(cur, 77);
+    void *v;
+    size_t vl;
+    ASSERT_EQ(store_get(s, STORE_CF_ROLLUPS, "k1", 2, &v, &vl), 0);
+    ASSERT_EQ(vl, 2);
+    ASSERT_MEMEQ(v, "v1", 2);
+    free(v);
+    ASSERT_EQ(store_get(s, STORE_CF_ROLLUPS, "k2", 2, &v, &vl), TALLY_ENOENT);
+    ASSERT_EQ(store_get(s, STORE_CF_ROLLUPS, "k3", 2, &v, &vl), 0);
+    free(v);
+    /* multi get and iterators */
+    const void *keys[3] = {"k1", "k2", "k3"};
+    size_t kl[3] = {2, 2, 2}, lens[3];
+    void *vals[3];
+    ASSERT_EQ(store_multi_get(s, STORE_CF_ROLLUPS, 3, keys, kl, vals, lens), 0);
+    ASSERT_TRUE(vals[0] && !vals[1] && vals[2]);
+    free(vals[0]);
+    free(vals[2]);
+    struct store_iter *it = store_iter_new(s, STORE_CF_ROLLUPS, "k", 1, "l", 1);
+    int n = 0;
+    for (store_iter_seek_first(it); store_iter_valid(it); store_iter_next(it)) n++;
+    ASSERT_EQ(n, 2);
+    store_iter_seek_prev(it, "k2", 2);
+    ASSERT_TRUE(store_iter_valid(it));
+    size_t klen;
+    ASSERT_MEMEQ(store_iter_key(it, &klen), "k1", 2);
+    store_iter_free(it);
+    store_close(s);
+    store_close(NULL);
+}
+
+/* ---- raw store ---- */
+
+static uint64_t rng;
+static uint64_t rnd(void)
+{
+    rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+    return rng >> 17;
+}
+
+static const char *pick(const char *const *a, size_t n)
+{
+    return a[rnd() % n];
+}
+
+/* A generated event with its strings kept in static-lifetime storage. */
+struct gen {
+    struct devent ev;
+    struct devent_prop props[2];
+    char path[32];
+};
+
+static void gen_event(struct gen *g, uint64_t offset, int64_t base_ms)
+{
+    static const char *names[] = {"pageview", "pageview", "Signup", "Click"};
+    static const char *browsers[] = {"Chrome", "Firefox", "Safari", ""};
+    static const char *countries[] = {"DE", "US", "FR", ""};
+    static const char *sources[] = {"Google", "Direct / None", "Twitter"};
+    memset(g, 0, sizeof *g);
+    struct devent *e = &g->ev;
+    e->offset = offset;
+    e->ts_ms = base_ms + (int64_t)(rnd() % (10LL * 3600 * 1000));
+    e->received_ms = e->ts_ms + (int64_t)(rnd() % 5000);
+    e->visitor = rnd() % 50 + 1;
+    for (int f = 0; f < DE_FIELD_COUNT; f++) e->str[f] = (struct devent_str){"", 0};
+    const char *name = pick(names, 4);
+    e->str[DE_NAME] = (struct devent_str){name, (uint32_t)strlen(name)};
+    snprintf(g->path, sizeof g->path, "/p/%d", (int)(rnd() % 20));
+    e->str[DE_PATH] = (struct devent_str){g->path, (uint32_t)strlen(g->path)};
+    e->str[DE_HOSTNAME] = (struct devent_str){"example.com", 11};
+    const char *b = pick(browsers, 4), *c = pick(countries, 4), *src = pick(sources, 3);
+    e->str[DE_BROWSER] = (struct devent_str){b, (uint32_t)strlen(b)};
+    e->str[DE_COUNTRY] = (struct devent_str){c, (uint32_t)strlen(c)};
+    e->str[DE_SOURCE] = (struct devent_str){src, (uint32_t)strlen(src)};
+    e->pageview = strcmp(name, "pageview") == 0;
+    e->interactive = rnd() % 5 != 0;
+    e->flags = rnd() % 10 == 0 ? DE_F_BOT : 0;
+    if (rnd() % 4 == 0) {
+        g->props[0] = (struct devent_prop){{"plan", 4}, {"pro", 3}};
+        g->props[1] = (struct devent_prop){{"n", 1}, {"42", 2}};
+        e->props = g->props;
+        e->props_count = 1 + (uint32_t)(rnd() % 2);
+    }
+    if (rnd() % 7 == 0) {
+        e->has_revenue = true;
+        e->revenue_micros = (int64_t)(rnd() % 100000000);
+        memcpy(e->currency, rnd() % 2 ? "EUR" : "USD", 4);
+    }
+}
+
+struct seen {
+    struct store *s;
+    uint32_t site;
+    uint64_t count;
+    uint64_t sum_offsets, sum_ts, xor_mix;
+};
+
+static uint64_t mix(uint64_t x)
+{
+    x ^= x >> 31;
+    x *= 0x9e3779b97f4a7c15ULL;
+    return x ^ (x >> 29);
+}
+
+/* A fingerprint of an event from its resolved strings, comparable to the generated one. */
+static uint64_t fp_strings(const char *const str[DE_FIELD_COUNT], uint64_t offset, int64_t ts,
+                           uint64_t visitor, uint32_t flags, uint32_t nprops, int64_t rev)
+{
+    uint64_t h = mix(offset) ^ mix((uint64_t)ts + 1) ^ mix(visitor + 7) ^ mix(flags + 99) ^
+                 mix(nprops + 1000) ^ mix((uint64_t)rev + 5);
+    for (int f = 0; f < DE_FIELD_COUNT; f++) {
+        uint64_t x = 1469598103934665603ULL;
+        for (const char *p = str[f]; *p; p++) x = (x ^ (uint8_t)*p) * 1099511628211ULL;
+        h += mix(x + (uint64_t)f);
+    }
+    return h;
+}
+
+static uint64_t fp_gen(const struct devent *e, uint32_t extra)
+{
+    char buf[DE_FIELD_COUNT][64];
+    const char *str[DE_FIELD_COUNT];
+    for (int f = 0; f < DE_FIELD_COUNT; f++) {
+        snprintf(buf[f], sizeof buf[f], "%.*s", (int)e->str[f].len, e->str[f].ptr);
+        str[f] = buf[f];
+    }
+    uint32_t flags = extra | (e->flags & DE_F_BOT ? RAW_F_BOT : 0) |
+                     (e->pageview ? RAW_F_PAGEVIEW : 0) |
+                     (e->interactive ? 0 : RAW_F_NONINTERACTIVE);
+    return fp_strings(str, e->offset, e->ts_ms, e->visitor, flags, e->props_count,
+                      e->has_revenue ? e->revenue_micros : -1);
+}
+
+static int seen_cb(void *arg, const struct raw_event *ev)
+{
+    struct seen *sn = arg;
+    char *strs[DE_FIELD_COUNT];
+    const char *cstr[DE_FIELD_COUNT];
+    for (int f = 0; f < DE_FIELD_COUNT; f++) {
+        uint32_t len;
+        if (raw_dict_string(sn->s, sn->site, ev->id[f], &strs[f], &len) != 0) abort();
+        cstr[f] = strs[f];
+    }
+    sn->count++;
+    sn->sum_offsets += ev->offset;
+    sn->xor_mix += fp_strings(cstr, ev->offset, ev->ts_ms, ev->visitor, ev->flags,
+                              ev->props_count, ev->has_revenue ? ev->revenue_micros : -1);
+    for (int f = 0; f < DE_FIELD_COUNT; f++) free(strs[f]);
+    if (ev->props_count) {
+        char *k, *v;
+        uint32_t kl, vl;
+        if (raw_dict_string(sn->s, sn->site, ev->props[0].key, &k, &kl) != 0) abort();
+        if (raw_dict_string(sn->s, sn->site, ev->props[0].value, &v, &vl) != 0) abort();
+        if (strcmp(k, "plan") != 0 || strcmp(v, "pro") != 0) abort();
+        free(k);
+        free(v);
+    }
+    return 0;
+}
+
+#define NEV 3000
+
+TEST(raw_exact_and_window)
+{
+    const char *dir = test_tmpdir();
+    struct store *s = open_store(dir);
+    uint32_t site[2];
+    ASSERT_EQ(store_site_id(s, "a.com", 5, true, &site[0]), 0);
+    ASSERT_EQ(store_site_id(s, "b.com", 5, true, &site[1]), 0);
+    rng = 99;
+    const int64_t base = 1767225600000LL;
+    static struct gen g;
+    uint64_t want_fp[2] = {0, 0}, want_n[2] = {0, 0}, wfp = 0, wn = 0;
+    const int64_t w_from = base + 2 * 3600000LL + 123, w_to = base + 5 * 3600000LL + 77;
+    struct raw_writer *w = raw_writer_new(s);
+    struct store_batch *b = store_batch_new(s);
+    for (int i = 0; i < NEV; i++) {
+        gen_event(&g, 9000 + (uint64_t)i, base);
+        int si = (int)(rnd() % 2);
+        uint32_t extra = rnd() % 13 == 0 ? RAW_F_DUPLICATE : 0;
+        ASSERT_EQ(raw_writer_add(w, site[si], &g.ev, extra), 0);
+        want_fp[si] += fp_gen(&g.ev, extra);
+        want_n[si]++;
+        if (si == 0 && g.ev.ts_ms >= w_from && g.ev.ts_ms < w_to) {
+            wfp += fp_gen(&g.ev, extra);
+            wn++;
+        }
+        if (rnd() % 300 == 0 || i == NEV - 1) {
+            ASSERT_EQ(raw_writer_flush(w, b), 0);
+            ASSERT_EQ(store_write(s, b), 0);
+            raw_writer_commit(w);
+            store_batch_clear(b);
+        }
+    }
+    for (int si = 0; si < 2; si++) {
+        struct seen sn = {.s = s, .site = site[si]};
+        ASSERT_EQ(raw_scan(s, site[si], 0, INT64_MAX / 2, seen_cb, &sn), 0);
+        ASSERT_EQ(sn.count, want_n[si]);
+        ASSERT_EQ(sn.xor_mix, want_fp[si]);
+    }
+    struct seen sn = {.s = s, .site = site[0]};
+    ASSERT_EQ(raw_scan(s, site[0], w_from, w_to, seen_cb, &sn), 0);
+    ASSERT_EQ(sn.count, wn);
+    ASSERT_EQ(sn.xor_mix, wfp);
+
+    /* dictionary lookups */
+    uint32_t id;
+    ASSERT_EQ(raw_dict_find(s, site[0], "Chrome", 6, &id), 0);
+    char *str;
+    uint32_t len;
+    ASSERT_EQ(raw_dict_string(s, site[0], id, &str, &len), 0);
+    ASSERT_STREQ(str, "Chrome");
+    free(str);
+    ASSERT_EQ(raw_dict_find(s, site[0], "Opera", 5, &id), TALLY_ENOENT);
+    ASSERT_EQ(raw_dict_find(s, site[0], "", 0, &id), 0);
+    ASSERT_EQ(id, 0);
+
+    /* retention: everything before base + 4 h goes, for site 0 only */
+    ASSERT_EQ(raw_retention(s, site[0], base + 4 * 3600000LL), 0);
+    struct seen all0 = {.s = s, .site = site[0]}, old0 = {.s = s, .site = site[0]};
+    ASSERT_EQ(raw_scan(s, site[0], 0, INT64_MAX / 2, seen_cb, &all0), 0);
+    ASSERT_EQ(raw_scan(s, site[0], 0, base + 4 * 3600000LL, seen_cb, &old0), 0);
+    ASSERT_EQ(old0.count, 0);
+    ASSERT_TRUE(all0.count > 0 && all0.count < want_n[0]);
+    struct seen all1 = {.s = s, .site = site[1]};
+    ASSERT_EQ(raw_scan(s, site[1], 0, INT64_MAX / 2, seen_cb, &all1), 0);
+    ASSERT_EQ(all1.count, want_n[1]);
+    raw_writer_free(w);
+    store_batch_free(b);
+    store_close(s);
+}
+
+static int count_cb(void *arg, const struct raw_event *ev)
+{
+    (void)ev;
+    (*(int *)arg)++;
+    return 0;
+}
+
+TEST(raw_abort_and_restart_keep_dictionary_consistent)
+{
+    const char *dir = test_tmpdir();
+    struct store *s = open_store(dir);
+    uint32_t site;
+    ASSERT_EQ(store_site_id(s, "a.com", 5, true, &site), 0);
+    rng = 5;
+    static struct gen g;
+    const int64_t base = 1767225600000LL;
+    struct raw_writer *w = raw_writer_new(s);
+    struct store_batch *b = store_batch_new(s);
+    uint64_t want = 0;
+    int n = 0;
+    for (int round = 0; round < 30; round++) {
+        uint64_t fp = 0;
+        for (int i = 0; i < 50; i++) {
+            gen_event(&g, (uint64_t)(round * 100 + i), base);
+            ASSERT_EQ(raw_writer_add(w, site, &g.ev, 0), 0);
+            fp += fp_gen(&g.ev, 0);
+        }
+        ASSERT_EQ(raw_writer_flush(w, b), 0);
+        if (round % 3 == 1) {
+            raw_writer_abort(w); /* the write "failed": nothing of this round is stored */
+        } else {
+            ASSERT_EQ(store_write(s, b), 0);
+            raw_writer_commit(w);
+            want += fp;
+            n += 50;
+        }
+        store_batch_clear(b);
+        if (round % 7 == 6) {
+            raw_writer_free(w);
+            store_batch_free(b);
+            store_close(s);
+            s = open_store(dir);
+            w = raw_writer_new(s);
+            b = store_batch_new(s);
+        }
+    }
+    struct seen sn = {.s = s, .site = site};
+    ASSERT_EQ(raw_scan(s, site, 0, INT64_MAX / 2, seen_cb, &sn), 0);
+    ASSERT_EQ(sn.count, n);
+    ASSERT_EQ(sn.xor_mix, want);
+    int cnt = 0;
+    ASSERT_EQ(raw_scan(s, site + 1, 0, INT64_MAX / 2, count_cb, &cnt), 0);
+    ASSERT_EQ(cnt, 0);
+    raw_writer_free(w);
+    store_batch_free(b);
+    store_close(s);
+}
+
+TEST(raw_corrupt_block)
+{
+    uint8_t key[16] = {0};
+    uint8_t val[] = {1, 2, 0x01, 1, 2, 3};
+    int cnt = 0;
+    ASSERT_EQ(raw_block_decode(key, 16, val, sizeof val, count_cb, &cnt), TALLY_ECORRUPT);
+    uint8_t v2[] = {9, 1};
+    ASSERT_EQ(raw_block_decode(key, 16, v2, sizeof v2, count_cb, &cnt), TALLY_ECORRUPT);
+    ASSERT_EQ(raw_block_decode(key, 15, v2, sizeof v2, count_cb, &cnt), TALLY_ECORRUPT);
+}
+
+int main(void)
+{
+    RUN(basics_and_sites);
+    RUN(raw_exact_and_window);
+    RUN(raw_abort_and_restart_keep_dictionary_consistent);
+    RUN(raw_corrupt_block);
+    return test_summary();
+}
