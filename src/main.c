@@ -16,6 +16,8 @@ static const char usage_text[] =
     "usage: tally [--config FILE] [--data-dir DIR] [--listen HOST:PORT] [--repair]\n"
     "       tally --check [--config FILE] [--data-dir DIR]\n"
     "       tally --dump-log [--from OFFSET] [--config FILE] [--data-dir DIR]\n"
+    "       tally --rebuild [--site NAME] [--from DATE] [--to DATE] [--config FILE] [--data-dir DIR]\n"
+    "       tally --digest [--site NAME] [--config FILE] [--data-dir DIR]\n"
     "       tally key new [--site NAME] [--scope read|write|admin]\n"
     "       tally --help | --help-config | --version\n"
     "\n"
@@ -30,10 +32,15 @@ static const char usage_text[] =
     "                      (0 all well, 2 configuration error, 1 data-directory problem)\n"
     "  --dump-log          print the event log's records as NDJSON (offline tool)\n"
     "  --from OFFSET       first log offset for --dump-log (default 0)\n"
+    "  --rebuild           recompute sessions and rollups from the event log (server stopped);\n"
+    "                      prints events read, buckets written, elapsed and the digest\n"
+    "  --site NAME         limit --rebuild / --digest to one site\n"
+    "  --from/--to DATE    limit --rebuild to local days YYYY-MM-DD (inclusive)\n"
+    "  --digest            print the digest of the current sessions and rollups\n"
     "  --help-config       list every configuration key with unit, default and range\n"
     "  --version           print the version\n";
 
-enum mode { MODE_SERVE, MODE_CHECK, MODE_DUMP };
+enum mode { MODE_SERVE, MODE_CHECK, MODE_DUMP, MODE_REBUILD, MODE_DIGEST };
 
 static int usage_error(const char *msg, const char *arg);
 
@@ -78,7 +85,7 @@ static int usage_error(const char *msg, const char *arg)
 
 int main(int argc, char **argv)
 {
-    const char *config_path = NULL, *data_dir = NULL, *listen = NULL;
+    const char *config_path = NULL, *data_dir = NULL, *listen = NULL, *from_arg = NULL;
     enum mode mode = MODE_SERVE;
     struct app_options opt = {0};
 
@@ -111,16 +118,31 @@ int main(int argc, char **argv)
             mode = MODE_CHECK;
         } else if (!strcmp(a, "--dump-log")) {
             mode = MODE_DUMP;
+        } else if (!strcmp(a, "--rebuild")) {
+            mode = MODE_REBUILD;
+        } else if (!strcmp(a, "--digest")) {
+            mode = MODE_DIGEST;
+        } else if (!strcmp(a, "--site") && has_next) {
+            opt.site = argv[++i];
         } else if (!strcmp(a, "--from") && has_next) {
-            char *end;
-            opt.from_offset = strtoull(argv[++i], &end, 10);
-            if (*end) return usage_error("--from needs an offset", argv[i]);
+            from_arg = argv[++i];
+        } else if (!strcmp(a, "--to") && has_next) {
+            opt.to_date = argv[++i];
         } else if (!strcmp(a, "--config") || !strcmp(a, "--data-dir") ||
-                   !strcmp(a, "--listen") || !strcmp(a, "--from")) {
+                   !strcmp(a, "--listen") || !strcmp(a, "--from") || !strcmp(a, "--to") ||
+                   !strcmp(a, "--site")) {
             return usage_error("missing value for", a);
         } else {
             return usage_error("unknown argument", a);
         }
+    }
+
+    if (from_arg && mode == MODE_DUMP) {
+        char *end;
+        opt.from_offset = strtoull(from_arg, &end, 10);
+        if (*end || !*from_arg) return usage_error("--from needs a log offset", from_arg);
+    } else if (from_arg) {
+        opt.from_date = from_arg;
     }
 
     struct tally_config *cfg = config_new_defaults();
@@ -145,6 +167,12 @@ int main(int argc, char **argv)
         break;
     case MODE_DUMP:
         exit_code = app_dump_log(cfg, &opt);
+        break;
+    case MODE_REBUILD:
+        exit_code = app_rebuild(cfg, &opt);
+        break;
+    case MODE_DIGEST:
+        exit_code = app_digest(cfg, &opt);
         break;
     default:
         exit_code = app_serve(cfg, &opt);

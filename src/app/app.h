@@ -16,6 +16,9 @@
 struct app_options {
     bool repair;          /* --repair: quarantine corrupt closed log segments at open */
     uint64_t from_offset; /* --dump-log --from */
+    const char *site;      /* --rebuild/--digest --site */
+    const char *from_date; /* --rebuild --from YYYY-MM-DD */
+    const char *to_date;   /* --rebuild --to YYYY-MM-DD */
 };
 
 /* Serves until SIGTERM/SIGINT. Takes the data-directory lock. */
@@ -26,5 +29,11 @@ int app_check(const struct tally_config *cfg);
 
 /* --dump-log: prints the log's records from an offset as NDJSON on stdout. */
 int app_dump_log(const struct tally_config *cfg, const struct app_options *opt);
+
+/* --rebuild: recomputes sessions and rollups from the log; prints a summary and the digest. */
+int app_rebuild(const struct tally_config *cfg, const struct app_options *opt);
+
+/* --digest: prints the digest of the current sessions and rollups without changing them. */
+int app_digest(const struct tally_config *cfg, const struct app_options *opt);
 
 #endif

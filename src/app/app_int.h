@@ -18,6 +18,8 @@
 #include "log/seglog.h"
 
 struct http_server;
+struct rollup_service;
+struct store;
 
 /* Reasons an event is refused or left out of statistics (tally_events_dropped_total). */
 enum drop_reason {
@@ -34,6 +36,8 @@ struct app {
     const struct tally_config *cfg;
     struct seglog *log;
     struct http_server *http;
+    struct store *store;             /* raw events, sessions, rollups (RocksDB) */
+    struct rollup_service *rollups;  /* raw-store and rollup consumer threads */
     struct metrics *metrics;
     struct sites *sites;
     struct ratelimit *ratelimit;

@@ -9,6 +9,7 @@
 
 #include "app/app_int.h"
 #include "http/http_server.h"
+#include "rollup/rollup.h"
 #include "tally/error.h"
 
 static void on_healthz(struct http_request *req, struct http_exchange *ex, void *arg)
@@ -17,7 +18,7 @@ static void on_healthz(struct http_request *req, struct http_exchange *ex, void 
     (void)req;
     struct seglog_stats st;
     seglog_stats(app->log, &st);
-    char body[512];
+    char body[1024];
     int n;
     if (st.poisoned) {
         n = snprintf(body, sizeof body,
@@ -33,11 +34,18 @@ static void on_healthz(struct http_request *req, struct http_exchange *ex, void 
         http_respond(ex, 503, "application/json", body, (size_t)n);
         return;
     }
+    struct rollup_lag lag;
+    rollup_service_lag(app->rollups, &lag);
     n = snprintf(body, sizeof body,
                  "{\"status\": \"ok\", \"log_start_offset\": %llu, \"log_end_offset\": %llu, "
-                 "\"log_queue_records\": %llu, \"consumers\": {}}",
+                 "\"log_queue_records\": %llu, \"consumers\": {"
+                 "\"raw\": {\"cursor\": %llu, \"lag\": %llu, \"error\": %d}, "
+                 "\"rollup\": {\"cursor\": %llu, \"lag\": %llu, \"error\": %d}}}",
                  (unsigned long long)st.start_offset, (unsigned long long)st.committed_offset,
-                 (unsigned long long)st.queue_records);
+                 (unsigned long long)st.queue_records, (unsigned long long)lag.raw_cursor,
+                 (unsigned long long)lag.raw_lag, lag.raw_err,
+                 (unsigned long long)lag.rollup_cursor, (unsigned long long)lag.rollup_lag,
+                 lag.rollup_err);
     http_respond(ex, 200, "application/json", body, (size_t)n);
 }
 
@@ -100,6 +108,18 @@ static void on_metrics(struct http_request *req, struct http_exchange *ex, void 
         return;
     }
     render_log_stats(app, b);
+    struct rollup_lag lag;
+    rollup_service_lag(app->rollups, &lag);
+    evbuffer_add_printf(b, "# HELP tally_consumer_lag_records Log records not yet processed by "
+                           "a consumer.\n# TYPE tally_consumer_lag_records gauge\n"
+                           "tally_consumer_lag_records{consumer=\"raw\"} %llu\n"
+                           "tally_consumer_lag_records{consumer=\"rollup\"} %llu\n"
+                           "# HELP tally_consumer_events_total Events processed by a consumer "
+                           "since start.\n# TYPE tally_consumer_events_total counter\n"
+                           "tally_consumer_events_total{consumer=\"raw\"} %llu\n"
+                           "tally_consumer_events_total{consumer=\"rollup\"} %llu\n",
+                        (unsigned long long)lag.raw_lag, (unsigned long long)lag.rollup_lag,
+                        (unsigned long long)lag.raw_events, (unsigned long long)lag.rollup_events);
     size_t len = evbuffer_get_length(b);
     const void *data = evbuffer_pullup(b, -1);
     http_respond(ex, 200, "text/plain; version=0.0.4", data, len);

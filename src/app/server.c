@@ -1,14 +1,16 @@
 /*
  * The server's lifecycle (app_serve) and the offline tools (--check, --dump-log).
  *
- * Start order: data-directory lock -> event log (recovery happens here) -> salts, sites, rate
- * limiter, enrichment data -> HTTP server (binds) -> routes -> workers. Signals (TERM, INT) are
+ * Start order: data-directory lock -> event log (recovery happens here) -> salts, enrichment
+ * data, sites, rate limiter -> store (RocksDB) and the raw/rollup consumer threads, which
+ * resume from the cursors saved with their output -> HTTP server (binds) -> routes -> workers. Signals (TERM, INT) are
  * blocked in every thread and taken by the main thread with sigtimedwait, which also runs the
  * once-a-second chores: salt rotation, log retention, and recovery of the log writer after a
  * failed write (a full disk: seglog_reset_poison once space is back).
  *
  * Stop order (SIGTERM/SIGINT): stop accepting and drain in-flight requests (their appends
- * complete through the still-running log writer), close the log (drains the queue, durably),
+ * complete through the still-running log writer), stop the consumers (each flushes its output
+ * and cursor in one batch), close the log (drains the queue, durably),
  * then free the HTTP server (responses posted by the last completions are dropped with their
  * connections) and the rest. Exit 0 within shutdown_timeout_ms + the log drain.
  */
@@ -19,6 +21,7 @@
 #include <string.h>
 #include <sys/statvfs.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 #include <sodium.h>
@@ -32,6 +35,8 @@
 #include "ingest/event.h"
 #include "ingest/referrer.h"
 #include "ingest/ua.h"
+#include "rollup/rollup.h"
+#include "store/store.h"
 #include "tally/error.h"
 
 #define CHORE_INTERVAL_MS 1000
@@ -89,6 +94,20 @@ static int open_log(const struct tally_config *cfg, const struct datadir *dd, bo
         diag_warn("event log: offsets [%llu, %llu) lost (quarantined)",
                   (unsigned long long)rep.lost[i].first, (unsigned long long)rep.lost[i].end);
     return 0;
+}
+
+static int open_store(const struct datadir *dd, bool read_only, struct store **out)
+{
+    char dir[4096];
+    datadir_join(dd, "store", dir, sizeof dir);
+    struct store_options o;
+    store_options_default(&o);
+    o.dir = dir;
+    o.read_only = read_only;
+    int rc = store_open(&o, out);
+    if (rc != 0)
+        fprintf(stderr, "tally: cannot open the store in %s: %s\n", dir, tally_strerror(rc));
+    return rc;
 }
 
 static int lock_data_dir(const struct tally_config *cfg, struct datadir **dd)
@@ -247,6 +266,14 @@ int app_serve(const struct tally_config *cfg, const struct app_options *opt)
     app.metrics = metrics_new();
     if (!app.sites || !app.ratelimit || !app.metrics) goto out;
     register_metrics(&app);
+    if (open_store(dd, false, &app.store) != 0) goto out;
+    struct rollup_config rcfg;
+    rollup_config_default(&rcfg);
+    rcfg.cfg = cfg;
+    if ((rc = rollup_service_start(app.store, app.log, &rcfg, &app.rollups)) != 0) {
+        fprintf(stderr, "tally: cannot start the consumers: %s\n", tally_strerror(rc));
+        goto out;
+    }
     if (make_http(&app) != 0) goto out;
     if (http_server_start(app.http) != 0) goto out;
     diag_info("tally %s serving on %s (data in %s, fsync %s)", TALLY_VERSION, cfg->listen,
@@ -268,9 +295,11 @@ int app_serve(const struct tally_config *cfg, const struct app_options *opt)
     if (cut > 0) diag_warn("stop: %d connections cut after the drain timeout", cut);
     exit_code = 0;
 out:
+    rollup_service_stop(app.rollups); /* flushes both consumers (output + cursor) */
     seglog_close(app.log); /* completes every pending append before the server is freed */
     app.log = NULL;
     http_server_free(app.http);
+    store_close(app.store);
     metrics_free(app.metrics);
     ratelimit_free(app.ratelimit);
     sites_free(app.sites);
@@ -405,6 +434,95 @@ int app_dump_log(const struct tally_config *cfg, const struct app_options *opt)
     }
     seglog_reader_close(r);
     seglog_close(log);
+    datadir_close(dd);
+    return exit_code;
+}
+
+static void rebuild_progress(void *arg, uint64_t done, uint64_t total)
+{
+    (void)arg;
+    if (total == 0) return;
+    fprintf(stderr, "\rrebuild: %llu / %llu records (%.0f%%)", (unsigned long long)done,
+            (unsigned long long)total, 100.0 * (double)done / (double)total);
+    if (done >= total) fputc('\n', stderr);
+}
+
+int app_rebuild(const struct tally_config *cfg, const struct app_options *opt)
+{
+    if (bots_init() != 0 || ua_init(UA_CACHE_ENTRIES_DEFAULT) != 0 || referrer_init() != 0) {
+        fprintf(stderr, "tally: cannot load the embedded enrichment data\n");
+        return 1;
+    }
+    struct datadir *dd;
+    if (lock_data_dir(cfg, &dd) != 0) {
+        fprintf(stderr, "tally: --rebuild refuses to run while a server holds the data "
+                        "directory; stop it first\n");
+        return 1;
+    }
+    struct seglog *log = NULL;
+    struct store *store = NULL;
+    int exit_code = 1;
+    int rc = open_log(cfg, dd, false, true, &log);
+    if (rc == TALLY_ENOENT) {
+        fprintf(stderr, "tally: no event log in %s: nothing to rebuild\n", cfg->data_dir);
+        goto out;
+    }
+    if (rc != 0 || open_store(dd, false, &store) != 0) goto out;
+    struct rollup_rebuild_opts ro;
+    memset(&ro, 0, sizeof ro);
+    ro.cfg = cfg;
+    ro.site = opt->site;
+    ro.from_date = opt->from_date;
+    ro.to_date = opt->to_date;
+    if (isatty(STDERR_FILENO)) ro.progress = rebuild_progress;
+    struct rollup_rebuild_summary sum;
+    rc = rollup_rebuild(store, log, &ro, &sum);
+    if (rc != 0) {
+        fprintf(stderr, "tally: rebuild failed: %s%s\n", tally_strerror(rc),
+                rc == TALLY_EINVAL ? " (check --site and the YYYY-MM-DD dates)" : "");
+        exit_code = rc == TALLY_EINVAL ? 2 : 1;
+        goto out;
+    }
+    printf("rebuild: log offsets [%llu, %llu)\n", (unsigned long long)sum.log_start,
+           (unsigned long long)sum.log_end);
+    printf("events read %llu, counted %llu, excluded %llu, duplicates %llu, corrupt %llu\n",
+           (unsigned long long)sum.events_read, (unsigned long long)sum.events_counted,
+           (unsigned long long)sum.events_excluded, (unsigned long long)sum.events_duplicate,
+           (unsigned long long)sum.records_corrupt);
+    printf("buckets written %llu, visits written %llu, elapsed %.2f s\n",
+           (unsigned long long)sum.buckets_written, (unsigned long long)sum.visits_written,
+           sum.elapsed_s);
+    printf("digest %s\n", sum.digest.hex);
+    exit_code = 0;
+out:
+    store_close(store);
+    seglog_close(log);
+    datadir_close(dd);
+    referrer_shutdown();
+    bots_shutdown();
+    ua_shutdown();
+    return exit_code;
+}
+
+int app_digest(const struct tally_config *cfg, const struct app_options *opt)
+{
+    struct datadir *dd;
+    if (lock_data_dir(cfg, &dd) != 0) return 1;
+    struct store *store = NULL;
+    int exit_code = 1;
+    if (open_store(dd, false, &store) == 0) {
+        struct rollup_digest d;
+        int rc = rollup_digest(store, opt->site, &d);
+        if (rc == 0) {
+            printf("digest %s\n", d.hex);
+            fprintf(stderr, "cells %llu (%s), visits %llu (%s)\n", (unsigned long long)d.cells,
+                    d.cells_hex, (unsigned long long)d.visits, d.visits_hex);
+            exit_code = 0;
+        } else {
+            fprintf(stderr, "tally: digest failed: %s\n", tally_strerror(rc));
+        }
+    }
+    store_close(store);
     datadir_close(dd);
     return exit_code;
 }
