@@ -104,6 +104,10 @@ static int open_store(const struct datadir *dd, bool read_only, struct store **o
     store_options_default(&o);
     o.dir = dir;
     o.read_only = read_only;
+    /* Bounded memory next to ingest: 16 MiB block cache, 8 MiB memtables per family. */
+    o.block_cache_bytes = 16u << 20;
+    o.write_buffer_bytes = 8u << 20;
+    o.background_low_priority = !read_only;
     int rc = store_open(&o, out);
     if (rc != 0)
         fprintf(stderr, "tally: cannot open the store in %s: %s\n", dir, tally_strerror(rc));
@@ -270,6 +274,14 @@ int app_serve(const struct tally_config *cfg, const struct app_options *opt)
     struct rollup_config rcfg;
     rollup_config_default(&rcfg);
     rcfg.cfg = cfg;
+    /* Memory next to ingest (RSS target 128 MiB): flush the consumers' pending output at a
+     * few MiB rather than the offline rebuild's hundreds; visitors beyond the in-memory bound
+     * are reloaded from the sessions family when they come back. */
+    rcfg.engine.pending_bytes_max = 16u << 20;
+    rcfg.engine.pending_events_max = 50000;
+    rcfg.engine.intern_bytes_max = 16u << 20;
+    rcfg.engine.visitors_max = 50000;
+    rcfg.raw_flush_events_max = 20000;
     if ((rc = rollup_service_start(app.store, app.log, &rcfg, &app.rollups)) != 0) {
         fprintf(stderr, "tally: cannot start the consumers: %s\n", tally_strerror(rc));
         goto out;

@@ -5,6 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "core/diag.h"
@@ -783,6 +786,8 @@ void rollup_config_default(struct rollup_config *c)
     c->raw_flush_events_max = 100000;
 }
 
+#define CONSUMER_NICE 10 /* nice value of the consumer threads in the server */
+
 struct worker {
     pthread_t th;
     bool started;
@@ -802,6 +807,11 @@ static void *worker_main(void *arg)
 {
     struct worker *w = arg;
     struct rollup_service *svc = w->svc;
+    /* Consumers are background work: under a CPU shortage ingest (acknowledgements) goes
+     * first and the consumers' lag grows, to be caught up when load drops. Linux applies a
+     * nice value to the calling thread only. */
+    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), CONSUMER_NICE) != 0)
+        diag_debug("consumer: setpriority failed; running at normal priority");
     if (w->raw) {
         consumer_run_raw(svc->s, svc->log, &svc->cfg, UINT64_MAX, true, &w->st);
     } else {

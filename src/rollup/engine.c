@@ -39,7 +39,8 @@
 #define GRAN_D TZ_DAY
 #define APPLY_CHUNK 2048
 #define SESSION_KEY_BYTES 28
-#define VISIT_VERSION 1
+#define VISIT_VERSION 2
+#define MINUTE_MS 60000
 #define BLOOM_VISITOR_BITS (1u << 24)
 #define BLOOM_CELL_BITS (1u << 27)
 #define VSTATE_JOINED 16
@@ -52,12 +53,20 @@ struct vrev {
     char cur[4];
 };
 
+/* A visit's events within one UTC minute. Every IANA offset since 1900 is a whole number of
+ * minutes, so the minute decides the event's local minute, hour and day bucket. */
+struct vmin {
+    int64_t min_ms; /* UTC minute start */
+    uint32_t pv, ev; /* pageviews and events in it */
+};
+
 struct visit {
     int64_t first_ts, last_ts;
     uint64_t first_off, last_off;
     uint32_t attr[ROLLUP_VISIT_DIMS]; /* interned values of the visit dimensions */
     uint32_t pageviews, events, inter_other;
-    uint64_t *ev; /* (ts << 1 | pageview), ascending */
+    struct vmin *ev; /* the visit's events counted per UTC minute, ascending: the size of a
+                        visit is bounded by its duration, not by its number of events */
     uint32_t nev, capev;
     struct vrev *rev;
     uint32_t nrev, caprev;
@@ -462,13 +471,27 @@ static bool visit_add_edv(struct visit *v, uint64_t x)
     return true;
 }
 
-static bool visit_add_ev(struct visit *v, uint64_t packed)
+static int64_t minute_floor(int64_t ts_ms)
 {
-    if (!grow((void **)&v->ev, &v->capev, v->nev + 1, sizeof *v->ev)) return false;
+    int64_t m = ts_ms / MINUTE_MS;
+    if (ts_ms % MINUTE_MS < 0) m--;
+    return m * MINUTE_MS;
+}
+
+/* Counts pv pageviews and ev events in the UTC minute of ts_ms. */
+static bool visit_add_ev(struct visit *v, int64_t ts_ms, uint32_t pv, uint32_t ev)
+{
+    int64_t m = minute_floor(ts_ms);
     uint32_t i = v->nev;
-    while (i > 0 && v->ev[i - 1] > packed) i--;
+    while (i > 0 && v->ev[i - 1].min_ms > m) i--;
+    if (i > 0 && v->ev[i - 1].min_ms == m) {
+        v->ev[i - 1].pv += pv;
+        v->ev[i - 1].ev += ev;
+        return true;
+    }
+    if (!grow((void **)&v->ev, &v->capev, v->nev + 1, sizeof *v->ev)) return false;
     memmove(v->ev + i + 1, v->ev + i, (v->nev - i) * sizeof *v->ev);
-    v->ev[i] = packed;
+    v->ev[i] = (struct vmin){m, pv, ev};
     v->nev++;
     return true;
 }
@@ -517,9 +540,9 @@ static void visit_set_attrs(struct engine *e, struct visit *v, const struct deve
 static bool visit_insert(struct engine *e, struct visit *v, const struct devent *ev,
                          const struct evals *x)
 {
-    bool first = v->nev == 0 || ev->ts_ms < v->first_ts ||
+    bool first = v->events == 0 || ev->ts_ms < v->first_ts ||
                  (ev->ts_ms == v->first_ts && ev->offset < v->first_off);
-    bool last = v->nev == 0 || ev->ts_ms > v->last_ts ||
+    bool last = v->events == 0 || ev->ts_ms > v->last_ts ||
                 (ev->ts_ms == v->last_ts && ev->offset > v->last_off);
     if (first) {
         v->first_ts = ev->ts_ms;
@@ -534,7 +557,7 @@ static bool visit_insert(struct engine *e, struct visit *v, const struct devent 
     v->events++;
     if (ev->pageview) v->pageviews++;
     else if (ev->interactive) v->inter_other++;
-    if (!visit_add_ev(v, (uint64_t)ev->ts_ms << 1 | (ev->pageview ? 1u : 0u))) return false;
+    if (!visit_add_ev(v, ev->ts_ms, ev->pageview ? 1u : 0u, 1)) return false;
     if (ev->has_revenue) {
         struct vrev r = {.ts = ev->ts_ms, .micros = ev->revenue_micros};
         memcpy(r.cur, ev->currency, 3);
@@ -560,7 +583,7 @@ static bool visit_absorb(struct visit *v, const struct visit *n)
     v->events += n->events;
     v->inter_other += n->inter_other;
     for (uint32_t i = 0; i < n->nev; i++)
-        if (!visit_add_ev(v, n->ev[i])) return false;
+        if (!visit_add_ev(v, n->ev[i].min_ms, n->ev[i].pv, n->ev[i].ev)) return false;
     for (uint32_t i = 0; i < n->nrev; i++)
         if (!visit_add_rev(v, &n->rev[i])) return false;
     for (uint32_t i = 0; i < n->nedv; i++)
@@ -610,11 +633,12 @@ static void visit_encode(struct engine *e, const struct visit *v, struct cbuf *b
         cbuf_str(b, str, len);
     }
     cbuf_varint(b, v->nev);
-    int64_t prev = v->first_ts;
+    int64_t prev = minute_floor(v->first_ts);
     for (uint32_t i = 0; i < v->nev; i++) {
-        int64_t ts = (int64_t)(v->ev[i] >> 1);
-        cbuf_varint(b, (uint64_t)(ts - prev) << 1 | (v->ev[i] & 1));
-        prev = ts;
+        cbuf_varint(b, (uint64_t)((v->ev[i].min_ms - prev) / MINUTE_MS));
+        cbuf_varint(b, v->ev[i].pv);
+        cbuf_varint(b, v->ev[i].ev);
+        prev = v->ev[i].min_ms;
     }
     cbuf_varint(b, v->nrev);
     for (uint32_t i = 0; i < v->nrev; i++) {
@@ -664,11 +688,15 @@ static int visit_decode(struct engine *e, const uint8_t *key, const uint8_t *val
     uint64_t n = creader_varint(&r);
     if (r.err || n > (uint64_t)(r.end - r.p)) goto bad;
     if (!grow((void **)&v->ev, &v->capev, (uint32_t)n + 1, sizeof *v->ev)) goto oom;
-    int64_t prev = v->first_ts;
+    int64_t prev = minute_floor(v->first_ts);
     for (uint64_t i = 0; i < n; i++) {
-        uint64_t x = creader_varint(&r);
-        prev += (int64_t)(x >> 1);
-        v->ev[v->nev++] = (uint64_t)prev << 1 | (x & 1);
+        uint64_t dm = creader_varint(&r);
+        uint64_t pv = creader_varint(&r), evn = creader_varint(&r);
+        if (r.err || (i > 0 && dm == 0) || dm > (1ull << 40) || pv > evn || evn == 0 ||
+            evn > UINT32_MAX)
+            goto bad;
+        prev += (int64_t)dm * MINUTE_MS;
+        v->ev[v->nev++] = (struct vmin){prev, (uint32_t)pv, (uint32_t)evn};
     }
     n = creader_varint(&r);
     if (r.err || n > (uint64_t)(r.end - r.p)) goto bad;
@@ -952,12 +980,13 @@ static void contribute(struct engine *e, const struct esite *st, uint64_t visito
     int64_t pv_h = 0, ev_h = 0, pv_m = 0, ev_m = 0;
     for (uint32_t i = 0; i <= v->nev; i++) {
         uint32_t bh = UINT32_MAX, bm = UINT32_MAX;
-        int64_t pv = 0;
+        int64_t pv = 0, evn = 0;
         if (i < v->nev) {
-            tz_buckets_ms(st->zone, (int64_t)(v->ev[i] >> 1), b);
+            tz_buckets_ms(st->zone, v->ev[i].min_ms, b);
             bh = bucket_min(b[GRAN_H]);
             bm = bucket_min(b[GRAN_M]);
-            pv = (int64_t)(v->ev[i] & 1);
+            pv = v->ev[i].pv;
+            evn = v->ev[i].ev;
         }
         if (bh != cur_h) {
             if (cur_h != UINT32_MAX)
@@ -969,7 +998,7 @@ static void contribute(struct engine *e, const struct esite *st, uint64_t visito
                 group_cells(e, GRAN_M, st->id, cur_m, visitor, v, sign, pv_m, ev_m);
             cur_m = bm, pv_m = 0, ev_m = 0;
         }
-        pv_h += pv, ev_h++, pv_m += pv, ev_m++;
+        pv_h += pv, ev_h += evn, pv_m += pv, ev_m += evn;
     }
     for (uint32_t i = 0; i < v->nrev; i++) {
         tz_buckets_ms(st->zone, v->rev[i].ts, b);

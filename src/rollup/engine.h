@@ -27,11 +27,14 @@
  * (a rebuild, knowing a lower bound of the final W, does not even compute the older ones).
  *
  * SESSIONS CF. key: site (u32 BE) | visitor (u64 BE) | first ts (u64 BE) | first offset (u64 BE)
- * value (version 1, canonical): u8 1 | svarint last-first ts | svarint last-first offset |
+ * value (version 2, canonical): u8 2 | svarint last-first ts | svarint last-first offset |
  * varint pageviews, events, interactive non-pageviews | 18 visit attribute strings (entry page,
  * exit page, source, referrer, channel, 5 UTM, device, browser, browser version, OS, OS
- * version, country, region, city; varint length + bytes) | varint n, n x varint
- * ((ts delta from the previous event) << 1 | pageview) | varint n, n x (svarint ts - first,
+ * version, country, region, city; varint length + bytes) | varint n, n x (varint minutes
+ * since the previous entry (the first: since first ts's UTC minute; > 0 after the first),
+ * varint pageviews, varint events (>= 1, >= pageviews)): the visit's events per UTC minute,
+ * so a visit's size is bounded by its duration, not by its number of events (a flood from one
+ * visitor stays small) | varint n, n x (svarint ts - first,
  * 3 bytes currency, svarint micros) ascending | varint n, n x (u8 dim, string) of the distinct
  * event dimension values, ascending by (dim, bytes).
  * Every visit is kept (late events of any age find their neighbours); in memory the engine keeps

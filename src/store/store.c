@@ -67,6 +67,25 @@ static int err_code(char *err, const char *what)
 
 static int sites_load(struct store *s);
 
+/* One process-wide wrapper of RocksDB's default Env whose flush and compaction threads run at
+ * a lower CPU priority, so they yield to ingest and catch up when it is idle. Created once,
+ * kept for the life of the process (stores may be opened and closed many times). */
+static rocksdb_env_t *g_low_env;
+static pthread_once_t g_low_env_once = PTHREAD_ONCE_INIT;
+
+static void low_env_make(void)
+{
+    g_low_env = rocksdb_create_default_env();
+    rocksdb_env_lower_thread_pool_cpu_priority(g_low_env);
+    rocksdb_env_lower_high_priority_thread_pool_cpu_priority(g_low_env);
+}
+
+static rocksdb_env_t *store_low_priority_env(void)
+{
+    pthread_once(&g_low_env_once, low_env_make);
+    return g_low_env;
+}
+
 int store_open(const struct store_options *opt, struct store **out)
 {
     struct store *s = calloc(1, sizeof *s);
@@ -90,6 +109,8 @@ int store_open(const struct store_options *opt, struct store **out)
     rocksdb_options_set_max_background_jobs(s->db_opts, 2);
     rocksdb_options_set_keep_log_file_num(s->db_opts, 3);
     rocksdb_options_set_info_log_level(s->db_opts, 2 /* WARN */);
+    if (opt->background_low_priority)
+        rocksdb_options_set_env(s->db_opts, store_low_priority_env());
     for (int i = 0; i < STORE_CF_COUNT; i++) {
         rocksdb_options_t *o = rocksdb_options_create();
         rocksdb_options_set_compression(o, rocksdb_lz4_compression);

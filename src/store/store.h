@@ -54,6 +54,8 @@ struct store_options {
     size_t write_buffer_bytes;       /* memtable size per CF; default 32 MiB */
     bool read_only;                  /* open for reading only (digest, offline tools) */
     bool sync_writes;                /* fsync the WAL on every store_write; default false */
+    bool background_low_priority;    /* RocksDB flush/compaction threads at a lower CPU
+                                        priority (the server: ingest first); default false */
 };
 
 void store_options_default(struct store_options *o);
