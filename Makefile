@@ -95,7 +95,7 @@ test-only: tally unit asan
 	@sh tests/run.sh
 
 crash: tally
-	@python3 tests/integration/crash_test.py --cycles 200
+	@python3 tests/integration/test_crash.py --cycles 200
 
 # libFuzzer builds (clang). FUZZ_SECONDS per target; the corpus grows in tests/fuzz/corpus/NAME.
 FUZZ_SECONDS ?= 60
