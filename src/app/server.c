@@ -40,6 +40,9 @@
 #include "tally/error.h"
 
 #define CHORE_INTERVAL_MS 1000
+#define DROPPED_HELP                                                                            \
+    "Events refused (rate_limit, invalid, unknown_site, unavailable) or acknowledged but left " \
+    "out of statistics (bot, host: at ingest; duplicate: by the rollup consumer)."
 #define RETENTION_INTERVAL_MS 60000
 
 static int64_t wall_ms(void)
@@ -159,9 +162,7 @@ static void register_metrics(struct app *app)
     for (int i = 0; i < DROP_REASON_COUNT; i++) {
         const char *labels[] = {"reason", reasons[i], NULL};
         app->events_dropped[i] = metrics_counter(
-            app->metrics, "tally_events_dropped_total",
-            "Events refused (rate_limit, invalid, unknown_site, unavailable) or acknowledged "
-            "but left out of statistics (bot, host).", labels, 0);
+            app->metrics, "tally_events_dropped_total", DROPPED_HELP, labels, 0);
     }
     app->disk_full_recoveries = metrics_counter(
         app->metrics, "tally_log_writer_recoveries_total",
@@ -285,6 +286,11 @@ int app_serve(const struct tally_config *cfg, const struct app_options *opt)
     if ((rc = rollup_service_start(app.store, app.log, &rcfg, &app.rollups)) != 0) {
         fprintf(stderr, "tally: cannot start the consumers: %s\n", tally_strerror(rc));
         goto out;
+    }
+    {
+        const char *labels[] = {"reason", "duplicate", NULL};
+        metrics_counter_ref(app.metrics, "tally_events_dropped_total", DROPPED_HELP, labels, 0,
+                            rollup_service_duplicates(app.rollups));
     }
     if (make_http(&app) != 0) goto out;
     if (http_server_start(app.http) != 0) goto out;

@@ -530,29 +530,47 @@ static int loop_pipelined(struct seglog *log, struct feeder *fd, const struct lo
 
 /* ---------------------------------------------------------------- rollup consumer */
 
+/* The loop's context for the rollup engine: after each flush, the events the engine left out
+ * (duplicates, exclusions) since the last flush are added to the status counters. */
+struct eng_ctx {
+    struct engine *e;
+    struct consumer_status *st;
+    uint64_t dup_seen, excl_seen;
+};
+
 static uint64_t eng_cursor(void *c)
 {
-    return engine_cursor(c);
+    return engine_cursor(((struct eng_ctx *)c)->e);
 }
 static int eng_add(void *c, const struct devent *ev)
 {
-    return engine_add(c, ev);
+    return engine_add(((struct eng_ctx *)c)->e, ev);
 }
 static void eng_skip(void *c, uint64_t off)
 {
-    engine_skip(c, off);
+    engine_skip(((struct eng_ctx *)c)->e, off);
 }
 static bool eng_should(void *c)
 {
-    return engine_should_flush(c);
+    return engine_should_flush(((struct eng_ctx *)c)->e);
 }
 static size_t eng_pending(void *c)
 {
-    return engine_pending(c);
+    return engine_pending(((struct eng_ctx *)c)->e);
 }
 static int eng_flush(void *c)
 {
-    return engine_flush(c);
+    struct eng_ctx *x = c;
+    int rc = engine_flush(x->e);
+    if (rc == 0 && x->st) {
+        struct engine_stats es;
+        engine_get_stats(x->e, &es);
+        atomic_fetch_add(&x->st->duplicates, es.events_duplicate - x->dup_seen);
+        atomic_fetch_add(&x->st->excluded, es.events_excluded - x->excl_seen);
+        x->dup_seen = es.events_duplicate;
+        x->excl_seen = es.events_excluded;
+    }
+    return rc;
 }
 
 int consumer_run_rollup(struct store *s, struct seglog *log, const struct rollup_config *cfg,
@@ -572,7 +590,8 @@ int consumer_run_rollup(struct store *s, struct seglog *log, const struct rollup
         int cid = -1;
         if (!rc && live) cid = seglog_consumer_register(log, "rollup", engine_cursor(e));
         if (!rc) {
-            struct loop_ops ops = {e,           eng_cursor,  eng_add,   eng_skip,
+            struct eng_ctx ectx = {e, st, 0, 0};
+            struct loop_ops ops = {&ectx,       eng_cursor,  eng_add,   eng_skip,
                                    eng_should,  eng_pending, eng_flush, NULL};
             rc = live ? loop(log, fd, &ops, end_offset, true, cfg->flush_interval_ms, st,
                              "rollup", cid)
@@ -874,5 +893,12 @@ void rollup_service_lag(struct rollup_service *svc, struct rollup_lag *out)
     out->raw_events = atomic_load(&svc->raw.st.events);
     out->rollup_events = atomic_load(&svc->roll.st.events);
     out->raw_err = atomic_load(&svc->raw.st.err);
+    out->duplicates = atomic_load(&svc->roll.st.duplicates);
+    out->excluded = atomic_load(&svc->roll.st.excluded);
     out->rollup_err = atomic_load(&svc->roll.st.err);
+}
+
+const _Atomic uint64_t *rollup_service_duplicates(const struct rollup_service *svc)
+{
+    return &svc->roll.st.duplicates;
 }

@@ -32,6 +32,8 @@ uint64_t feeder_corrupt(const struct feeder *f);
 struct consumer_status {
     _Atomic uint64_t cursor;
     _Atomic uint64_t events;
+    _Atomic uint64_t duplicates; /* rollup: events left out as duplicates (since start) */
+    _Atomic uint64_t excluded;   /* rollup: bot / host-not-allowed events left out */
     _Atomic int err;
     atomic_bool stop;
     void (*progress)(void *arg, uint64_t done, uint64_t total);

@@ -120,6 +120,8 @@ struct rollup_lag {
     uint64_t raw_lag, rollup_lag; /* log_end - cursor */
     uint64_t raw_events, rollup_events; /* events processed since start */
     int raw_err, rollup_err;  /* last error (0 when healthy) */
+    uint64_t duplicates;      /* events the rollup consumer left out as duplicates, since start */
+    uint64_t excluded;        /* bot / host-not-allowed events it left out, since start */
 };
 
 struct rollup_service;
@@ -130,6 +132,9 @@ int rollup_service_start(struct store *s, struct seglog *log, const struct rollu
                          struct rollup_service **out);
 /* Flushes what both consumers hold, stops and joins the threads, frees. NULL is a no-op. */
 void rollup_service_stop(struct rollup_service *svc);
+/* The rollup consumer's duplicate counter (since start), for a metrics_counter_ref; valid
+ * until rollup_service_stop. */
+const _Atomic uint64_t *rollup_service_duplicates(const struct rollup_service *svc);
 /* Cursors and lag (for /healthz and /metrics). Any thread. */
 void rollup_service_lag(struct rollup_service *svc, struct rollup_lag *out);
 

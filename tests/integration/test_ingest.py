@@ -234,8 +234,16 @@ def bots_and_foreign_hosts_are_acknowledged_and_flagged():
         m = metrics.decode()
         check('tally_events_dropped_total{reason="bot"} 1' in m, m[-3000:])
         check('tally_events_dropped_total{reason="host"} 1' in m, m[-3000:])
+        # a client retry with the same id is acknowledged and left out as a duplicate
+        eq(t.post_json("/v1/events", pv(id="ok", url="https://www.example.com/x"), browser)[0],
+           202)
+        deadline = time.time() + 5
+        while 'tally_events_dropped_total{reason="duplicate"} 1' not in m:
+            check(time.time() < deadline, "duplicate not counted: %s" % m[-3000:])
+            time.sleep(0.1)
+            m = t.request("GET", "/metrics")[2].decode()
         t.stop()
-        flags = {r["id"]: r["flags"] for r in t.dump_log()}
+        flags = {r["id"]: r["flags"] for r in t.dump_log()[:3]}
         check("bot" in flags["bot"], flags)
         check("host_not_allowed" in flags["host"], flags)
         eq(flags["ok"], [])
