@@ -5,6 +5,7 @@
 #   every executable in build/rel/bench/ except http_load and http_echo (they need arguments): run with no
 #   arguments, meaning "the default run" (log_append, native_decode, ua_classify, rebuild, ...)
 #   bench/http_ingest.sh: HTTP ingest against nginx (see that file)
+#   bench/consumer_lag.sh: consumer lag while ingesting 50,000 events/s
 #
 # Environment: BENCH_DIR (build/rel/bench), BENCH_TIMEOUT_S (900) per binary, BENCH_LOG (a file
 # to append the output to as well; default none), BENCH_SKIP_HTTP=1 to skip http_ingest.sh,
@@ -82,5 +83,6 @@ fi
 
 if [ "${BENCH_SKIP_HTTP:-0}" != 1 ]; then
     run http_ingest sh bench/http_ingest.sh
+    run consumer_lag sh bench/consumer_lag.sh
 fi
 exit $status
