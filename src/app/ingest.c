@@ -266,17 +266,18 @@ static int ensure_capacity(struct ingest_tls *t, size_t enc_need, size_t recs_ne
     return 0;
 }
 
-/* The request's User-Agent as a valid UTF-8 prefix of at most EVENT_USER_AGENT_BYTES_MAX. */
+/* The request's User-Agent, at most EVENT_USER_AGENT_BYTES_MAX bytes cut on a character
+ * boundary. A User-Agent that is not valid UTF-8 is treated as absent (and so as a bot, like an
+ * empty one): browsers send ASCII, and a linear check keeps hostile headers cheap. */
 static struct event_str request_user_agent(const struct http_request *req)
 {
     const char *ua = http_request_header(req, "user-agent");
     struct event_str s = {"", 0};
     if (!ua) return s;
     size_t len = strlen(ua);
-    if (len > EVENT_USER_AGENT_BYTES_MAX) len = EVENT_USER_AGENT_BYTES_MAX;
-    while (len > 0 && !event_text_valid(ua, len)) len--; /* cut a split or bad sequence */
+    if (!event_text_valid(ua, len)) return s;
     s.ptr = ua;
-    s.len = len;
+    s.len = event_text_prefix(ua, len, EVENT_USER_AGENT_BYTES_MAX);
     return s;
 }
 

@@ -324,6 +324,30 @@ def geoip_country_from_client_ip_never_the_ip():
 
 
 @test
+def odd_user_agents_are_bounded_and_never_refused():
+    t = with_server()
+    try:
+        long_ua = "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0 " + "x" * 5000
+        body = json.dumps(pv(id="long")).encode()
+        raw = (b"POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+               b"User-Agent: " + long_ua.encode() + b"\r\nContent-Length: " +
+               str(len(body)).encode() + b"\r\n\r\n" + body)
+        check(b" 202 " in t.raw(raw, read_all=False)[:20], "long User-Agent accepted")
+        body = json.dumps(pv(id="latin1")).encode()
+        raw = (b"POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+               b"User-Agent: Mozilla/5.0 \xe9\xe8 caf\xe9\r\nContent-Length: " +
+               str(len(body)).encode() + b"\r\n\r\n" + body)
+        check(b" 202 " in t.raw(raw, read_all=False)[:20], "non-UTF-8 User-Agent accepted")
+        t.stop()
+        recs = {r["id"]: r for r in t.dump_log()}
+        eq(len(recs["long"]["user_agent"].encode()), 2048)
+        eq(recs["latin1"]["user_agent"], "")
+        check("bot" in recs["latin1"]["flags"], recs["latin1"])
+    finally:
+        t.cleanup()
+
+
+@test
 def second_server_refused_on_same_data_dir():
     t = with_server()
     try:
