@@ -43,6 +43,15 @@ static inline dataset_blob dataset_referers(void)
                           (size_t)(tally_data_referers_end - tally_data_referers_start)};
 }
 
+struct yaml_document_s;
+
+/*
+ * Parses an embedded YAML data set into *doc (caller-owned: yaml_document_delete) and checks that
+ * its root is a mapping. `what` names the file in the diag message on failure. 0, TALLY_ENOMEM,
+ * or TALLY_ECORRUPT (nothing to delete then). Startup only (any one thread).
+ */
+int dataset_yaml_load(dataset_blob blob, const char *what, struct yaml_document_s *doc);
+
 /* "uap-core 0.18.0, crawler-user-agents 1.60.0, referer-parser 0.0.3": for --version and logs. */
 static inline const char *dataset_versions(void)
 {

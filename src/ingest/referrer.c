@@ -350,20 +350,10 @@ static int load_source(yaml_document_t *doc, const char *name, enum cat cat, yam
 
 static int load_referers_yml(void)
 {
-    dataset_blob blob = dataset_referers();
-    yaml_parser_t parser;
     yaml_document_t doc;
-    if (!yaml_parser_initialize(&parser)) return TALLY_ENOMEM;
-    yaml_parser_set_input_string(&parser, (const unsigned char *)blob.data, blob.len);
-    if (!yaml_parser_load(&parser, &doc)) {
-        diag_error("referrer: referers.yml: %s at line %zu", parser.problem ? parser.problem : "?",
-                   (size_t)parser.problem_mark.line + 1);
-        yaml_parser_delete(&parser);
-        return TALLY_ECORRUPT;
-    }
-    int rc = TALLY_OK;
+    int rc = dataset_yaml_load(dataset_referers(), "referrer: referers.yml", &doc);
+    if (rc != TALLY_OK) return rc;
     yaml_node_t *root = yaml_document_get_root_node(&doc);
-    if (!root || root->type != YAML_MAPPING_NODE) rc = TALLY_ECORRUPT;
     for (yaml_node_pair_t *p = rc ? NULL : root->data.mapping.pairs.start;
          p && rc == TALLY_OK && p < root->data.mapping.pairs.top; p++) {
         const char *medium = yscalar(yaml_document_get_node(&doc, p->key));
@@ -378,7 +368,6 @@ static int load_referers_yml(void)
         }
     }
     yaml_document_delete(&doc);
-    yaml_parser_delete(&parser);
     return rc;
 }
 

@@ -248,20 +248,10 @@ nomem:
 
 static int load_rules(void)
 {
-    dataset_blob blob = dataset_uap_regexes();
-    yaml_parser_t parser;
     yaml_document_t doc;
-    if (!yaml_parser_initialize(&parser)) return TALLY_ENOMEM;
-    yaml_parser_set_input_string(&parser, (const unsigned char *)blob.data, blob.len);
-    if (!yaml_parser_load(&parser, &doc)) {
-        diag_error("ua: regexes.yaml: %s at line %zu", parser.problem ? parser.problem : "?",
-                   (size_t)parser.problem_mark.line + 1);
-        yaml_parser_delete(&parser);
-        return TALLY_ECORRUPT;
-    }
-    int rc = TALLY_OK;
+    int rc = dataset_yaml_load(dataset_uap_regexes(), "ua: regexes.yaml", &doc);
+    if (rc != TALLY_OK) return rc;
     yaml_node_t *root = yaml_document_get_root_node(&doc);
-    if (!root || root->type != YAML_MAPPING_NODE) rc = TALLY_ECORRUPT;
     static const char *const lists[KIND_COUNT] = {"user_agent_parsers", "os_parsers",
                                                   "device_parsers"};
     for (yaml_node_pair_t *p = rc ? NULL : root->data.mapping.pairs.start;
@@ -283,7 +273,6 @@ static int load_rules(void)
         rc = TALLY_ECORRUPT;
     }
     yaml_document_delete(&doc);
-    yaml_parser_delete(&parser);
     return rc;
 }
 
