@@ -36,7 +36,6 @@
 #include "ingest/referrer.h"
 #include "ingest/ua.h"
 #include "rollup/rollup.h"
-#include "store/raw.h"
 #include "store/store.h"
 #include "tally/error.h"
 
@@ -213,21 +212,6 @@ static int parse_proxies(const struct tally_config *cfg, struct cidr_list *out)
     return 0;
 }
 
-/* Raw-event retention per site ([site NAME] retention_days): whole hours before the cut are
- * removed with one range deletion. Sites never seen by the store have nothing to delete. */
-static void raw_retention_chore(struct app *app, int64_t now_ms)
-{
-    for (int i = 0; i < app->cfg->site_count; i++) {
-        const struct config_site *site = &app->cfg->sites[i];
-        if (site->retention_days <= 0) continue;
-        uint32_t id;
-        if (store_site_id(app->store, site->name, strlen(site->name), false, &id) != 0) continue;
-        int64_t cut_ms = now_ms - site->retention_days * 86400000LL;
-        if (raw_retention(app->store, id, cut_ms) != 0)
-            diag_warn("retention: deleting raw events of %s failed", site->name);
-    }
-}
-
 /* Once a second on the main thread. */
 static void chores(struct app *app, int64_t *last_retention_ms)
 {
@@ -250,7 +234,7 @@ static void chores(struct app *app, int64_t *last_retention_ms)
         if (seglog_retention_run(app->log, now, &res) == 0 && res.segments_deleted > 0)
             diag_info("retention: deleted %u log segments (%llu records)", res.segments_deleted,
                       (unsigned long long)res.records_deleted);
-        raw_retention_chore(app, now);
+
     }
 }
 
