@@ -25,6 +25,7 @@
 #include "http/http_server.h"
 #include "ingest/event.h"
 #include "ingest/native.h"
+#include "ingest/timefmt.h"
 #include "ingest/ua.h"
 #include "ingest/url.h"
 #include "tally/error.h"
@@ -79,13 +80,6 @@ static struct ingest_tls *tls_get(void)
     return t;
 }
 
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int64_t mono_ms(void)
 {
     struct timespec ts;
@@ -134,19 +128,7 @@ static void respond_json_error(struct http_exchange *ex, int status, const char 
 {
     char body[NATIVE_ERROR_BYTES * 2 + 64];
     char esc[NATIVE_ERROR_BYTES * 2];
-    size_t j = 0;
-    for (size_t i = 0; msg[i] && j + 7 < sizeof esc; i++) {
-        unsigned char c = (unsigned char)msg[i];
-        if (c == '"' || c == '\\') {
-            esc[j++] = '\\';
-            esc[j++] = (char)c;
-        } else if (c < 0x20) {
-            j += (size_t)snprintf(esc + j, sizeof esc - j, "\\u%04x", c);
-        } else {
-            esc[j++] = (char)c;
-        }
-    }
-    esc[j] = 0;
+    http_json_escape(esc, sizeof esc, msg);
     int n = index >= 0 ? snprintf(body, sizeof body, "{\"error\": \"%s\", \"index\": %d}", esc,
                                   index)
                        : snprintf(body, sizeof body, "{\"error\": \"%s\"}", esc);
@@ -298,7 +280,7 @@ static void on_events(struct http_request *req, struct http_exchange *ex, void *
     }
     const char *ct = http_request_header(req, "content-type");
     struct native_opts opts = {
-        .now_ms = wall_ms(),
+        .now_ms = timefmt_now_ms(),
         .privileged = privileged,
         .ndjson = ct && native_content_type_is_ndjson(ct, strlen(ct)),
         .events_max = (uint32_t)cfg->events_per_request_max,
@@ -370,7 +352,7 @@ static void on_events(struct http_request *req, struct http_exchange *ex, void *
 
     struct event_str req_ua = request_user_agent(req);
     struct pending *p = calloc(1, sizeof *p);
-    if (!p || ensure_capacity(t, (size_t)n * 4096, (size_t)n) != 0) {
+    if (!p || ensure_capacity(t, 0, (size_t)n) != 0) {
         free(p);
         respond_json_error(ex, 503, "out of memory; retry later", -1, "Retry-After: 1\r\n");
         return;

@@ -137,8 +137,7 @@ static int xhdr_append(struct http_exchange *ex, const char *s, size_t n)
     return TALLY_OK;
 }
 
-/* JSON string escaping of msg into dst (cap bytes incl. NUL); returns the length written. */
-static size_t json_escape(char *dst, size_t cap, const char *msg)
+size_t http_json_escape(char *dst, size_t cap, const char *msg)
 {
     size_t n = 0;
     for (const unsigned char *p = (const unsigned char *)msg; *p && n + 7 < cap; p++) {
@@ -171,7 +170,7 @@ static void ex_set_error(struct http_exchange *ex, int status, const char *msg)
         return;
     }
     size_t n = (size_t)snprintf(b, cap, "{\"error\": \"");
-    n += json_escape(b + n, cap - n - 3, msg);
+    n += http_json_escape(b + n, cap - n - 3, msg);
     memcpy(b + n, "\"}", 3);
     ex->rbody = b;
     ex->rbody_len = n + 2;
@@ -1226,7 +1225,7 @@ void http_respond_error(struct http_exchange *ex, int status, const char *messag
         return;
     }
     size_t n = (size_t)snprintf(buf, cap, "{\"error\": \"");
-    n += json_escape(buf + n, cap - n - 3, message);
+    n += http_json_escape(buf + n, cap - n - 3, message);
     memcpy(buf + n, "\"}", 3);
     http_respond(ex, status, "application/json", buf, n + 2);
     if (buf != small) free(buf);

@@ -206,6 +206,11 @@ void http_respond(struct http_exchange *ex, int status, const char *content_type
                   size_t len);
 /* Completes with {"error": message} (JSON-escaped), Content-Type application/json. */
 void http_respond_error(struct http_exchange *ex, int status, const char *message);
+
+/* Writes msg as the inside of a JSON string ('"', '\\' and control characters escaped) into
+ * dst (cap bytes including the NUL, cut short rather than overflow); returns the length
+ * written. Any thread. */
+size_t http_json_escape(char *dst, size_t cap, const char *msg);
 /*
  * Adds a response header before completion (by the current owner). Name must be a token,
  * value free of CR/LF/NUL. 0, TALLY_EINVAL, TALLY_ENOMEM.
