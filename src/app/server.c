@@ -34,6 +34,7 @@
 #include "ingest/bots.h"
 #include "ingest/event.h"
 #include "ingest/referrer.h"
+#include "ingest/timefmt.h"
 #include "ingest/ua.h"
 #include "rollup/rollup.h"
 #include "store/store.h"
@@ -44,13 +45,6 @@
     "Events refused (rate_limit, invalid, unknown_site, unavailable) or acknowledged but left " \
     "out of statistics (bot, host: at ingest; duplicate: by the rollup consumer)."
 #define RETENTION_INTERVAL_MS 60000
-
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void log_options(const struct tally_config *cfg, const char *dir,
                         struct seglog_options *o)
@@ -131,16 +125,30 @@ static int lock_data_dir(const struct tally_config *cfg, struct datadir **dd)
     return rc;
 }
 
-static int init_enrichment(const struct tally_config *cfg, geo **g)
+/* The embedded classifiers (bots before ua: ua caches the bot verdict), for the server and
+ * for --rebuild, whose derivations use them too. */
+static int load_classifiers(void)
 {
     int rc = bots_init();
     if (rc == 0) rc = ua_init(UA_CACHE_ENTRIES_DEFAULT);
     if (rc == 0) rc = referrer_init();
-    if (rc != 0) {
+    if (rc != 0)
         fprintf(stderr, "tally: cannot load the embedded enrichment data: %s\n",
                 tally_strerror(rc));
-        return rc;
-    }
+    return rc;
+}
+
+static void unload_classifiers(void)
+{
+    referrer_shutdown();
+    ua_shutdown();
+    bots_shutdown();
+}
+
+static int init_enrichment(const struct tally_config *cfg, geo **g)
+{
+    int rc = load_classifiers();
+    if (rc != 0) return rc;
     *g = NULL;
     if (cfg->geoip_db[0]) {
         rc = geo_open(cfg->geoip_db, g);
@@ -215,7 +223,7 @@ static int parse_proxies(const struct tally_config *cfg, struct cidr_list *out)
 /* Once a second on the main thread. */
 static void chores(struct app *app, int64_t *last_retention_ms)
 {
-    int64_t now = wall_ms();
+    int64_t now = timefmt_now_ms();
     visitor_salts_rotate(app->salts, now);
     int err = seglog_poisoned_err(app->log);
     if (err != 0) {
@@ -260,7 +268,7 @@ int app_serve(const struct tally_config *cfg, const struct app_options *opt)
     if (parse_proxies(cfg, &app.trusted_proxies) != 0) return 2;
     if (lock_data_dir(cfg, &dd) != 0) return 1;
     if (open_log(cfg, dd, opt->repair, false, &app.log) != 0) goto out;
-    int rc = visitor_salts_open(datadir_path(dd), wall_ms(), &app.salts);
+    int rc = visitor_salts_open(datadir_path(dd), timefmt_now_ms(), &app.salts);
     if (rc != 0) {
         fprintf(stderr, "tally: cannot open %s/salts: %s\n", datadir_path(dd),
                 tally_strerror(rc));
@@ -324,9 +332,7 @@ out:
     sites_free(app.sites);
     geo_close(app.geo);
     visitor_salts_close(app.salts);
-    referrer_shutdown();
-    ua_shutdown();
-    bots_shutdown();
+    unload_classifiers();
     datadir_close(dd);
     if (exit_code == 0) diag_info("stopped");
     return exit_code;
@@ -468,10 +474,7 @@ static void rebuild_progress(void *arg, uint64_t done, uint64_t total)
 
 int app_rebuild(const struct tally_config *cfg, const struct app_options *opt)
 {
-    if (bots_init() != 0 || ua_init(UA_CACHE_ENTRIES_DEFAULT) != 0 || referrer_init() != 0) {
-        fprintf(stderr, "tally: cannot load the embedded enrichment data\n");
-        return 1;
-    }
+    if (load_classifiers() != 0) return 1;
     struct datadir *dd;
     if (lock_data_dir(cfg, &dd) != 0) {
         fprintf(stderr, "tally: --rebuild refuses to run while a server holds the data "
@@ -517,9 +520,7 @@ out:
     store_close(store);
     seglog_close(log);
     datadir_close(dd);
-    referrer_shutdown();
-    bots_shutdown();
-    ua_shutdown();
+    unload_classifiers();
     return exit_code;
 }
 
