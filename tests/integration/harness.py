@@ -146,13 +146,29 @@ class Tally:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
 
+    def tool(self, *args, timeout_s=300):
+        """Runs the binary on this instance's config and data directory (an offline mode such
+        as --digest or --rebuild); returns (exit code, stdout, stderr)."""
+        out = subprocess.run([BIN, "--config", self.config_path, "--data-dir", self.data_dir] +
+                             list(args), capture_output=True, text=True, timeout=timeout_s)
+        return out.returncode, out.stdout, out.stderr
+
     def dump_log(self):
         """Records in the log, as parsed JSON objects (offline tool; server must be stopped)."""
-        out = subprocess.run([BIN, "--config", self.config_path, "--data-dir", self.data_dir,
-                              "--dump-log"], capture_output=True, timeout=120)
-        if out.returncode != 0:
-            raise AssertionError("--dump-log failed: %s" % out.stderr.decode()[-2000:])
-        return [json.loads(l) for l in out.stdout.decode().splitlines() if l.strip()]
+        rc, out, err = self.tool("--dump-log", timeout_s=120)
+        if rc != 0:
+            raise AssertionError("--dump-log failed: %s" % err[-2000:])
+        return [json.loads(l) for l in out.splitlines() if l.strip()]
+
+    def wait_consumers(self, timeout_s):
+        """Waits until the raw and rollup consumers have processed the whole committed log."""
+        deadline = time.time() + timeout_s
+        while True:
+            h = json.loads(self.request("GET", "/healthz")[2])
+            if h["consumers"]["rollup"]["lag"] == 0 and h["consumers"]["raw"]["lag"] == 0:
+                return
+            check(time.time() < deadline, "consumers did not catch up: %s" % h)
+            time.sleep(0.05)
 
     def cleanup(self):
         self.kill9()
@@ -172,6 +188,11 @@ def parse_response(raw):
         headers[k.strip().lower()] = v.strip()
     n = int(headers.get("content-length", "0") or 0)
     return status, headers, rest[:n]
+
+
+def digest_line(output):
+    """The digest printed by --digest or --rebuild ("digest HEX")."""
+    return [l for l in output.splitlines() if l.startswith("digest ")][0].split()[1]
 
 
 def check(cond, msg="check failed"):

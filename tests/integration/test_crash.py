@@ -8,12 +8,11 @@ import argparse
 import http.client
 import json
 import random
-import subprocess
 import threading
 import time
 from collections import Counter
 
-from harness import BIN, Tally, check, eq, run_all, test
+from harness import Tally, check, digest_line, eq, run_all, test
 
 ARGS = argparse.Namespace(cycles=20, seed=1)
 
@@ -81,21 +80,14 @@ def kill9_under_load_loses_and_doubles_nothing():
         # The consumers were killed as often as the server: their store must still equal a
         # rebuild from the log (output and cursor are written together).
         t.start(timeout_s=30)
-        deadline = time.time() + 60
-        while True:
-            h = json.loads(t.request("GET", "/healthz")[2])
-            if h["consumers"]["rollup"]["lag"] == 0 and h["consumers"]["raw"]["lag"] == 0:
-                break
-            check(time.time() < deadline, "consumers did not catch up: %s" % h)
-            time.sleep(0.05)
+        t.wait_consumers(60)
         eq(t.stop(), 0)
-        base = [BIN, "--config", t.config_path, "--data-dir", t.data_dir]
-        inc = subprocess.run(base + ["--digest"], capture_output=True, text=True, timeout=300)
-        reb = subprocess.run(base + ["--rebuild"], capture_output=True, text=True, timeout=300)
-        eq(inc.returncode, 0, inc.stderr)
-        eq(reb.returncode, 0, reb.stderr)
-        d_inc = inc.stdout.split("digest ")[1].split()[0]
-        d_reb = reb.stdout.split("digest ")[1].split()[0]
+        rc, out, err = t.tool("--digest")
+        eq(rc, 0, err)
+        d_inc = digest_line(out)
+        rc, out, err = t.tool("--rebuild")
+        eq(rc, 0, err)
+        d_reb = digest_line(out)
         eq(d_inc, d_reb, "incremental rollups differ from a rebuild after kill -9 cycles")
         check(d_inc != "0" * 32, "nothing was counted (empty digest)")
         print("crash cycles=%d acked=%d logged=%d digest=%s" % (ARGS.cycles, len(acked),

@@ -3,9 +3,8 @@ corruption inside a closed segment makes --check exit 1 and the server refuse to
 --repair quarantines the segment, reports the offsets lost, and serves the rest."""
 import base64
 import os
-import subprocess
 
-from harness import BIN, Tally, check, eq, run_all, test
+from harness import Tally, check, eq, run_all, test
 
 
 def fill(t, n_requests, tag):
@@ -46,12 +45,11 @@ def torn_tail_is_truncated_and_mid_log_corruption_needs_repair():
             b = f.read(1)
             f.seek(-1, 1)
             f.write(bytes([b[0] ^ 0x40]))
-        base = [BIN, "--config", t.config_path, "--data-dir", t.data_dir]
-        out = subprocess.run(base + ["--check"], capture_output=True, text=True, timeout=60)
-        eq(out.returncode, 1, out.stdout + out.stderr)
-        out = subprocess.run(base, capture_output=True, text=True, timeout=60)
-        eq(out.returncode, 1, "the server refuses to start on mid-log corruption")
-        check("--repair" in out.stderr, out.stderr)
+        rc, out, err = t.tool("--check", timeout_s=60)
+        eq(rc, 1, out + err)
+        rc, _, err = t.tool(timeout_s=60)
+        eq(rc, 1, "the server refuses to start on mid-log corruption")
+        check("--repair" in err, err)
         t.args = ["--repair"]
         t.start()
         eq(t.stop(), 0)

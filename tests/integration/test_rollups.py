@@ -3,25 +3,18 @@ and the promise that aggregates are a pure function of the log: the digest of th
 built store equals the digest after `tally --rebuild`, also after kill -9 of the server."""
 import json
 import random
-import subprocess
 import time
 
-from harness import BIN, Tally, check, eq, run_all, test
+from harness import Tally, check, digest_line, eq, run_all, test
 
 UA = {"User-Agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like "
                     "Gecko) Chrome/120.0.0.0 Safari/537.36"}
 
 
-def tool(t, *args):
-    out = subprocess.run([BIN, "--config", t.config_path, "--data-dir", t.data_dir] + list(args),
-                         capture_output=True, text=True, timeout=300)
-    return out.returncode, out.stdout, out.stderr
-
-
 def digest(t, *extra):
-    rc, out, err = tool(t, "--digest", *extra)
+    rc, out, err = t.tool("--digest", *extra)
     eq(rc, 0, err)
-    return [l for l in out.splitlines() if l.startswith("digest ")][0].split()[1]
+    return digest_line(out)
 
 
 @test
@@ -74,32 +67,26 @@ def incremental_digest_equals_rebuild_after_kills():
             else:
                 eq(t.stop(), 0)
         t.start()  # let the consumers catch up after the last kill
-        deadline = time.time() + 20
-        while True:
-            h = json.loads(t.request("GET", "/healthz")[2])
-            if h["consumers"]["rollup"]["lag"] == 0 and h["consumers"]["raw"]["lag"] == 0:
-                break
-            check(time.time() < deadline, "consumers did not catch up: %s" % h)
-            time.sleep(0.05)
-        rc, _, err = tool(t, "--rebuild")
+        t.wait_consumers(20)
+        rc, _, err = t.tool("--rebuild")
         eq(rc, 1, "rebuild must refuse while the server holds the data directory")
         check("lock" in err.lower() or "server" in err.lower(), err)
         eq(t.stop(), 0)
         incremental = digest(t)
-        rc, out, err = tool(t, "--rebuild")
+        rc, out, err = t.tool("--rebuild")
         eq(rc, 0, err)
         check("events read %d" % sent in out, out)
-        rebuilt = [l for l in out.splitlines() if l.startswith("digest ")][0].split()[1]
+        rebuilt = digest_line(out)
         eq(rebuilt, incremental, "incremental store and rebuild disagree")
         eq(digest(t), rebuilt)
         # partial rebuilds (a site, a date range) leave the same result
-        rc, out, err = tool(t, "--rebuild", "--site", "shop.example")
+        rc, out, err = t.tool("--rebuild", "--site", "shop.example")
         eq(rc, 0, err)
         day = time.strftime("%Y-%m-%d", time.gmtime(now / 1000 - 86400))
-        rc, out, err = tool(t, "--rebuild", "--from", day, "--to", day)
+        rc, out, err = t.tool("--rebuild", "--from", day, "--to", day)
         eq(rc, 0, err)
         eq(digest(t), incremental, "partial rebuilds changed the result")
-        rc, _, err = tool(t, "--rebuild", "--from", "yesterday")
+        rc, _, err = t.tool("--rebuild", "--from", "yesterday")
         eq(rc, 2, err)
         print("events %d digest %s" % (sent, incremental))
     finally:
