@@ -236,6 +236,12 @@ static void chores(struct app *app, int64_t *last_retention_ms)
                       tally_strerror(err));
         }
     }
+    {
+        int rc = rollup_service_recover(app->rollups); /* after a store write error */
+        if (rc != 0)
+            diag_warn("store still failing (%s); events are kept in the log and processed "
+                      "once it reopens", tally_strerror(rc));
+    }
     if (now - *last_retention_ms >= RETENTION_INTERVAL_MS) {
         *last_retention_ms = now;
         struct seglog_retention_result res;

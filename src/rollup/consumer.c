@@ -845,6 +845,30 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* Starts both worker threads (their stop flags cleared). 0 or TALLY_ENOMEM (then none runs). */
+static int workers_start(struct rollup_service *svc)
+{
+    struct worker *ws[2] = {&svc->raw, &svc->roll};
+    for (int i = 0; i < 2; i++) {
+        ws[i]->svc = svc;
+        ws[i]->raw = i == 0;
+        atomic_store(&ws[i]->st.stop, false);
+        if (pthread_create(&ws[i]->th, NULL, worker_main, ws[i]) != 0) return TALLY_ENOMEM;
+        ws[i]->started = true;
+    }
+    return TALLY_OK;
+}
+
+/* Stops and joins the worker threads (each flushes what it holds first). */
+static void workers_stop(struct rollup_service *svc)
+{
+    atomic_store(&svc->raw.st.stop, true);
+    atomic_store(&svc->roll.st.stop, true);
+    if (svc->raw.started) pthread_join(svc->raw.th, NULL);
+    if (svc->roll.started) pthread_join(svc->roll.th, NULL);
+    svc->raw.started = svc->roll.started = false;
+}
+
 int rollup_service_start(struct store *s, struct seglog *log, const struct rollup_config *cfg,
                          struct rollup_service **out)
 {
@@ -858,15 +882,9 @@ int rollup_service_start(struct store *s, struct seglog *log, const struct rollu
     uint64_t marker;
     if (store_meta_get_u64(s, ROLLUP_STATE_PREFIX "rebuilding", &marker) == 0)
         diag_warn("a rebuild of the rollups was interrupted: run `tally --rebuild` again");
-    struct worker *ws[2] = {&svc->raw, &svc->roll};
-    for (int i = 0; i < 2; i++) {
-        ws[i]->svc = svc;
-        ws[i]->raw = i == 0;
-        if (pthread_create(&ws[i]->th, NULL, worker_main, ws[i]) != 0) {
-            rollup_service_stop(svc);
-            return TALLY_ENOMEM;
-        }
-        ws[i]->started = true;
+    if (workers_start(svc) != 0) {
+        rollup_service_stop(svc);
+        return TALLY_ENOMEM;
     }
     *out = svc;
     return TALLY_OK;
@@ -875,11 +893,24 @@ int rollup_service_start(struct store *s, struct seglog *log, const struct rollu
 void rollup_service_stop(struct rollup_service *svc)
 {
     if (!svc) return;
-    atomic_store(&svc->raw.st.stop, true);
-    atomic_store(&svc->roll.st.stop, true);
-    if (svc->raw.started) pthread_join(svc->raw.th, NULL);
-    if (svc->roll.started) pthread_join(svc->roll.th, NULL);
+    workers_stop(svc);
     free(svc);
+}
+
+int rollup_service_recover(struct rollup_service *svc)
+{
+    int failed = store_failed(svc->s);
+    if (!failed && svc->raw.started && svc->roll.started) return TALLY_OK;
+    workers_stop(svc);
+    if (failed) {
+        int rc = store_reopen(svc->s);
+        if (rc) return rc;
+        diag_warn("store reopened after a write error (%s); consumers resume from their "
+                  "stored cursors", tally_strerror(failed));
+    }
+    int rc = workers_start(svc);
+    if (rc) workers_stop(svc);
+    return rc;
 }
 
 void rollup_service_lag(struct rollup_service *svc, struct rollup_lag *out)

@@ -132,6 +132,12 @@ int rollup_service_start(struct store *s, struct seglog *log, const struct rollu
                          struct rollup_service **out);
 /* Flushes what both consumers hold, stops and joins the threads, frees. NULL is a no-op. */
 void rollup_service_stop(struct rollup_service *svc);
+/* For the thread that started the service (the server's chores), never concurrently with
+ * start/stop. When the store is marked failed (store_failed: a write error such as a full
+ * disk), stops both consumers, reopens the store and restarts them from their stored cursors;
+ * also restarts consumers a previous attempt left stopped. 0 (nothing to do, or recovered),
+ * or the reopen error (consumers stay stopped; call again later). */
+int rollup_service_recover(struct rollup_service *svc);
 /* The rollup consumer's duplicate counter (since start), for a metrics_counter_ref; valid
  * until rollup_service_stop. */
 const _Atomic uint64_t *rollup_service_duplicates(const struct rollup_service *svc);

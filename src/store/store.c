@@ -6,6 +6,7 @@
 #include "store/store.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <rocksdb/c.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,12 @@ struct store {
     rocksdb_writeoptions_t *wopts;
     rocksdb_readoptions_t *ropts;
     bool read_only;
+    char *dir;
+    /* First write error (TALLY_EIO / TALLY_ENOSPC), 0 while healthy. Once set, store_write
+     * refuses without calling RocksDB until store_reopen: RocksDB 7.8 keeps using a WAL writer
+     * that saw an error once it resumes (an assertion in Debian's build), so a failed instance
+     * is never written again. */
+    _Atomic int failed_rc;
 
     pthread_mutex_t sites_mu; /* guards the registry below */
     char **site_names;        /* index = id; [0] unused */
@@ -86,12 +93,61 @@ static rocksdb_env_t *store_low_priority_env(void)
     return g_low_env;
 }
 
+/* Opens s->db and the CF handles with the options already in s. */
+static int db_open(struct store *s)
+{
+    const char *names[STORE_CF_COUNT + 1];
+    const rocksdb_options_t *opts[STORE_CF_COUNT + 1];
+    rocksdb_column_family_handle_t *handles[STORE_CF_COUNT + 1];
+    names[0] = "default";
+    opts[0] = s->db_opts;
+    for (int i = 0; i < STORE_CF_COUNT; i++) {
+        names[i + 1] = cf_names[i];
+        opts[i + 1] = s->cf_opts[i];
+    }
+    char *err = NULL;
+    if (s->read_only)
+        s->db = rocksdb_open_for_read_only_column_families(s->db_opts, s->dir,
+                                                           STORE_CF_COUNT + 1, names, opts,
+                                                           handles, 0, &err);
+    else
+        s->db = rocksdb_open_column_families(s->db_opts, s->dir, STORE_CF_COUNT + 1, names,
+                                             opts, handles, &err);
+    if (err) {
+        int rc = strstr(err, "lock") ? TALLY_ELOCKED
+                 : (strstr(err, "No space") ? TALLY_ENOSPC : TALLY_EIO);
+        diag_error("store: open %s: %s", s->dir, err);
+        rocksdb_free(err);
+        s->db = NULL;
+        return rc;
+    }
+    rocksdb_column_family_handle_destroy(handles[0]);
+    for (int i = 0; i < STORE_CF_COUNT; i++) s->cf[i] = handles[i + 1];
+    return TALLY_OK;
+}
+
+static void db_close(struct store *s)
+{
+    if (!s->db) return;
+    for (int i = 0; i < STORE_CF_COUNT; i++) {
+        if (s->cf[i]) rocksdb_column_family_handle_destroy(s->cf[i]);
+        s->cf[i] = NULL;
+    }
+    rocksdb_close(s->db);
+    s->db = NULL;
+}
+
 int store_open(const struct store_options *opt, struct store **out)
 {
     struct store *s = calloc(1, sizeof *s);
     if (!s) return TALLY_ENOMEM;
     pthread_mutex_init(&s->sites_mu, NULL);
     s->read_only = opt->read_only;
+    s->dir = strdup(opt->dir);
+    if (!s->dir) {
+        store_close(s);
+        return TALLY_ENOMEM;
+    }
     size_t cache_bytes = opt->block_cache_bytes ? opt->block_cache_bytes : 64u << 20;
     size_t wbuf = opt->write_buffer_bytes ? opt->write_buffer_bytes : 32u << 20;
 
@@ -108,7 +164,11 @@ int store_open(const struct store_options *opt, struct store **out)
     rocksdb_options_set_create_missing_column_families(s->db_opts, 1);
     rocksdb_options_set_max_background_jobs(s->db_opts, 2);
     rocksdb_options_set_keep_log_file_num(s->db_opts, 3);
-    rocksdb_options_set_info_log_level(s->db_opts, 2 /* WARN */);
+    /* Only the header lines written at open go to RocksDB's LOG file: in RocksDB 7.8 a LOG
+     * write that failed once (disk full) makes every later message an assertion failure in
+     * Debian's build. Errors reach us as return values and go to diag. */
+    rocksdb_options_set_info_log_level(s->db_opts, 5 /* HEADER_LEVEL */);
+    rocksdb_options_set_stats_dump_period_sec(s->db_opts, 0);
     if (opt->background_low_priority)
         rocksdb_options_set_env(s->db_opts, store_low_priority_env());
     for (int i = 0; i < STORE_CF_COUNT; i++) {
@@ -119,37 +179,15 @@ int store_open(const struct store_options *opt, struct store **out)
         rocksdb_options_set_level_compaction_dynamic_level_bytes(o, 1);
         s->cf_opts[i] = o;
     }
-    const char *names[STORE_CF_COUNT + 1];
-    const rocksdb_options_t *opts[STORE_CF_COUNT + 1];
-    rocksdb_column_family_handle_t *handles[STORE_CF_COUNT + 1];
-    names[0] = "default";
-    opts[0] = s->db_opts;
-    for (int i = 0; i < STORE_CF_COUNT; i++) {
-        names[i + 1] = cf_names[i];
-        opts[i + 1] = s->cf_opts[i];
-    }
-    char *err = NULL;
-    if (opt->read_only)
-        s->db = rocksdb_open_for_read_only_column_families(s->db_opts, opt->dir,
-                                                           STORE_CF_COUNT + 1, names, opts,
-                                                           handles, 0, &err);
-    else
-        s->db = rocksdb_open_column_families(s->db_opts, opt->dir, STORE_CF_COUNT + 1, names,
-                                             opts, handles, &err);
-    if (err) {
-        int rc = strstr(err, "lock") ? TALLY_ELOCKED : TALLY_EIO;
-        diag_error("store: open %s: %s", opt->dir, err);
-        rocksdb_free(err);
-        s->db = NULL;
+    int rc = db_open(s);
+    if (rc) {
         store_close(s);
         return rc;
     }
-    rocksdb_column_family_handle_destroy(handles[0]);
-    for (int i = 0; i < STORE_CF_COUNT; i++) s->cf[i] = handles[i + 1];
     s->wopts = rocksdb_writeoptions_create();
     rocksdb_writeoptions_set_sync(s->wopts, opt->sync_writes ? 1 : 0);
     s->ropts = rocksdb_readoptions_create();
-    int rc = sites_load(s);
+    rc = sites_load(s);
     if (rc) {
         store_close(s);
         return rc;
@@ -158,14 +196,32 @@ int store_open(const struct store_options *opt, struct store **out)
     return TALLY_OK;
 }
 
+int store_failed(struct store *s)
+{
+    return atomic_load(&s->failed_rc);
+}
+
+int store_reopen(struct store *s)
+{
+    db_close(s);
+    int rc = db_open(s);
+    if (rc) return rc;
+    pthread_mutex_lock(&s->sites_mu);
+    rc = sites_load(s);
+    pthread_mutex_unlock(&s->sites_mu);
+    if (rc) {
+        db_close(s);
+        return rc;
+    }
+    atomic_store(&s->failed_rc, 0);
+    return TALLY_OK;
+}
+
 void store_close(struct store *s)
 {
     if (!s) return;
-    if (s->db) {
-        for (int i = 0; i < STORE_CF_COUNT; i++)
-            if (s->cf[i]) rocksdb_column_family_handle_destroy(s->cf[i]);
-        rocksdb_close(s->db);
-    }
+    db_close(s);
+    free(s->dir);
     if (s->wopts) rocksdb_writeoptions_destroy(s->wopts);
     if (s->ropts) rocksdb_readoptions_destroy(s->ropts);
     for (int i = 0; i < STORE_CF_COUNT; i++)
@@ -296,10 +352,16 @@ int store_batch_count(struct store_batch *b)
 int store_write(struct store *s, struct store_batch *b)
 {
     if (s->read_only) return TALLY_ECLOSED;
+    int rc = atomic_load(&s->failed_rc);
+    if (rc) return rc;
+    if (!s->db) return TALLY_ECLOSED;
     char *err = NULL;
     rocksdb_write(s->db, s->wopts, b->wb, &err);
-    if (err) return err_code(err, "write");
-    return TALLY_OK;
+    if (!err) return TALLY_OK;
+    rc = err_code(err, "write");
+    int none = 0;
+    atomic_compare_exchange_strong(&s->failed_rc, &none, rc);
+    return rc;
 }
 
 struct store_iter *store_iter_new(struct store *s, enum store_cf cf, const void *lower,
@@ -405,6 +467,11 @@ static int sites_grow(struct store *s, uint32_t id)
 
 static int sites_load(struct store *s)
 {
+    if (s->site_names) /* a reload (store_reopen): start from an empty registry */
+        for (uint32_t i = 0; i <= s->site_count; i++) {
+            free(s->site_names[i]);
+            s->site_names[i] = NULL;
+        }
     int rc = sites_grow(s, 0);
     if (rc) return rc;
     s->site_count = 0;

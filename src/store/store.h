@@ -67,6 +67,16 @@ int store_open(const struct store_options *opt, struct store **out);
 /* Closes and frees; NULL is a no-op. No batch or iterator of this store may be in use. */
 void store_close(struct store *s);
 
+/* WRITE FAILURES. The first store_write that RocksDB refuses with an I/O error (disk full,
+ * EIO) marks the store failed: from then on store_write returns that error at once without
+ * touching RocksDB (whose 7.8 WAL writer must not be used again after an error), reads still
+ * work. store_failed gives the error (0 while healthy); store_reopen closes and reopens the
+ * database (RocksDB recovers its WAL), reloads the site registry and clears the mark: 0, or
+ * the open error (the store stays failed and closed; call again later). store_reopen needs
+ * exclusive use: no other thread may be using the store, its batches or iterators. */
+int store_failed(struct store *s);
+int store_reopen(struct store *s);
+
 /* Point read: *val (malloc'd, caller frees) and *len; TALLY_ENOENT when absent; TALLY_EIO. */
 int store_get(struct store *s, enum store_cf cf, const void *key, size_t klen, void **val,
               size_t *len);

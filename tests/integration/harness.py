@@ -18,6 +18,7 @@ import traceback
 
 BIN = os.path.abspath(os.environ.get("TALLY_BIN", "./tally"))
 _TESTS = []
+_INSTANCES = []  # every Tally made by the running test, for its stderr on failure
 
 
 def test(fn):
@@ -44,6 +45,8 @@ class Tally:
         self.env = env
         self.write_config(config)
         self.proc = None
+        self.saved_stderr = None
+        _INSTANCES.append(self)
 
     def write_config(self, extra):
         base = ("[server]\nlisten = 127.0.0.1:%d\n" % self.port)
@@ -82,6 +85,8 @@ class Tally:
                                                                self.stderr_text()[-2000:]))
 
     def stderr_text(self):
+        if self.saved_stderr is not None:
+            return self.saved_stderr
         try:
             with open(self.stderr_path, "rb") as f:
                 return f.read().decode("utf-8", "replace")
@@ -172,6 +177,7 @@ class Tally:
 
     def cleanup(self):
         self.kill9()
+        self.saved_stderr = self.stderr_text()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -213,6 +219,7 @@ def run_all():
         if only and fn.__name__ not in only:
             continue
         t0 = time.time()
+        del _INSTANCES[:]
         try:
             fn()
             print("PASS %s.%s (%.1fs)" % (name, fn.__name__, time.time() - t0), flush=True)
@@ -220,4 +227,8 @@ def run_all():
             failed += 1
             print("FAIL %s.%s: %s" % (name, fn.__name__, e), flush=True)
             traceback.print_exc(file=sys.stdout)
+            for inst in _INSTANCES:
+                rc = inst.proc.poll() if inst.proc else None
+                print("    --- server on port %d (exit %s), last stderr:\n%s" %
+                      (inst.port, rc, inst.stderr_text()[-int(os.environ.get("TALLY_STDERR_TAIL", "3000")):]), flush=True)
     sys.exit(1 if failed else 0)
