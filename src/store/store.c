@@ -11,9 +11,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 
 #include "core/diag.h"
 #include "tally/error.h"
+
+#define STORE_REOPEN_FREE_BYTES_MIN (4u << 20) /* store_reopen waits for this much free disk */
 
 static const char *const cf_names[STORE_CF_COUNT] = {"raw", "rollups", "sessions", "dict",
                                                       "meta"};
@@ -203,6 +206,12 @@ int store_failed(struct store *s)
 
 int store_reopen(struct store *s)
 {
+    /* Reopening writes (a new WAL, MANIFEST, OPTIONS, the LOG header); on a still-full disk
+     * it would only fail, and a failed LOG write is fatal in RocksDB 7.8. */
+    struct statvfs vfs;
+    if (statvfs(s->dir, &vfs) == 0 &&
+        (uint64_t)vfs.f_bavail * vfs.f_frsize < STORE_REOPEN_FREE_BYTES_MIN)
+        return TALLY_ENOSPC;
     db_close(s);
     int rc = db_open(s);
     if (rc) return rc;

@@ -72,7 +72,8 @@ void store_close(struct store *s);
  * touching RocksDB (whose 7.8 WAL writer must not be used again after an error), reads still
  * work. store_failed gives the error (0 while healthy); store_reopen closes and reopens the
  * database (RocksDB recovers its WAL), reloads the site registry and clears the mark: 0, or
- * the open error (the store stays failed and closed; call again later). store_reopen needs
+ * TALLY_ENOSPC while the disk has less than 4 MiB free (nothing changed), or the open error
+ * (the store stays failed and closed; call again later). store_reopen needs
  * exclusive use: no other thread may be using the store, its batches or iterators. */
 int store_failed(struct store *s);
 int store_reopen(struct store *s);
