@@ -23,6 +23,8 @@ enum tally_err {
     TALLY_ETOOBIG = -11,  /* an input exceeds a configured limit */
     TALLY_ERANGE = -12,   /* an offset or value is out of range */
     TALLY_EAGAIN = -13,   /* not ready yet: try again */
+    TALLY_ETIMEDOUT = -14, /* a time budget ran out */
+    TALLY_ENOTSUP = -15,  /* this path cannot answer (another one can) */
 };
 
 /* Static description of a TALLY_E* code; unknown codes give "unknown error". Any thread. */

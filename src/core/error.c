@@ -21,6 +21,8 @@ const char *tally_strerror(int err)
     case TALLY_ETOOBIG: return "too large";
     case TALLY_ERANGE: return "out of range";
     case TALLY_EAGAIN: return "try again";
+    case TALLY_ETIMEDOUT: return "time budget exceeded";
+    case TALLY_ENOTSUP: return "not supported on this path";
     default: return "unknown error";
     }
 }

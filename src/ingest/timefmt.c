@@ -153,6 +153,13 @@ int timefmt_format_rfc3339(int64_t ms, char out[TIMEFMT_RFC3339_BYTES])
     return TALLY_OK;
 }
 
+int64_t timefmt_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 int64_t timefmt_now_ms(void)
 {
     struct timespec ts;

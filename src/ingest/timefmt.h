@@ -46,5 +46,7 @@ int64_t timefmt_day_of_ms(int64_t ms);
 
 /* Wall-clock time (CLOCK_REALTIME) in epoch milliseconds. */
 int64_t timefmt_now_ms(void);
+/* Milliseconds of CLOCK_MONOTONIC (for deadlines and intervals; never jumps). Any thread. */
+int64_t timefmt_mono_ms(void);
 
 #endif
