@@ -240,6 +240,81 @@ int rollup_read_breakdown(struct store *s, uint32_t site, enum tz_gran g, int di
     return rc;
 }
 
+/* ---- reads over a set of values ---- */
+
+struct match_ctx {
+    rollup_value_pred pred;
+    void *parg;
+    struct agg a;          /* the current bucket (series) or the whole range */
+    uint32_t bucket;       /* series: the bucket being aggregated */
+    bool open;             /* series: a has content for `bucket` */
+    bool series;
+    rollup_series_fn fn;
+    void *arg;
+    struct strtab *seen;   /* distinct accepted values */
+};
+
+static int match_emit(struct match_ctx *c)
+{
+    if (!c->open) return TALLY_OK;
+    struct rollup_metrics m;
+    agg_metrics(&c->a, &m);
+    agg_free(&c->a);
+    agg_init(&c->a);
+    c->open = false;
+    return c->fn(c->arg, (int64_t)c->bucket * 60000, &m);
+}
+
+static int match_cb(void *arg, uint32_t bucket, const char *value, size_t vlen,
+                    const uint8_t *val, size_t len)
+{
+    struct match_ctx *c = arg;
+    if (c->pred && !c->pred(c->parg, value, vlen)) return 0;
+    if (c->seen && strtab_count(c->seen) < 2) {
+        bool created;
+        if (strtab_intern(c->seen, 0, value, (uint32_t)vlen, &created) < 0) return TALLY_ENOMEM;
+    }
+    if (c->series && c->open && bucket != c->bucket) {
+        int rc = match_emit(c);
+        if (rc) return rc;
+    }
+    c->bucket = bucket;
+    c->open = true;
+    return agg_add(&c->a, val, len);
+}
+
+int rollup_read_matching(struct store *s, uint32_t site, enum tz_gran g, int dim,
+                         rollup_value_pred pred, void *parg, int64_t from_ms, int64_t to_ms,
+                         struct rollup_metrics *out, size_t *values_matched)
+{
+    struct match_ctx c = {.pred = pred, .parg = parg, .seen = strtab_new()};
+    if (!c.seen) return TALLY_ENOMEM;
+    agg_init(&c.a);
+    int rc = each_cell(s, site, g, dim, from_ms, to_ms, match_cb, &c);
+    agg_metrics(&c.a, out);
+    agg_free(&c.a);
+    if (values_matched) *values_matched = strtab_count(c.seen);
+    strtab_free(c.seen);
+    return rc;
+}
+
+int rollup_read_series_matching(struct store *s, uint32_t site, enum tz_gran g, int dim,
+                                rollup_value_pred pred, void *parg, int64_t from_ms,
+                                int64_t to_ms, rollup_series_fn fn, void *arg,
+                                size_t *values_matched)
+{
+    struct match_ctx c = {.pred = pred, .parg = parg, .series = true, .fn = fn, .arg = arg,
+                          .seen = strtab_new()};
+    if (!c.seen) return TALLY_ENOMEM;
+    agg_init(&c.a);
+    int rc = each_cell(s, site, g, dim, from_ms, to_ms, match_cb, &c);
+    if (!rc) rc = match_emit(&c);
+    agg_free(&c.a);
+    if (values_matched) *values_matched = strtab_count(c.seen);
+    strtab_free(c.seen);
+    return rc;
+}
+
 /* ---- digest ---- */
 
 struct digest_acc {

@@ -90,6 +90,21 @@ int rollup_read_breakdown(struct store *s, uint32_t site, enum tz_gran g, int di
                           int64_t from_ms, int64_t to_ms, size_t values_max,
                           rollup_breakdown_fn fn, void *arg);
 
+/* Metrics summed over every value of dim that pred accepts (pred NULL: every value), with
+ * visitors as ONE union over those values' cells (so a visitor seen with two accepted values
+ * counts once). *values_matched (may be NULL) gets the number of distinct accepted values seen,
+ * capped at 2 (callers only need "none, one, several": summing visits of several values of an
+ * EVENT dimension would count a visit once per value). Same errors as rollup_read_value. */
+typedef bool (*rollup_value_pred)(void *arg, const char *value, size_t vlen);
+int rollup_read_matching(struct store *s, uint32_t site, enum tz_gran g, int dim,
+                         rollup_value_pred pred, void *parg, int64_t from_ms, int64_t to_ms,
+                         struct rollup_metrics *out, size_t *values_matched);
+/* The same per stored bucket of g (ascending; buckets with no accepted value are skipped). */
+int rollup_read_series_matching(struct store *s, uint32_t site, enum tz_gran g, int dim,
+                                rollup_value_pred pred, void *parg, int64_t from_ms,
+                                int64_t to_ms, rollup_series_fn fn, void *arg,
+                                size_t *values_matched);
+
 /* ---- digest ---- */
 
 struct rollup_digest {
