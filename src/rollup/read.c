@@ -226,7 +226,7 @@ int rollup_read_breakdown(struct store *s, uint32_t site, enum tz_gran g, int di
             ord[i].s = strtab_str(c.values, (uint32_t)i, &ord[i].len);
             ord[i].i = i;
         }
-        qsort(ord, c.n, sizeof *ord, order_cmp);
+        if (c.n > 1) qsort(ord, c.n, sizeof *ord, order_cmp);
         for (size_t i = 0; i < c.n && !rc; i++) {
             struct rollup_metrics m;
             agg_metrics(&c.aggs[ord[i].i], &m);

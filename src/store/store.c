@@ -37,6 +37,9 @@ struct store {
      * that saw an error once it resumes (an assertion in Debian's build), so a failed instance
      * is never written again. */
     _Atomic int failed_rc;
+    /* Read-held by every call that uses db (an iterator holds it for its life), write-held by
+     * store_reopen while it swaps the database: a query thread never sees a closed handle. */
+    pthread_rwlock_t life;
 
     pthread_mutex_t sites_mu; /* guards the registry below */
     char **site_names;        /* index = id; [0] unused */
@@ -49,6 +52,8 @@ struct store_batch {
 };
 
 struct store_iter {
+    struct store *s; /* holds s->life for reading until store_iter_free */
+    int status;      /* TALLY_ECLOSED when the store was closed (no db) */
     rocksdb_iterator_t *it;
     rocksdb_readoptions_t *ro;
     uint8_t *lower, *upper;
@@ -145,6 +150,7 @@ int store_open(const struct store_options *opt, struct store **out)
     struct store *s = calloc(1, sizeof *s);
     if (!s) return TALLY_ENOMEM;
     pthread_mutex_init(&s->sites_mu, NULL);
+    pthread_rwlock_init(&s->life, NULL);
     s->read_only = opt->read_only;
     s->dir = strdup(opt->dir);
     if (!s->dir) {
@@ -212,14 +218,18 @@ int store_reopen(struct store *s)
     if (statvfs(s->dir, &vfs) == 0 &&
         (uint64_t)vfs.f_bavail * vfs.f_frsize < STORE_REOPEN_FREE_BYTES_MIN)
         return TALLY_ENOSPC;
+    pthread_rwlock_wrlock(&s->life);
     db_close(s);
     int rc = db_open(s);
+    pthread_rwlock_unlock(&s->life);
     if (rc) return rc;
     pthread_mutex_lock(&s->sites_mu);
     rc = sites_load(s);
     pthread_mutex_unlock(&s->sites_mu);
     if (rc) {
+        pthread_rwlock_wrlock(&s->life);
         db_close(s);
+        pthread_rwlock_unlock(&s->life);
         return rc;
     }
     atomic_store(&s->failed_rc, 0);
@@ -243,10 +253,11 @@ void store_close(struct store *s)
         free(s->site_names);
     }
     pthread_mutex_destroy(&s->sites_mu);
+    pthread_rwlock_destroy(&s->life);
     free(s);
 }
 
-int store_get(struct store *s, enum store_cf cf, const void *key, size_t klen, void **val,
+static int store_get_locked(struct store *s, enum store_cf cf, const void *key, size_t klen, void **val,
               size_t *len)
 {
     char *err = NULL;
@@ -268,7 +279,7 @@ int store_get(struct store *s, enum store_cf cf, const void *key, size_t klen, v
     return TALLY_OK;
 }
 
-int store_multi_get(struct store *s, enum store_cf cf, size_t n, const void *const *keys,
+static int store_multi_get_locked(struct store *s, enum store_cf cf, size_t n, const void *const *keys,
                     const size_t *klens, void **vals, size_t *lens)
 {
     if (n == 0) return TALLY_OK;
@@ -358,12 +369,11 @@ int store_batch_count(struct store_batch *b)
     return rocksdb_writebatch_count(b->wb);
 }
 
-int store_write(struct store *s, struct store_batch *b)
+static int store_write_locked(struct store *s, struct store_batch *b)
 {
     if (s->read_only) return TALLY_ECLOSED;
     int rc = atomic_load(&s->failed_rc);
     if (rc) return rc;
-    if (!s->db) return TALLY_ECLOSED;
     char *err = NULL;
     rocksdb_write(s->db, s->wopts, b->wb, &err);
     if (!err) return TALLY_OK;
@@ -378,6 +388,12 @@ struct store_iter *store_iter_new(struct store *s, enum store_cf cf, const void 
 {
     struct store_iter *it = calloc(1, sizeof *it);
     if (!it) return NULL;
+    pthread_rwlock_rdlock(&s->life);
+    it->s = s;
+    if (!s->db) { /* closed by a failed store_reopen: an empty iterator in error */
+        it->status = TALLY_ECLOSED;
+        return it;
+    }
     it->ro = rocksdb_readoptions_create();
     if (lower) {
         it->lower = malloc(llen ? llen : 1);
@@ -405,32 +421,37 @@ void store_iter_free(struct store_iter *it)
     if (it->ro) rocksdb_readoptions_destroy(it->ro);
     free(it->lower);
     free(it->upper);
+    if (it->s) pthread_rwlock_unlock(&it->s->life);
     free(it);
 }
 
 void store_iter_seek_first(struct store_iter *it)
 {
+    if (!it->it) return;
     rocksdb_iter_seek_to_first(it->it);
 }
 
 void store_iter_seek_last(struct store_iter *it)
 {
+    if (!it->it) return;
     rocksdb_iter_seek_to_last(it->it);
 }
 
 void store_iter_seek(struct store_iter *it, const void *key, size_t klen)
 {
+    if (!it->it) return;
     rocksdb_iter_seek(it->it, key, klen);
 }
 
 void store_iter_seek_prev(struct store_iter *it, const void *key, size_t klen)
 {
+    if (!it->it) return;
     rocksdb_iter_seek_for_prev(it->it, key, klen);
 }
 
 bool store_iter_valid(struct store_iter *it)
 {
-    return rocksdb_iter_valid(it->it) != 0;
+    return it->it && rocksdb_iter_valid(it->it) != 0;
 }
 
 void store_iter_next(struct store_iter *it)
@@ -455,6 +476,7 @@ const uint8_t *store_iter_value(struct store_iter *it, size_t *len)
 
 int store_iter_status(struct store_iter *it)
 {
+    if (it->status) return it->status;
     char *err = NULL;
     rocksdb_iter_get_error(it->it, &err);
     if (err) return err_code(err, "iterate");
@@ -612,7 +634,7 @@ void store_batch_put_u64(struct store_batch *b, const char *key, uint64_t v)
 
 /* ---- sizes and maintenance ---- */
 
-uint64_t store_cf_bytes(struct store *s, enum store_cf cf)
+static uint64_t store_cf_bytes_locked(struct store *s, enum store_cf cf)
 {
     uint64_t total = 0;
     const char *props[] = {"rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"};
@@ -626,7 +648,7 @@ uint64_t store_cf_bytes(struct store *s, enum store_cf cf)
     return total;
 }
 
-int store_flush(struct store *s)
+static int store_flush_locked(struct store *s)
 {
     rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
     rocksdb_flushoptions_set_wait(fo, 1);
@@ -640,17 +662,64 @@ int store_flush(struct store *s)
     return rc;
 }
 
-int store_compact(struct store *s, enum store_cf cf)
+static int store_compact_locked(struct store *s, enum store_cf cf)
 {
     rocksdb_compact_range_cf(s->db, s->cf[cf], NULL, 0, NULL, 0);
     return TALLY_OK;
 }
 
-int store_property(struct store *s, enum store_cf cf, const char *name, char *buf, size_t cap)
+static int store_property_locked(struct store *s, enum store_cf cf, const char *name, char *buf, size_t cap)
 {
     char *v = rocksdb_property_value_cf(s->db, s->cf[cf], name);
     if (!v) return TALLY_ENOENT;
     snprintf(buf, cap, "%s", v);
     rocksdb_free(v);
     return TALLY_OK;
+}
+
+/* ---- the public calls that use db: hold `life` for reading (see struct store) ---- */
+
+#define WITH_DB(s, closed, call)                                                               \
+    do {                                                                                       \
+        pthread_rwlock_rdlock(&(s)->life);                                                     \
+        __typeof__(call) r_ = (s)->db ? (call) : (closed);                                     \
+        pthread_rwlock_unlock(&(s)->life);                                                     \
+        return r_;                                                                             \
+    } while (0)
+
+int store_get(struct store *s, enum store_cf cf, const void *key, size_t klen, void **val,
+              size_t *len)
+{
+    WITH_DB(s, TALLY_ECLOSED, store_get_locked(s, cf, key, klen, val, len));
+}
+
+int store_multi_get(struct store *s, enum store_cf cf, size_t n, const void *const *keys,
+                    const size_t *klens, void **vals, size_t *lens)
+{
+    WITH_DB(s, TALLY_ECLOSED, store_multi_get_locked(s, cf, n, keys, klens, vals, lens));
+}
+
+int store_write(struct store *s, struct store_batch *b)
+{
+    WITH_DB(s, TALLY_ECLOSED, store_write_locked(s, b));
+}
+
+uint64_t store_cf_bytes(struct store *s, enum store_cf cf)
+{
+    WITH_DB(s, (uint64_t)0, store_cf_bytes_locked(s, cf));
+}
+
+int store_flush(struct store *s)
+{
+    WITH_DB(s, TALLY_ECLOSED, store_flush_locked(s));
+}
+
+int store_compact(struct store *s, enum store_cf cf)
+{
+    WITH_DB(s, TALLY_ECLOSED, store_compact_locked(s, cf));
+}
+
+int store_property(struct store *s, enum store_cf cf, const char *name, char *buf, size_t cap)
+{
+    WITH_DB(s, TALLY_ECLOSED, store_property_locked(s, cf, name, buf, cap));
 }

@@ -74,7 +74,9 @@ void store_close(struct store *s);
  * database (RocksDB recovers its WAL), reloads the site registry and clears the mark: 0, or
  * TALLY_ENOSPC while the disk has less than 4 MiB free (nothing changed), or the open error
  * (the store stays failed and closed; call again later). store_reopen needs
- * exclusive use: no other thread may be using the store, its batches or iterators. */
+ * its own thread: it waits until no other call or iterator uses the database (queries may
+ * run meanwhile: they wait, and see TALLY_ECLOSED if the reopen failed). Consumer threads
+ * must be stopped first (their batches hold CF handles). */
 int store_failed(struct store *s);
 int store_reopen(struct store *s);
 

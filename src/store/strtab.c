@@ -63,7 +63,7 @@ static int64_t lookup(const struct strtab *t, uint64_t h, uint32_t scope, const 
         }
         const struct entry *e = &t->e[v - 1];
         if (e->hash == h && e->len == len && e->scope == scope &&
-            memcmp(t->arena + e->off, s, len) == 0)
+            (len == 0 || memcmp(t->arena + e->off, s, len) == 0)) /* arena may be NULL */
             return v - 1;
         i = (i + 1) & mask;
     }

@@ -2,6 +2,9 @@
  * scans, retention). */
 #include "test.h"
 
+#include <pthread.h>
+#include <time.h>
+
 #include "store/raw.h"
 #include "store/store.h"
 #include "tally/error.h"
@@ -353,9 +356,65 @@ TEST(raw_corrupt_block)
     ASSERT_EQ(raw_block_decode(key, 15, v2, sizeof v2, count_cb, &cnt), TALLY_ECORRUPT);
 }
 
+struct holder {
+    struct store *s;
+    int started;
+};
+
+/* Holds an iterator for 200 ms: store_reopen must wait for it. */
+static void *hold_iterator(void *arg)
+{
+    struct holder *h = arg;
+    struct store_iter *it = store_iter_new(h->s, STORE_CF_META, NULL, 0, NULL, 0);
+    __atomic_store_n(&h->started, 1, __ATOMIC_RELEASE);
+    struct timespec ts = {0, 200 * 1000000};
+    nanosleep(&ts, NULL);
+    store_iter_seek_first(it);
+    (void)store_iter_valid(it);
+    store_iter_free(it);
+    return NULL;
+}
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+TEST(reopen_waits_for_readers_and_keeps_data)
+{
+    const char *dir = test_tmpdir();
+    struct store *s = open_store(dir);
+    uint32_t id;
+    ASSERT_EQ(store_site_id(s, "a.example", 9, true, &id), 0);
+    struct store_batch *b = store_batch_new(s);
+    store_batch_put_u64(b, "k", 42);
+    ASSERT_EQ(store_write(s, b), 0);
+    ASSERT_EQ(store_failed(s), 0);
+    struct holder h = {s, 0};
+    pthread_t th;
+    ASSERT_EQ(pthread_create(&th, NULL, hold_iterator, &h), 0);
+    while (!__atomic_load_n(&h.started, __ATOMIC_ACQUIRE)) sched_yield();
+    double t0 = mono_s();
+    ASSERT_EQ(store_reopen(s), 0);
+    ASSERT_TRUE(mono_s() - t0 > 0.1); /* waited for the iterator (held 200 ms) */
+    pthread_join(th, NULL);
+    uint64_t v = 0;
+    ASSERT_EQ(store_meta_get_u64(s, "k", &v), 0);
+    ASSERT_EQ(v, 42);
+    uint32_t id2;
+    ASSERT_EQ(store_site_id(s, "a.example", 9, false, &id2), 0);
+    ASSERT_EQ(id2, id);
+    ASSERT_EQ(store_write(s, b), 0); /* the batch still works on the reopened database */
+    store_batch_free(b);
+    store_close(s);
+}
+
 int main(void)
 {
     RUN(basics_and_sites);
+    RUN(reopen_waits_for_readers_and_keeps_data);
     RUN(raw_exact_and_window);
     RUN(raw_abort_and_restart_keep_dictionary_consistent);
     RUN(raw_corrupt_block);
