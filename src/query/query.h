@@ -162,7 +162,8 @@ struct query {
     bool match_day_of_week;
     size_t limit, offset;
     size_t ngoals;                /* the site's goals (config "goals"), for event:goal */
-    char **goals;                 /* "event:Signup", "page:/pricing", "page:/blog/**" */
+    char **goals;                 /* "event:Signup", "page:/pricing"; page paths may hold the
+                                     wildcards * (within a segment) and ** (across) */
 };
 
 /* The site's time zone / currency / goals for the parser: fills q->zone, q->currency, goals.
