@@ -43,7 +43,8 @@ done
 
 # The server under ASan+UBSan: the functional and hostile-input suites again.
 if [ -x build/asan/tally ]; then
-    for t in test_ingest.py test_hostile.py test_rollups.py test_recovery.py; do
+    for t in test_ingest.py test_hostile.py test_rollups.py test_recovery.py test_query_api.py \
+             test_query_diff.py; do
         TALLY_BIN=build/asan/tally run_one "asan/integration/$t" python3 "tests/integration/$t"
     done
 fi

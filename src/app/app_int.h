@@ -1,7 +1,8 @@
 /*
  * The running server's shared state, built by app_serve (server.c) on the main thread before
  * the HTTP workers start, read-only afterwards except for the atomics and the modules' own
- * thread-safe handles. Handlers (ingest.c, ops.c) receive it as their route argument.
+ * thread-safe handles. Handlers (ingest.c, ops.c, query_api.c) receive it (or, for the query
+ * routes, their own state pointing to it) as their route argument.
  */
 #ifndef TALLY_APP_INT_H
 #define TALLY_APP_INT_H
@@ -18,6 +19,7 @@
 #include "log/seglog.h"
 
 struct http_server;
+struct query_api;
 struct rollup_service;
 struct store;
 
@@ -47,6 +49,8 @@ struct app {
     struct metrics_counter *events_accepted;
     struct metrics_counter *events_dropped[DROP_REASON_COUNT];
     struct metrics_counter *disk_full_recoveries;
+    struct query_api *queries;       /* the Stats API's workers (query_api.h) */
+    struct config_list stored_keys;  /* digests from DATA_DIR/keys, valid for every site */
     _Atomic int stopping;
 };
 

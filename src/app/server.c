@@ -3,16 +3,20 @@
  *
  * Start order: data-directory lock -> event log (recovery happens here) -> salts, enrichment
  * data, sites, rate limiter -> store (RocksDB) and the raw/rollup consumer threads, which
- * resume from the cursors saved with their output -> HTTP server (binds) -> routes -> workers. Signals (TERM, INT) are
- * blocked in every thread and taken by the main thread with sigtimedwait, which also runs the
- * once-a-second chores: salt rotation, log retention, and recovery of the log writer after a
- * failed write (a full disk: seglog_reset_poison once space is back).
+ * resume from the cursors saved with their output -> HTTP server (binds) -> routes -> the
+ * stored API keys (the first start creates one, query_api.h) -> query workers -> HTTP workers.
+ * Signals (TERM, INT) are blocked in every thread and taken by the main thread with
+ * sigtimedwait, which also runs the once-a-second chores: salt rotation, log retention, and
+ * recovery of the log writer after a failed write (a full disk: seglog_reset_poison once space
+ * is back).
  *
- * Stop order (SIGTERM/SIGINT): stop accepting and drain in-flight requests (their appends
- * complete through the still-running log writer), stop the consumers (each flushes its output
- * and cursor in one batch), close the log (drains the queue, durably),
- * then free the HTTP server (responses posted by the last completions are dropped with their
- * connections) and the rest. Exit 0 within shutdown_timeout_ms + the log drain.
+ * Stop order (SIGTERM/SIGINT): answer queued Stats API queries 503, stop accepting and drain
+ * in-flight requests (their appends complete through the still-running log writer), join the
+ * query workers (running queries finish, so none reads the store after it closes), stop the
+ * consumers (each flushes its output and cursor in one batch), close the log (drains the
+ * queue, durably), then free the HTTP server (responses posted by the last completions are
+ * dropped with their connections) and the rest. Exit 0 within shutdown_timeout_ms + the log
+ * drain (+ what is left of a running query's time budget).
  */
 #include <errno.h>
 #include <signal.h>
@@ -28,6 +32,7 @@
 
 #include "app/app.h"
 #include "app/app_int.h"
+#include "app/query_api.h"
 #include "core/datadir.h"
 #include "core/diag.h"
 #include "http/http_server.h"
@@ -205,6 +210,19 @@ static int make_http(struct app *app)
     return 0;
 }
 
+/* The stored API keys (DATA_DIR/keys); on the first start without any read key, creates one
+ * and prints it with the dashboard URL. A failure is reported and the server runs on. */
+static void init_keys(struct app *app, const struct datadir *dd)
+{
+    char host[256], url[300];
+    int port = 0;
+    if (config_parse_listen(app->cfg->listen, host, &port) != 0) snprintf(host, sizeof host, "?");
+    port = http_server_port(app->http);
+    snprintf(url, sizeof url, strchr(host, ':') ? "http://[%s]:%d/" : "http://%s:%d/", host,
+             port);
+    query_api_keys_init(app->cfg, datadir_path(dd), url, &app->stored_keys);
+}
+
 static int parse_proxies(const struct tally_config *cfg, struct cidr_list *out)
 {
     out->count = 0;
@@ -308,6 +326,11 @@ int app_serve(const struct tally_config *cfg, const struct app_options *opt)
                             rollup_service_duplicates(app.rollups));
     }
     if (make_http(&app) != 0) goto out;
+    init_keys(&app, dd);
+    if ((rc = query_api_start(&app, &app.queries)) != 0) {
+        fprintf(stderr, "tally: cannot start the query workers: %s\n", tally_strerror(rc));
+        goto out;
+    }
     if (http_server_start(app.http) != 0) goto out;
     diag_info("tally %s serving on %s (data in %s, fsync %s)", TALLY_VERSION, cfg->listen,
               cfg->data_dir, cfg->fsync == CONFIG_FSYNC_ALWAYS ? "always"
@@ -324,16 +347,20 @@ int app_serve(const struct tally_config *cfg, const struct app_options *opt)
         chores(&app, &last_retention_ms);
     }
     atomic_store(&app.stopping, 1);
+    query_api_quiesce(app.queries);
     int cut = http_server_stop(app.http, (uint32_t)cfg->shutdown_timeout_ms);
     if (cut > 0) diag_warn("stop: %d connections cut after the drain timeout", cut);
     exit_code = 0;
 out:
+    query_api_free(app.queries); /* joins the query workers: every query answered */
+    app.queries = NULL;
     rollup_service_stop(app.rollups); /* flushes both consumers (output + cursor) */
     seglog_close(app.log); /* completes every pending append before the server is freed */
     app.log = NULL;
     http_server_free(app.http);
     store_close(app.store);
     metrics_free(app.metrics);
+    query_api_keys_free(&app.stored_keys);
     ratelimit_free(app.ratelimit);
     sites_free(app.sites);
     geo_close(app.geo);

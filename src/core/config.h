@@ -63,6 +63,10 @@ struct tally_config {
     int64_t shutdown_timeout_ms;
     char *log_level;
     char *geoip_db;
+    int64_t query_threads;
+    int64_t query_queue_max;
+    int64_t query_timeout_ms;
+    int64_t query_memory_bytes_max;
     /* [storage] */
     char *data_dir;
     int64_t fsync;                  /* enum config_fsync */
