@@ -32,7 +32,7 @@ FUZZ_REPLAY := $(patsubst tests/fuzz/%.c,$(O)/fuzz/%_replay,$(FUZZ_SRC))
 BENCH_BIN := $(patsubst bench/%.c,$(O)/bench/%,$(wildcard bench/*.c))
 LIB := $(O)/libtally.a
 
-.PHONY: all deps run test test-only unit asan fuzz bench crash clean data format
+.PHONY: all deps run test test-only unit asan fuzz bench crash clean data format compat
 all: tally
 
 deps:
@@ -91,8 +91,15 @@ run: deps tally
 test: deps
 	@$(MAKE) --no-print-directory test-only
 
-test-only: tally unit asan
+test-only: tally unit asan compat
 	@sh tests/run.sh
+
+# The peers' official client libraries (tests/compat/package.json, pinned, integrity-checked by
+# the lockfile) for the compatibility tests; reinstalled only when the lockfile changes.
+compat: tests/compat/node_modules/.installed
+tests/compat/node_modules/.installed: tests/compat/package-lock.json tests/compat/package.json
+	@cd tests/compat && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	@touch $@
 
 crash: tally
 	@python3 tests/integration/test_crash.py --cycles 200

@@ -21,6 +21,7 @@
 #include <time.h>
 
 #include "app/app_int.h"
+#include "app/ingest.h"
 #include "core/keys.h"
 #include "http/http_server.h"
 #include "ingest/event.h"
@@ -138,6 +139,7 @@ static void respond_json_error(struct http_exchange *ex, int status, const char 
 struct pending {
     struct app *app;
     struct http_exchange *ex;
+    struct ingest_answer ans;
     uint32_t count;
     uint32_t bots;
     uint32_t hosts;
@@ -149,49 +151,66 @@ static void ingest_done(void *arg, int err, uint64_t first_offset)
     struct pending *p = arg;
     (void)first_offset;
     if (err == 0) {
-        char body[64];
-        int n = snprintf(body, sizeof body, "{\"accepted\": %u}", p->count);
         metrics_counter_add(p->app->events_accepted, p->count);
         drop(p->app, DROP_BOT, p->bots);
         drop(p->app, DROP_HOST, p->hosts);
-        http_exchange_complete(p->ex, 202, "application/json", body, (size_t)n, NULL);
+        p->ans.ok(p->ans.arg, p->ex, p->count);
     } else {
         char msg[160];
         snprintf(msg, sizeof msg, "the event log cannot take writes: %s; retry later",
                  tally_strerror(err));
         drop(p->app, DROP_UNAVAILABLE, p->count);
-        respond_json_error(p->ex, 503, msg, -1, err == TALLY_ENOSPC ? "Retry-After: 5\r\n"
-                                                                     : "Retry-After: 1\r\n");
+        p->ans.error(p->ans.arg, p->ex, 503, msg, -1,
+                     err == TALLY_ENOSPC ? "Retry-After: 5\r\n" : "Retry-After: 1\r\n");
     }
     free(p);
 }
 
-static void refuse_append(struct app *app, struct http_exchange *ex, int rc, uint32_t n)
+static void refuse_append(struct app *app, struct http_exchange *ex, int rc, uint32_t n,
+                          const struct ingest_answer *a)
 {
     drop(app, DROP_UNAVAILABLE, n);
     switch (rc) {
     case TALLY_EFULL:
-        respond_json_error(ex, 503, "ingest queue full; retry later", -1, "Retry-After: 1\r\n");
+        a->error(a->arg, ex, 503, "ingest queue full; retry later", -1, "Retry-After: 1\r\n");
         return;
     case TALLY_ENOSPC:
-        respond_json_error(ex, 503, "disk full: events cannot be stored; retry later", -1,
-                           "Retry-After: 5\r\n");
+        a->error(a->arg, ex, 503, "disk full: events cannot be stored; retry later", -1,
+                 "Retry-After: 5\r\n");
         return;
     case TALLY_ECLOSED:
-        respond_json_error(ex, 503, "server is shutting down; retry later", -1,
-                           "Retry-After: 1\r\n");
+        a->error(a->arg, ex, 503, "server is shutting down; retry later", -1,
+                 "Retry-After: 1\r\n");
         return;
     case TALLY_ETOOBIG:
-        respond_json_error(ex, 413, "request too large for one log append", -1, NULL);
+        a->error(a->arg, ex, 413, "request too large for one log append", -1, NULL);
         return;
     default: {
         char msg[160];
         snprintf(msg, sizeof msg, "the event log cannot take writes: %s; retry later",
                  tally_strerror(rc));
-        respond_json_error(ex, 503, msg, -1, "Retry-After: 1\r\n");
+        a->error(a->arg, ex, 503, msg, -1, "Retry-After: 1\r\n");
     }
     }
 }
+
+/* The native endpoint's answers: 202 {"accepted": N}, errors as {"error", "index"}. */
+static void native_ok(void *arg, struct http_exchange *ex, uint32_t accepted)
+{
+    (void)arg;
+    char body[64];
+    int n = snprintf(body, sizeof body, "{\"accepted\": %u}", accepted);
+    http_exchange_complete(ex, 202, "application/json", body, (size_t)n, NULL);
+}
+
+static void native_error(void *arg, struct http_exchange *ex, int status, const char *msg,
+                         int index, const char *extra_headers)
+{
+    (void)arg;
+    respond_json_error(ex, status, msg, index, extra_headers);
+}
+
+static const struct ingest_answer native_answer = {native_ok, native_error, NULL};
 
 /* Authorization: none (0), or a verified write/admin key (*privileged, *key_site set). Answers
  * 401/403 itself and returns -1 when the key is missing its scope or invalid. */
@@ -295,6 +314,22 @@ static void on_events(struct http_request *req, struct http_exchange *ex, void *
         return;
     }
 
+    struct ingest_opts o = {.privileged = privileged, .key_site = key_site};
+    ingest_submit(app, req, ex, evs, (uint32_t)n, &o, &native_answer);
+}
+
+void ingest_submit(struct app *app, const struct http_request *req, struct http_exchange *ex,
+                   struct native_event *evs, uint32_t count, const struct ingest_opts *o,
+                   const struct ingest_answer *ans)
+{
+    struct ingest_tls *t = tls_get();
+    if (!t) {
+        ans->error(ans->arg, ex, 503, "out of memory; retry later", -1, "Retry-After: 1\r\n");
+        return;
+    }
+    const int n = (int)count;
+    const bool privileged = o->privileged;
+    const struct config_site *key_site = o->key_site;
     /* Sites first (404 before rate limiting: a wrong site is not worth tokens). */
     const struct site *sites_of[n > 0 ? n : 1];
     for (int i = 0; i < n; i++) {
@@ -308,7 +343,7 @@ static void on_events(struct http_request *req, struct http_exchange *ex, void *
             snprintf(msg, sizeof msg, "field 'site': this key is not valid for site '%s'",
                      name);
             drop(app, DROP_INVALID, (uint64_t)n);
-            respond_json_error(ex, 403, msg, i, NULL);
+            ans->error(ans->arg, ex, 403, msg, i, NULL);
             return;
         }
         if (rc != 0) {
@@ -328,7 +363,7 @@ static void on_events(struct http_request *req, struct http_exchange *ex, void *
                          "lowercase domain like example.com, or a configured id)", name);
                 drop(app, DROP_INVALID, (uint64_t)n);
             }
-            respond_json_error(ex, status, msg, i, NULL);
+            ans->error(ans->arg, ex, status, msg, i, NULL);
             return;
         }
     }
@@ -336,14 +371,14 @@ static void on_events(struct http_request *req, struct http_exchange *ex, void *
     char ip_text[64];
     uint8_t ip16[16];
     client_ip(app, req, ip_text, sizeof ip_text, ip16);
-    if (!privileged) {
+    if (!privileged && !o->no_rate_limit) {
         int64_t wait_s = ratelimit_take(app->ratelimit, ip16, n, mono_ms());
         if (wait_s != 0) {
             char hdr[64];
             snprintf(hdr, sizeof hdr, "Retry-After: %lld\r\n",
                      (long long)(wait_s > 0 ? wait_s : 60));
             drop(app, DROP_RATE_LIMIT, (uint64_t)n);
-            respond_json_error(ex, 429, wait_s > 0 ? "rate limit exceeded for this client; "
+            ans->error(ans->arg, ex, 429, wait_s > 0 ? "rate limit exceeded for this client; "
                                "retry later" : "more events in one request than this client's "
                                "rate-limit burst", -1, hdr);
             return;
@@ -354,7 +389,7 @@ static void on_events(struct http_request *req, struct http_exchange *ex, void *
     struct pending *p = calloc(1, sizeof *p);
     if (!p || ensure_capacity(t, 0, (size_t)n) != 0) {
         free(p);
-        respond_json_error(ex, 503, "out of memory; retry later", -1, "Retry-After: 1\r\n");
+        ans->error(ans->arg, ex, 503, "out of memory; retry later", -1, "Retry-After: 1\r\n");
         return;
     }
     size_t used = 0;
@@ -404,14 +439,14 @@ static void on_events(struct http_request *req, struct http_exchange *ex, void *
         }
         if (ensure_capacity(t, used + EVENT_ENCODED_BYTES_MAX, (size_t)n) != 0) {
             free(p);
-            respond_json_error(ex, 503, "out of memory; retry later", -1, "Retry-After: 1\r\n");
+            ans->error(ans->arg, ex, 503, "out of memory; retry later", -1, "Retry-After: 1\r\n");
             return;
         }
         int len = event_encode(ev, t->enc + used, t->enc_cap - used);
         if (len < 0) {
             free(p);
             drop(app, DROP_INVALID, (uint64_t)n);
-            respond_json_error(ex, 400, "event cannot be stored (invalid after enrichment)", i,
+            ans->error(ans->arg, ex, 400, "event cannot be stored (invalid after enrichment)", i,
                                NULL);
             return;
         }
@@ -422,12 +457,19 @@ static void on_events(struct http_request *req, struct http_exchange *ex, void *
     for (int i = 0; i < n; i++) t->recs[i].data = t->enc + (uintptr_t)t->recs[i].data;
     p->app = app;
     p->ex = ex;
+    p->ans = *ans;
     p->count = (uint32_t)n;
     int rc = seglog_append(app->log, t->recs, (uint32_t)n, ingest_done, p);
     if (rc != 0) {
         free(p);
-        refuse_append(app, ex, rc, (uint32_t)n);
+        refuse_append(app, ex, rc, (uint32_t)n, ans);
     }
+}
+
+void ingest_client_ip(struct app *app, const struct http_request *req, char *out, size_t cap)
+{
+    uint8_t ip16[16];
+    client_ip(app, req, out, cap, ip16);
 }
 
 int ingest_routes(struct app *app)

@@ -32,6 +32,7 @@
 
 #include "app/app.h"
 #include "app/app_int.h"
+#include "app/peers.h"
 #include "app/query_api.h"
 #include "core/datadir.h"
 #include "core/diag.h"
@@ -206,7 +207,8 @@ static int make_http(struct app *app)
         fprintf(stderr, "tally: cannot listen on %s: %s\n", cfg->listen, tally_strerror(rc));
         return rc;
     }
-    if ((rc = ingest_routes(app)) || (rc = ops_routes(app))) return rc;
+    if ((rc = ingest_routes(app)) || (rc = ops_routes(app)) || (rc = peer_routes(app)))
+        return rc;
     return 0;
 }
 
