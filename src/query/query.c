@@ -773,14 +773,16 @@ int query_execute(struct store *s, uint32_t site_id, const struct query *q,
             cJSON_AddItemToArray(res, o);
         }
         cJSON *meta = cJSON_AddObjectToObject(root, "meta");
+        /* Unique visitors: exact while every set involved is exact (up to CELL_UNIQ_EXACT_MAX
+         * distinct visitors per rollup cell; the scan is always exact); beyond, HyperLogLog
+         * (standard error 0.81 %) or a sampled set (about 0.8 %): the bound given is three
+         * standard errors. */
         cJSON_AddBoolToObject(meta, "visitors_exact", !estimated);
-        cJSON_AddStringToObject(
-            meta, "visitors_note",
-            estimated ? "some visitor counts are estimates: unique sets beyond 16384 visitors "
-                        "per cell are HyperLogLog (standard error 0.81%) or sampled (about "
-                        "0.8%)"
-                      : "visitor counts are exact (exact up to 16384 distinct visitors per "
-                        "cell and bucket, estimated beyond)");
+        cJSON_AddNumberToObject(meta, "visitors_exact_up_to", (double)CELL_UNIQ_EXACT_MAX);
+        if (estimated) {
+            cJSON_AddNumberToObject(meta, "visitors_standard_error_percent", 0.81);
+            cJSON_AddNumberToObject(meta, "visitors_error_bound_percent", 2.43);
+        }
         cJSON_AddStringToObject(meta, "plan", used == Q_PLAN_SCAN ? "scan" : "rollup");
         if (q->time_labels && td >= 0) {
             cJSON *tl = cJSON_AddArrayToObject(meta, "time_labels");
