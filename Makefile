@@ -116,6 +116,14 @@ bench: tally
 format:
 	clang-format -i $$(find src include tests bench -name '*.[ch]')
 
+# The dashboard's and the tracker's files are .incbin'd by src/app/assets.S: rebuild on change.
+$(O)/src/app/assets.o: $(wildcard src/app/dashboard/* src/app/tracker/*) | data
+
+# Light and dark screenshots of the dashboard (headless Chromium) into docs/screenshots/.
+.PHONY: screenshots
+screenshots: tally compat
+	@python3 tests/integration/test_dashboard.py --screenshots docs/screenshots
+
 clean:
 	rm -rf build tally
 

@@ -19,6 +19,8 @@ static const char usage_text[] =
     "       tally --rebuild [--site NAME] [--from DATE] [--to DATE] [--config FILE] [--data-dir DIR]\n"
     "       tally --digest [--site NAME] [--config FILE] [--data-dir DIR]\n"
     "       tally key new [--site NAME] [--scope read|write|admin]\n"
+    "       tally backup DIR [--url http://HOST:PORT] [--key KEY] [--config FILE]\n"
+    "       tally restore BACKUP_DIR DATA_DIR\n"
     "       tally --help | --help-config | --version\n"
     "\n"
     "Serves the Tally analytics server. Flags override the configuration file, which overrides\n"
@@ -27,6 +29,8 @@ static const char usage_text[] =
     "  --config FILE       INI configuration (see config.example.ini, --help-config)\n"
     "  --data-dir DIR      [storage] data_dir\n"
     "  --listen HOST:PORT  [server] listen\n"
+    "  --listen-fd N       serve on the inherited listening socket N instead of binding\n"
+    "                      (systemd socket activation via LISTEN_FDS works without it)\n"
     "  --repair            quarantine corrupt closed log segments instead of refusing to start\n"
     "  --check             validate the configuration and the data directory, then exit\n"
     "                      (0 all well, 2 configuration error, 1 data-directory problem)\n"
@@ -38,7 +42,12 @@ static const char usage_text[] =
     "  --from/--to DATE    limit --rebuild to local days YYYY-MM-DD (inclusive)\n"
     "  --digest            print the digest of the current sessions and rollups\n"
     "  --help-config       list every configuration key with unit, default and range\n"
-    "  --version           print the version\n";
+    "  --version           print the version\n"
+    "\n"
+    "backup: asks the running server (--url, default from listen) to write an online backup\n"
+    "into DIR (absent or empty); the admin key comes from --key or TALLY_ADMIN_KEY.\n"
+    "restore: copies a backup into an empty data directory (server stopped). SIGHUP reloads\n"
+    "the configuration file.\n";
 
 enum mode { MODE_SERVE, MODE_CHECK, MODE_DUMP, MODE_REBUILD, MODE_DIGEST };
 
@@ -77,6 +86,47 @@ static int key_new(int argc, char **argv)
     return 0;
 }
 
+/* `tally backup DIR [--url URL] [--key KEY] [--config FILE]`. */
+static int backup_cmd(int argc, char **argv)
+{
+    const char *dir = NULL, *url = NULL, *key = getenv("TALLY_ADMIN_KEY"), *config = NULL;
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--url") && i + 1 < argc)
+            url = argv[++i];
+        else if (!strcmp(argv[i], "--key") && i + 1 < argc)
+            key = argv[++i];
+        else if (!strcmp(argv[i], "--config") && i + 1 < argc)
+            config = argv[++i];
+        else if (argv[i][0] != '-' && !dir)
+            dir = argv[i];
+        else
+            return usage_error("unknown argument to backup", argv[i]);
+    }
+    if (!dir) return usage_error("backup needs a target directory", NULL);
+    if (!key || !*key) return usage_error("backup needs an admin key (--key or TALLY_ADMIN_KEY)",
+                                          NULL);
+    char buf[300];
+    if (!url) {
+        struct tally_config *cfg = config_new_defaults();
+        char err[CONFIG_ERROR_BYTES_MAX], host[256];
+        int port = 0;
+        if (!cfg) return 1;
+        if (config && config_load_file(cfg, config, err) != 0) {
+            fprintf(stderr, "tally: configuration error: %s\n", err);
+            config_free(cfg);
+            return 2;
+        }
+        if (config_parse_listen(cfg->listen, host, &port) != 0) host[0] = 0;
+        config_free(cfg);
+        if (!host[0] || !strcmp(host, "0.0.0.0")) snprintf(host, sizeof host, "127.0.0.1");
+        if (!strcmp(host, "::")) snprintf(host, sizeof host, "::1");
+        snprintf(buf, sizeof buf, strchr(host, ':') ? "http://[%s]:%d" : "http://%s:%d", host,
+                 port);
+        url = buf;
+    }
+    return app_backup(dir, url, key);
+}
+
 static int usage_error(const char *msg, const char *arg)
 {
     fprintf(stderr, "tally: %s%s%s\n%s", msg, arg ? ": " : "", arg ? arg : "", usage_text);
@@ -89,6 +139,12 @@ int main(int argc, char **argv)
     enum mode mode = MODE_SERVE;
     struct app_options opt = {0};
 
+    opt.listen_fd = -1;
+    if (argc >= 2 && !strcmp(argv[1], "backup")) return backup_cmd(argc, argv);
+    if (argc >= 2 && !strcmp(argv[1], "restore")) {
+        if (argc != 4) return usage_error("usage: tally restore BACKUP_DIR DATA_DIR", NULL);
+        return app_restore(argv[2], argv[3]);
+    }
     if (argc >= 2 && !strcmp(argv[1], "key")) {
         if (argc >= 3 && !strcmp(argv[2], "new")) return key_new(argc, argv);
         return usage_error("unknown key command (try: tally key new)", argc >= 3 ? argv[2] : NULL);
@@ -112,6 +168,12 @@ int main(int argc, char **argv)
             data_dir = argv[++i];
         } else if (!strcmp(a, "--listen") && has_next) {
             listen = argv[++i];
+        } else if (!strcmp(a, "--listen-fd") && has_next) {
+            char *end;
+            long fd = strtol(argv[++i], &end, 10);
+            if (*end || fd < 0 || fd > 65535) return usage_error("--listen-fd needs a descriptor",
+                                                                 argv[i]);
+            opt.listen_fd = (int)fd;
         } else if (!strcmp(a, "--repair")) {
             opt.repair = true;
         } else if (!strcmp(a, "--check")) {
@@ -130,6 +192,7 @@ int main(int argc, char **argv)
             opt.to_date = argv[++i];
         } else if (!strcmp(a, "--config") || !strcmp(a, "--data-dir") ||
                    !strcmp(a, "--listen") || !strcmp(a, "--from") || !strcmp(a, "--to") ||
+                   !strcmp(a, "--listen-fd") ||
                    !strcmp(a, "--site")) {
             return usage_error("missing value for", a);
         } else {
@@ -152,6 +215,9 @@ int main(int argc, char **argv)
     if (config_path) rc = config_load_file(cfg, config_path, err);
     if (rc == 0 && data_dir) rc = config_set(cfg, "storage", "data_dir", data_dir, err);
     if (rc == 0 && listen) rc = config_set(cfg, "server", "listen", listen, err);
+    opt.config_path = config_path;
+    opt.data_dir = data_dir;
+    opt.listen = listen;
     if (rc == 0) rc = config_validate(cfg, err);
     if (rc != 0) {
         fprintf(stderr, "tally: configuration error: %s\n", err);

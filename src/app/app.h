@@ -19,10 +19,22 @@ struct app_options {
     const char *site;      /* --rebuild/--digest --site */
     const char *from_date; /* --rebuild --from YYYY-MM-DD */
     const char *to_date;   /* --rebuild --to YYYY-MM-DD */
+    /* Serve: where the configuration came from, so that SIGHUP re-reads it the same way. */
+    const char *config_path; /* --config FILE, NULL: embedded defaults only */
+    const char *data_dir;    /* --data-dir override, or NULL */
+    const char *listen;      /* --listen override, or NULL */
+    int listen_fd;           /* --listen-fd N: serve on this inherited socket; -1: none (then
+                                LISTEN_FDS/LISTEN_PID of systemd socket activation apply) */
 };
 
 /* Serves until SIGTERM/SIGINT. Takes the data-directory lock. */
 int app_serve(const struct tally_config *cfg, const struct app_options *opt);
+
+/* `tally restore BACKUP DATA_DIR` (backup.h). */
+int app_restore(const char *backup_dir, const char *data_dir);
+
+/* `tally backup DIR --url URL --key KEY` (backup.h). */
+int app_backup(const char *dir, const char *url, const char *key);
 
 /* --check: validates the data directory (the configuration was validated by main). */
 int app_check(const struct tally_config *cfg);

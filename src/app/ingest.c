@@ -228,9 +228,10 @@ static int authorize(struct app *app, const struct http_request *req, struct htt
     const char *key = auth + 7;
     while (*key == ' ') key++;
     size_t len = strlen(key);
-    enum key_scope scope = key_verify(key, len, &app->cfg->key_digests, NULL);
-    for (int i = 0; scope == KEY_SCOPE_NONE && i < app->cfg->site_count; i++) {
-        const struct config_site *s = &app->cfg->sites[i];
+    const struct tally_config *cfg = app_config(app); /* one generation for the request */
+    enum key_scope scope = key_verify(key, len, &cfg->key_digests, NULL);
+    for (int i = 0; scope == KEY_SCOPE_NONE && i < cfg->site_count; i++) {
+        const struct config_site *s = &cfg->sites[i];
         if (s->key_digests.count == 0) continue;
         scope = key_verify(key, len, NULL, &s->key_digests);
         if (scope != KEY_SCOPE_NONE) *key_site = s;
@@ -285,7 +286,7 @@ static struct event_str request_user_agent(const struct http_request *req)
 static void on_events(struct http_request *req, struct http_exchange *ex, void *arg)
 {
     struct app *app = arg;
-    const struct tally_config *cfg = app->cfg;
+    const struct tally_config *cfg = app_config(app);
     struct ingest_tls *t = tls_get();
     if (!t) {
         respond_json_error(ex, 503, "out of memory; retry later", -1, "Retry-After: 1\r\n");

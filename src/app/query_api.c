@@ -29,6 +29,7 @@
  */
 #include "app/query_api.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -39,12 +40,14 @@
 #include <time.h>
 
 #include "app/app_int.h"
+#include "app/export.h"
 #include "core/diag.h"
 #include "core/fsio.h"
 #include "core/keys.h"
 #include "http/http_server.h"
 #include "http/http_url.h"
 #include "ingest/timefmt.h"
+#include "query/funnel.h"
 #include "query/query.h"
 #include "rollup/tz.h"
 #include "store/store.h"
@@ -56,10 +59,14 @@
 static const int g_statuses[] = {200, 400, 401, 403, 404, 413, 500, 503};
 #define NSTATUS (TALLY_ARRAY_LEN(g_statuses) + 1)
 
+/* What a job computes: a Stats API query, a funnel, or an export (streamed). */
+enum qkind { QK_QUERY = 0, QK_FUNNEL, QK_EXPORT };
+
 struct qjob {
     struct qjob *next;
     struct http_exchange *ex;
     const struct http_request *req; /* owned by the exchange */
+    enum qkind kind;
     enum q_api api;
     const char *key;                /* in the request's Authorization header */
     size_t key_len;
@@ -67,10 +74,11 @@ struct qjob {
     int64_t arrived_us;             /* monotonic, for the latency histogram */
 };
 
-#define ROUTES 5
+#define ROUTES 7
 
 struct route_arg {
     struct query_api *qa;
+    enum qkind kind;
     enum q_api api;
 };
 
@@ -458,9 +466,82 @@ static int v1_params(const struct http_request *req, const char **names, const c
     return n;
 }
 
-static int parse(struct qjob *j, struct site_ctx *sc, struct query **q, char *err, size_t errcap)
+/* The export's parameters (site_id, date_range, filters, format) as a v2 document; date_range
+ * is a v2 keyword ("30d", "all", ...) or two dates "FROM,TO". 0, or TALLY_EINVAL with err. */
+static int export_document(const struct http_request *req, char **doc, enum export_format *fmt,
+                           char *err, size_t errcap)
+{
+    char *v = malloc(QUERY_BODY_BYTES_MAX + 1);
+    cJSON *d = cJSON_CreateObject();
+    int rc = v && d ? TALLY_OK : TALLY_ENOMEM;
+    size_t n;
+    *fmt = EXPORT_NDJSON;
+    if (!rc && http_request_query(req, "format", v, 16, &n) == 0) {
+        if (strcmp(v, "csv") == 0)
+            *fmt = EXPORT_CSV;
+        else if (strcmp(v, "ndjson") != 0) {
+            snprintf(err, errcap, "format: expected ndjson or csv");
+            rc = TALLY_EINVAL;
+        }
+    }
+    if (!rc) {
+        if (http_request_query(req, "site_id", v, QUERY_SITE_BYTES_MAX + 1, &n) != 0) {
+            snprintf(err, errcap, "site_id: required (the site's domain)");
+            rc = TALLY_EINVAL;
+        } else if (!cJSON_AddStringToObject(d, "site_id", v)) {
+            rc = TALLY_ENOMEM;
+        }
+    }
+    if (!rc) {
+        if (http_request_query(req, "date_range", v, 128, &n) != 0) snprintf(v, 128, "all");
+        char *comma = strchr(v, ',');
+        cJSON *r;
+        if (comma) {
+            *comma = 0;
+            const char *two[2] = {v, comma + 1};
+            r = cJSON_CreateStringArray(two, 2);
+        } else {
+            r = cJSON_CreateString(v);
+        }
+        if (!r || !cJSON_AddItemToObject(d, "date_range", r)) rc = TALLY_ENOMEM;
+    }
+    if (!rc && http_request_query(req, "filters", v, QUERY_BODY_BYTES_MAX + 1, &n) == 0) {
+        cJSON *f = cJSON_ParseWithLength(v, n);
+        if (!f || !cJSON_IsArray(f)) {
+            cJSON_Delete(f);
+            snprintf(err, errcap, "filters: expected a JSON list of v2 filters, like "
+                     "[[\"is\", \"visit:source\", [\"Google\"]]]");
+            rc = TALLY_EINVAL;
+        } else if (!cJSON_AddItemToObject(d, "filters", f)) {
+            rc = TALLY_ENOMEM;
+        }
+    }
+    cJSON *m = rc ? NULL : cJSON_AddArrayToObject(d, "metrics");
+    if (!rc && (!m || !cJSON_AddItemToArray(m, cJSON_CreateString("visitors")))) rc = TALLY_ENOMEM;
+    *doc = rc ? NULL : cJSON_PrintUnformatted(d);
+    if (!rc && !*doc) rc = TALLY_ENOMEM;
+    cJSON_Delete(d);
+    free(v);
+    return rc;
+}
+
+static int parse(struct qjob *j, struct site_ctx *sc, struct query **q, struct funnel **fn,
+                 enum export_format *fmt, char *err, size_t errcap)
 {
     int64_t now = timefmt_now_ms();
+    if (j->kind == QK_FUNNEL) {
+        int rc = funnel_parse(j->req->body, j->req->body_len, now, site_lookup, sc, fn, err,
+                              errcap);
+        if (rc == 0) *q = (*fn)->q;
+        return rc;
+    }
+    if (j->kind == QK_EXPORT) {
+        char *doc = NULL;
+        int rc = export_document(j->req, &doc, fmt, err, errcap);
+        if (rc == 0) rc = query_parse_v2(doc, strlen(doc), now, site_lookup, sc, q, err, errcap);
+        cJSON_free(doc);
+        return rc;
+    }
     if (j->api == Q_API_V2)
         return query_parse_v2(j->req->body, j->req->body_len, now, site_lookup, sc, q, err,
                               errcap);
@@ -496,6 +577,9 @@ static int plan_override(const struct http_request *req, enum key_scope scope, e
     return 0;
 }
 
+static void respond_exec_error(struct query_api *qa, struct qjob *j, const struct site_ctx *sc,
+                               int rc, const char *err);
+
 static void execute(struct query_api *qa, struct qjob *j, const struct site_ctx *sc,
                     const struct query *q, enum q_plan plan)
 {
@@ -520,6 +604,14 @@ static void execute(struct query_api *qa, struct qjob *j, const struct site_ctx 
         return;
     }
     free(json);
+    respond_exec_error(qa, j, sc, rc, err);
+}
+
+/* The answer to an execution error rc (err: the executor's message, may be empty). */
+static void respond_exec_error(struct query_api *qa, struct qjob *j, const struct site_ctx *sc,
+                               int rc, const char *err)
+{
+    const struct tally_config *cfg = qa->app->cfg;
     char msg[ERR_BYTES_MAX];
     switch (rc) {
     case TALLY_ETIMEDOUT:
@@ -553,6 +645,86 @@ static void execute(struct query_api *qa, struct qjob *j, const struct site_ctx 
     }
 }
 
+static void execute_funnel(struct query_api *qa, struct qjob *j, const struct site_ctx *sc,
+                           const struct funnel *f)
+{
+    const struct tally_config *cfg = qa->app->cfg;
+    struct q_budget b = {
+        .deadline_ms = timefmt_mono_ms() + cfg->query_timeout_ms,
+        .memory_bytes_max = (size_t)cfg->query_memory_bytes_max,
+        .rows_max = QUERY_API_ROWS_MAX,
+    };
+    char *json = NULL;
+    size_t len = 0;
+    char err[ERR_BYTES_MAX / 2] = "";
+    int rc = funnel_execute(qa->app->store, sc->site_id, f, &b, &json, &len, err, sizeof err);
+    if (rc == 0) {
+        count(qa, 200, j->arrived_us);
+        http_exchange_complete(j->ex, 200, "application/json", json, len, NULL);
+    } else {
+        respond_exec_error(qa, j, sc, rc, "");
+    }
+    free(json);
+}
+
+/* The export's sink: starts the streamed response on the first bytes, so that an error before
+ * any output is still an ordinary error response. */
+struct export_sink {
+    struct query_api *qa;
+    struct qjob *j;
+    enum export_format fmt;
+    struct http_stream *st;
+    bool started;
+};
+
+static int export_start(struct export_sink *k)
+{
+    char hdr[160];
+    snprintf(hdr, sizeof hdr, "Content-Disposition: attachment; filename=\"export.%s\"\r\n"
+             "Cache-Control: no-store\r\n", k->fmt == EXPORT_CSV ? "csv" : "ndjson");
+    k->started = true;
+    count(k->qa, 200, k->j->arrived_us);
+    return http_stream_start(k->j->ex, 200,
+                             k->fmt == EXPORT_CSV ? "text/csv; charset=utf-8"
+                                                  : "application/x-ndjson",
+                             hdr, 0, &k->st);
+}
+
+static int export_write(void *arg, const char *data, size_t len)
+{
+    struct export_sink *k = arg;
+    if (!k->started) {
+        int rc = export_start(k);
+        if (rc) return TALLY_ECLOSED; /* the exchange was completed with 503 */
+    }
+    /* Waits while the client is slow; a client that stops reading is cut by the HTTP layer
+     * after write_timeout_ms, which turns into TALLY_ECLOSED here. */
+    return http_stream_write(k->st, data, len, -1);
+}
+
+static void execute_export(struct query_api *qa, struct qjob *j, const struct site_ctx *sc,
+                           const struct query *q, enum export_format fmt)
+{
+    const struct tally_config *cfg = qa->app->cfg;
+    struct export_sink k = {.qa = qa, .j = j, .fmt = fmt};
+    int rc = export_run(qa->app->store, sc->site_id, q, fmt, (size_t)cfg->query_memory_bytes_max,
+                        cfg->query_timeout_ms, export_write, &k);
+    if (!k.started) {
+        if (rc == 0 && (rc = export_start(&k)) != 0) return; /* an empty export */
+        if (rc != 0) {
+            respond_exec_error(qa, j, sc, rc, "");
+            return;
+        }
+    }
+    if (rc == 0) {
+        http_stream_finish(k.st);
+    } else {
+        if (rc != TALLY_ECLOSED)
+            diag_warn("export of site %s failed midway: %s", sc->name, tally_strerror(rc));
+        http_stream_abort(k.st);
+    }
+}
+
 /* Steps 4-7 of the flow; completes j->ex. */
 static void run_job(struct query_api *qa, struct qjob *j)
 {
@@ -560,8 +732,10 @@ static void run_job(struct query_api *qa, struct qjob *j)
     memset(&sc, 0, sizeof sc);
     sc.app = qa->app;
     struct query *q = NULL;
+    struct funnel *fn = NULL;
+    enum export_format fmt = EXPORT_NDJSON;
     char err[ERR_BYTES_MAX / 2] = "";
-    int rc = parse(j, &sc, &q, err, sizeof err);
+    int rc = parse(j, &sc, &q, &fn, &fmt, err, sizeof err);
     if (rc != 0) {
         if (sc.err != 0) {
             char msg[ERR_BYTES_MAX];
@@ -592,16 +766,22 @@ static void run_job(struct query_api *qa, struct qjob *j)
         else
             snprintf(msg, sizeof msg, "this key is not valid for site '%s'", sc.name);
         respond_error(qa, j->ex, j->arrived_us, 403, msg, NULL);
-        query_free(q);
-        return;
+    } else if (j->kind == QK_FUNNEL) {
+        execute_funnel(qa, j, &sc, fn);
+    } else if (j->kind == QK_EXPORT) {
+        execute_export(qa, j, &sc, q, fmt);
+    } else {
+        enum q_plan plan;
+        int status = plan_override(j->req, scope, &plan, msg, sizeof msg);
+        if (status != 0)
+            respond_error(qa, j->ex, j->arrived_us, status, msg, NULL);
+        else
+            execute(qa, j, &sc, q, plan);
     }
-    enum q_plan plan;
-    int status = plan_override(j->req, scope, &plan, msg, sizeof msg);
-    if (status != 0)
-        respond_error(qa, j->ex, j->arrived_us, status, msg, NULL);
+    if (fn)
+        funnel_free(fn); /* owns q */
     else
-        execute(qa, j, &sc, q, plan);
-    query_free(q);
+        query_free(q);
 }
 
 static void *worker_main(void *arg)
@@ -647,7 +827,8 @@ static void on_query(struct http_request *req, struct http_exchange *ex, void *a
         respond_401(qa, ex, now, "invalid API key");
         return;
     }
-    if (ra->api == Q_API_V2 && req->body_len > QUERY_BODY_BYTES_MAX) {
+    if ((ra->kind == QK_FUNNEL || (ra->kind == QK_QUERY && ra->api == Q_API_V2)) &&
+        req->body_len > QUERY_BODY_BYTES_MAX) {
         char msg[96];
         snprintf(msg, sizeof msg, "query body larger than %u bytes", QUERY_BODY_BYTES_MAX);
         respond_error(qa, ex, now, 413, msg, NULL);
@@ -658,7 +839,8 @@ static void on_query(struct http_request *req, struct http_exchange *ex, void *a
         respond_error(qa, ex, now, 503, "out of memory; retry later", "Retry-After: 1\r\n");
         return;
     }
-    *j = (struct qjob){.ex = ex, .req = req, .api = ra->api, .key = key, .key_len = key_len,
+    *j = (struct qjob){.ex = ex, .req = req, .kind = ra->kind, .api = ra->api, .key = key,
+                       .key_len = key_len,
                        .global_scope = gs, .arrived_us = now};
     int rc = push(qa, j);
     if (rc != 0) {
@@ -675,18 +857,23 @@ static int routes(struct query_api *qa)
         unsigned methods;
         const char *path, *name;
         enum q_api api;
+        enum qkind kind;
     } defs[] = {
-        {HTTP_M(HTTP_POST), "/api/v2/query", "api_v2_query", Q_API_V2},
+        {HTTP_M(HTTP_POST), "/api/v2/query", "api_v2_query", Q_API_V2, QK_QUERY},
         {HTTP_M(HTTP_GET), "/api/v1/stats/realtime/visitors", "api_v1_realtime",
-         Q_API_V1_REALTIME},
-        {HTTP_M(HTTP_GET), "/api/v1/stats/aggregate", "api_v1_aggregate", Q_API_V1_AGGREGATE},
+         Q_API_V1_REALTIME, QK_QUERY},
+        {HTTP_M(HTTP_GET), "/api/v1/stats/aggregate", "api_v1_aggregate", Q_API_V1_AGGREGATE,
+         QK_QUERY},
         {HTTP_M(HTTP_GET), "/api/v1/stats/timeseries", "api_v1_timeseries",
-         Q_API_V1_TIMESERIES},
-        {HTTP_M(HTTP_GET), "/api/v1/stats/breakdown", "api_v1_breakdown", Q_API_V1_BREAKDOWN},
+         Q_API_V1_TIMESERIES, QK_QUERY},
+        {HTTP_M(HTTP_GET), "/api/v1/stats/breakdown", "api_v1_breakdown", Q_API_V1_BREAKDOWN,
+         QK_QUERY},
+        {HTTP_M(HTTP_POST), "/api/v1/funnel", "api_v1_funnel", Q_API_V2, QK_FUNNEL},
+        {HTTP_M(HTTP_GET), "/api/v1/export", "api_v1_export", Q_API_V2, QK_EXPORT},
     };
     _Static_assert(TALLY_ARRAY_LEN(defs) == ROUTES, "one route_arg per route");
     for (size_t i = 0; i < TALLY_ARRAY_LEN(defs); i++) {
-        qa->route_args[i] = (struct route_arg){qa, defs[i].api};
+        qa->route_args[i] = (struct route_arg){qa, defs[i].kind, defs[i].api};
         struct http_route r = {.methods = defs[i].methods, .path = defs[i].path,
                                .name = defs[i].name, .handler = on_query,
                                .arg = &qa->route_args[i]};

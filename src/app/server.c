@@ -10,6 +10,23 @@
  * recovery of the log writer after a failed write (a full disk: seglog_reset_poison once space
  * is back).
  *
+ * RELOAD (SIGHUP): the configuration file is read again with the same command-line overrides.
+ * An invalid file is refused with its reason (FILE:LINE: key) and the running configuration
+ * stays. A valid one becomes a new generation (app_int.h): sites, ids, goals, hosts, currency,
+ * key digests, auto_sites, rate limits, events_per_request_max, body_decoded_bytes_max for
+ * ingest decoding, query_timeout_ms and query_memory_bytes_max apply to the next request.
+ * Keys read once at start keep their value until a restart, and a changed one is named in a
+ * warning: listen, threads, the HTTP limits and timeouts, connections_max, cors_origins,
+ * trusted_proxies, shutdown_timeout_ms, log_level, geoip_db, query_threads, query_queue_max,
+ * every [storage] key (data_dir, fsync, segment_bytes, log retention, queues) and
+ * salt_rotation_hours. The rollup consumers keep the site definitions they started with
+ * (time zone, ids, hosts, raw retention): a change to those is named in a warning and applies
+ * to the rollups after a restart (a new site with default settings needs none).
+ *
+ * LISTENING SOCKET: bound from `listen`, or inherited: --listen-fd N, or systemd socket
+ * activation (LISTEN_PID = our pid and LISTEN_FDS >= 1: descriptor 3; the variables are
+ * removed from the environment so children do not inherit them).
+ *
  * Stop order (SIGTERM/SIGINT): answer queued Stats API queries 503, stop accepting and drain
  * in-flight requests (their appends complete through the still-running log writer), join the
  * query workers (running queries finish, so none reads the store after it closes), stop the
@@ -19,6 +36,7 @@
  * drain (+ what is left of a running query's time budget).
  */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,7 +49,9 @@
 #include <sodium.h>
 
 #include "app/app.h"
+#include "app/admin.h"
 #include "app/app_int.h"
+#include "app/backup.h"
 #include "app/peers.h"
 #include "app/query_api.h"
 #include "core/datadir.h"
@@ -183,7 +203,7 @@ static void register_metrics(struct app *app)
         "Times the log writer resumed after a failed write (e.g. a full disk).", NULL, 0);
 }
 
-static int make_http(struct app *app)
+static int make_http(struct app *app, int listen_fd)
 {
     const struct tally_config *cfg = app->cfg;
     struct http_config hc;
@@ -202,12 +222,14 @@ static int make_http(struct app *app)
     hc.cors_origins = (const char *const *)cfg->cors_origins.items;
     hc.cors_origins_count = (size_t)cfg->cors_origins.count;
     hc.metrics = app->metrics;
+    hc.listen_fd = listen_fd;
     int rc = http_server_new(&hc, &app->http);
     if (rc != 0) {
         fprintf(stderr, "tally: cannot listen on %s: %s\n", cfg->listen, tally_strerror(rc));
         return rc;
     }
-    if ((rc = ingest_routes(app)) || (rc = ops_routes(app)) || (rc = peer_routes(app)))
+    if ((rc = ingest_routes(app)) || (rc = ops_routes(app)) || (rc = peer_routes(app)) ||
+        (rc = dashboard_routes(app)) || (rc = admin_routes(app)))
         return rc;
     return 0;
 }
@@ -262,14 +284,174 @@ static void chores(struct app *app, int64_t *last_retention_ms)
             diag_warn("store still failing (%s); events are kept in the log and processed "
                       "once it reopens", tally_strerror(rc));
     }
-    if (now - *last_retention_ms >= RETENTION_INTERVAL_MS) {
+    /* A running backup holds the retention lock: retention waits for the next round. */
+    if (now - *last_retention_ms >= RETENTION_INTERVAL_MS &&
+        pthread_mutex_trylock(&app->retention_mu) == 0) {
         *last_retention_ms = now;
         struct seglog_retention_result res;
         if (seglog_retention_run(app->log, now, &res) == 0 && res.segments_deleted > 0)
             diag_info("retention: deleted %u log segments (%llu records)", res.segments_deleted,
                       (unsigned long long)res.records_deleted);
-
+        pthread_mutex_unlock(&app->retention_mu);
     }
+}
+
+/* ---------------------------------------------------------------- SIGHUP reload */
+
+static bool str_eq(const char *a, const char *b)
+{
+    return strcmp(a ? a : "", b ? b : "") == 0;
+}
+
+static bool list_eq(const struct config_list *a, const struct config_list *b)
+{
+    if (a->count != b->count) return false;
+    for (int i = 0; i < a->count; i++)
+        if (strcmp(a->items[i], b->items[i]) != 0) return false;
+    return true;
+}
+
+/* Names the keys read only at start whose value changed (they wait for a restart). */
+static void warn_restart_keys(const struct tally_config *o, const struct tally_config *n)
+{
+    char names[1024] = "";
+    size_t len = 0;
+#define CHANGED(cond, name)                                                                    \
+    do {                                                                                       \
+        if ((cond) && len + sizeof(name) + 2 < sizeof names)                                   \
+            len += (size_t)snprintf(names + len, sizeof names - len, "%s%s", len ? ", " : "",  \
+                                    name);                                                     \
+    } while (0)
+    CHANGED(!str_eq(o->listen, n->listen), "listen");
+    CHANGED(o->threads != n->threads, "threads");
+    CHANGED(o->header_bytes_max != n->header_bytes_max ||
+                o->header_count_max != n->header_count_max ||
+                o->url_bytes_max != n->url_bytes_max || o->body_bytes_max != n->body_bytes_max ||
+                o->head_timeout_ms != n->head_timeout_ms ||
+                o->body_timeout_ms != n->body_timeout_ms ||
+                o->idle_timeout_ms != n->idle_timeout_ms,
+            "HTTP limits/timeouts");
+    CHANGED(o->connections_max != n->connections_max, "connections_max");
+    CHANGED(!list_eq(&o->cors_origins, &n->cors_origins), "cors_origins");
+    CHANGED(!list_eq(&o->trusted_proxies, &n->trusted_proxies), "trusted_proxies");
+    CHANGED(o->shutdown_timeout_ms != n->shutdown_timeout_ms, "shutdown_timeout_ms");
+    CHANGED(!str_eq(o->log_level, n->log_level), "log_level");
+    CHANGED(!str_eq(o->geoip_db, n->geoip_db), "geoip_db");
+    CHANGED(o->query_threads != n->query_threads, "query_threads");
+    CHANGED(o->query_queue_max != n->query_queue_max, "query_queue_max");
+    CHANGED(!str_eq(o->data_dir, n->data_dir), "data_dir");
+    CHANGED(o->fsync != n->fsync || o->fsync_interval_ms != n->fsync_interval_ms, "fsync");
+    CHANGED(o->segment_bytes != n->segment_bytes || o->retention_days != n->retention_days ||
+                o->retention_bytes != n->retention_bytes ||
+                o->queue_events_max != n->queue_events_max ||
+                o->queue_bytes_max != n->queue_bytes_max,
+            "[storage] log settings");
+    CHANGED(o->salt_rotation_hours != n->salt_rotation_hours, "salt_rotation_hours");
+    CHANGED(!str_eq(o->tracker_path, n->tracker_path), "tracker_path");
+#undef CHANGED
+    if (len) diag_warn("reload: changed but read only at start (restart to apply): %s", names);
+}
+
+/* Whether the rollup consumers would treat site `cs` (in the new config) differently from how
+ * they treat it under the configuration they started with. */
+static bool site_differs_for_consumers(const struct tally_config *start,
+                                       const struct config_site *cs)
+{
+    const struct config_site *o = config_site_find(start, cs->name);
+    if (!o) /* new: the consumers see an unconfigured site (UTC, default hosts, no ids) */
+        return !(str_eq(cs->timezone, "UTC") || str_eq(cs->timezone, "")) ||
+               cs->hosts.count > 0 || cs->ids.count > 0 || cs->retention_days != 0;
+    return !str_eq(o->timezone, cs->timezone) || !list_eq(&o->hosts, &cs->hosts) ||
+           !list_eq(&o->ids, &cs->ids) || o->retention_days != cs->retention_days;
+}
+
+/* The configuration the consumers run with (main thread only): the one they started with,
+ * then the last one rollup_service_reconfigure gave them. */
+static const struct tally_config *g_consumers_cfg;
+
+static void reload(struct app *app, const struct app_options *opt,
+                   const struct tally_config *start_cfg)
+{
+    if (!g_consumers_cfg) g_consumers_cfg = start_cfg;
+    const struct tally_config *old = app_config(app);
+    if (app->generation_count >= APP_GENERATIONS_MAX) {
+        diag_error("reload refused: this server has already taken %d configurations; restart "
+                   "it to reload again", APP_GENERATIONS_MAX);
+        atomic_fetch_add(&app->reloads_failed, 1);
+        return;
+    }
+    char err[CONFIG_ERROR_BYTES_MAX] = "";
+    struct tally_config *n = config_new_defaults();
+    int rc = n ? 0 : TALLY_ENOMEM;
+    if (rc == 0 && opt->config_path) rc = config_load_file(n, opt->config_path, err);
+    if (rc == 0 && opt->data_dir) rc = config_set(n, "storage", "data_dir", opt->data_dir, err);
+    if (rc == 0 && opt->listen) rc = config_set(n, "server", "listen", opt->listen, err);
+    if (rc == 0) rc = config_validate(n, err);
+    struct app_generation g = {.cfg = n};
+    if (rc == 0 && !(g.sites = sites_new(n))) rc = TALLY_ENOMEM;
+    if (rc == 0 && (n->rate_limit_per_ip != old->rate_limit_per_ip ||
+                    n->rate_limit_burst != old->rate_limit_burst) &&
+        !(g.ratelimit = ratelimit_new(n->rate_limit_per_ip, n->rate_limit_burst)))
+        rc = TALLY_ENOMEM;
+    if (rc != 0) {
+        diag_error("reload refused, the running configuration stays in force: %s",
+                   err[0] ? err : tally_strerror(rc));
+        sites_free(g.sites);
+        config_free(n);
+        atomic_fetch_add(&app->reloads_failed, 1);
+        return;
+    }
+    warn_restart_keys(old, n);
+    bool consumers_differ = false;
+    for (int i = 0; i < n->site_count; i++)
+        if (site_differs_for_consumers(g_consumers_cfg, &n->sites[i])) {
+            consumers_differ = true;
+            diag_warn("reload: [site %s]: time zone, hosts, ids or retention changed: the "
+                      "consumers restart with them; events already counted keep their buckets "
+                      "(`tally --rebuild` recomputes the past)", n->sites[i].name);
+        }
+    app->generations[app->generation_count++] = g;
+    /* Publish: each pointer is a whole generation; readers load it once per use. */
+    if (g.ratelimit) atomic_store_explicit(&app->ratelimit, g.ratelimit, memory_order_release);
+    atomic_store_explicit(&app->sites, g.sites, memory_order_release);
+    atomic_store_explicit(&app->cfg, n, memory_order_release);
+    if (consumers_differ) {
+        g_consumers_cfg = n;
+        if (rollup_service_reconfigure(app->rollups, n) != 0)
+            diag_warn("reload: the consumers could not restart yet; retrying every second");
+    }
+    atomic_fetch_add(&app->reloads_total, 1);
+    diag_info("reload: configuration %s applied (generation %d: %d sites)",
+              opt->config_path ? opt->config_path : "(embedded defaults)",
+              app->generation_count, n->site_count);
+}
+
+static void free_generations(struct app *app)
+{
+    for (int i = app->generation_count - 1; i >= 0; i--) {
+        struct app_generation *g = &app->generations[i];
+        if (g->ratelimit) ratelimit_free(g->ratelimit);
+        sites_free(g->sites);
+        if (g->cfg) config_free(g->cfg);
+    }
+    app->generation_count = 0;
+}
+
+/* The socket handed over by systemd (sd_listen_fds protocol: LISTEN_PID is us, LISTEN_FDS
+ * counts descriptors from 3), or -1. The variables are removed so children do not see them. */
+static int systemd_listen_fd(void)
+{
+    const char *pid_s = getenv("LISTEN_PID"), *fds_s = getenv("LISTEN_FDS");
+    int fd = -1;
+    if (pid_s && fds_s && strtol(pid_s, NULL, 10) == (long)getpid()) {
+        long n = strtol(fds_s, NULL, 10);
+        if (n >= 1) fd = 3;
+        if (n > 1) diag_warn("socket activation: %ld sockets passed; serving on the first", n);
+    }
+    unsetenv("LISTEN_PID");
+    unsetenv("LISTEN_FDS");
+    unsetenv("LISTEN_FDNAMES");
+    return fd;
 }
 
 int app_serve(const struct tally_config *cfg, const struct app_options *opt)
@@ -277,13 +459,16 @@ int app_serve(const struct tally_config *cfg, const struct app_options *opt)
     struct app app;
     memset(&app, 0, sizeof app);
     app.cfg = cfg;
+    pthread_mutex_init(&app.retention_mu, NULL);
     struct datadir *dd = NULL;
     int exit_code = 1;
+    int listen_fd = opt->listen_fd >= 0 ? opt->listen_fd : systemd_listen_fd();
 
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* inherited by every thread started below */
     signal(SIGPIPE, SIG_IGN);
 
@@ -293,6 +478,7 @@ int app_serve(const struct tally_config *cfg, const struct app_options *opt)
     }
     if (parse_proxies(cfg, &app.trusted_proxies) != 0) return 2;
     if (lock_data_dir(cfg, &dd) != 0) return 1;
+    app.data_dir = datadir_path(dd);
     if (open_log(cfg, dd, opt->repair, false, &app.log) != 0) goto out;
     int rc = visitor_salts_open(datadir_path(dd), timefmt_now_ms(), &app.salts);
     if (rc != 0) {
@@ -304,6 +490,8 @@ int app_serve(const struct tally_config *cfg, const struct app_options *opt)
     app.sites = sites_new(cfg);
     app.ratelimit = ratelimit_new(cfg->rate_limit_per_ip, cfg->rate_limit_burst);
     app.metrics = metrics_new();
+    app.generations[0] = (struct app_generation){NULL, app.sites, app.ratelimit};
+    app.generation_count = 1;
     if (!app.sites || !app.ratelimit || !app.metrics) goto out;
     register_metrics(&app);
     if (open_store(dd, false, &app.store) != 0) goto out;
@@ -327,14 +515,20 @@ int app_serve(const struct tally_config *cfg, const struct app_options *opt)
         metrics_counter_ref(app.metrics, "tally_events_dropped_total", DROPPED_HELP, labels, 0,
                             rollup_service_duplicates(app.rollups));
     }
-    if (make_http(&app) != 0) goto out;
+    if (make_http(&app, listen_fd) != 0) goto out;
     init_keys(&app, dd);
     if ((rc = query_api_start(&app, &app.queries)) != 0) {
         fprintf(stderr, "tally: cannot start the query workers: %s\n", tally_strerror(rc));
         goto out;
     }
     if (http_server_start(app.http) != 0) goto out;
-    diag_info("tally %s serving on %s (data in %s, fsync %s)", TALLY_VERSION, cfg->listen,
+    char where[320];
+    if (listen_fd >= 0)
+        snprintf(where, sizeof where, "inherited socket %d (port %u)", listen_fd,
+                 (unsigned)http_server_port(app.http));
+    else
+        snprintf(where, sizeof where, "%s", cfg->listen);
+    diag_info("tally %s serving on %s (data in %s, fsync %s)", TALLY_VERSION, where,
               cfg->data_dir, cfg->fsync == CONFIG_FSYNC_ALWAYS ? "always"
                              : cfg->fsync == CONFIG_FSYNC_INTERVAL ? "interval" : "none");
 
@@ -346,6 +540,10 @@ int app_serve(const struct tally_config *cfg, const struct app_options *opt)
             diag_info("signal %d: stopping", sig);
             break;
         }
+        if (sig == SIGHUP) {
+            reload(&app, opt, cfg);
+            continue;
+        }
         chores(&app, &last_retention_ms);
     }
     atomic_store(&app.stopping, 1);
@@ -354,6 +552,7 @@ int app_serve(const struct tally_config *cfg, const struct app_options *opt)
     if (cut > 0) diag_warn("stop: %d connections cut after the drain timeout", cut);
     exit_code = 0;
 out:
+    admin_stop(&app); /* a running backup finishes (and answers) before the store closes */
     query_api_free(app.queries); /* joins the query workers: every query answered */
     app.queries = NULL;
     rollup_service_stop(app.rollups); /* flushes both consumers (output + cursor) */
@@ -363,12 +562,12 @@ out:
     store_close(app.store);
     metrics_free(app.metrics);
     query_api_keys_free(&app.stored_keys);
-    ratelimit_free(app.ratelimit);
-    sites_free(app.sites);
+    free_generations(&app); /* every sites registry and rate limiter, reloaded configs */
     geo_close(app.geo);
     visitor_salts_close(app.salts);
     unload_classifiers();
     datadir_close(dd);
+    pthread_mutex_destroy(&app.retention_mu);
     if (exit_code == 0) diag_info("stopped");
     return exit_code;
 }
@@ -580,4 +779,14 @@ int app_digest(const struct tally_config *cfg, const struct app_options *opt)
     store_close(store);
     datadir_close(dd);
     return exit_code;
+}
+
+int app_restore(const char *backup_dir, const char *data_dir)
+{
+    return backup_restore(backup_dir, data_dir);
+}
+
+int app_backup(const char *dir, const char *url, const char *key)
+{
+    return backup_cli(dir, url, key);
 }

@@ -93,6 +93,9 @@ static const struct key_def g_keys[] = {
     {"server", "query_memory_bytes_max", KT_INT, CO(query_memory_bytes_max), 1 * MiB, 64 * GiB,
      "268435456", "bytes", "memory budget of one Stats API query; beyond it the query gets 400",
      NULL},
+    {"server", "tracker_path", KT_STR, CO(tracker_path), 0, 0, "/js/script.js", "URL path",
+     "another path serving the tracker script (a first-party name ad-blockers do not know); "
+     "/js/script.js is always served too", NULL},
     {"storage", "data_dir", KT_STR, CO(data_dir), 0, 0, "./data", "path",
      "directory holding the event log, the store and the salts", NULL},
     {"storage", "fsync", KT_ENUM, CO(fsync), 0, 0, "always", "policy",
@@ -383,6 +386,8 @@ static int ini_cb(void *user, const char *section, const char *name, const char 
     return 0;
 }
 
+#define CONFIG_FILE_BYTES_MAX (4u << 20) /* a configuration file */
+
 static void ini_setup(void)
 {
     ini_use_stack = false;
@@ -413,20 +418,77 @@ static int finish_load(struct load_ctx *lc, int rc, const char *name, char *err)
     return TALLY_EINVAL;
 }
 
+/* inih calls us only for key = value lines, so a [site NAME] section without keys (a site with
+ * every default) would be invisible: declare every site section first, by its header line. */
+static int declare_sites(struct tally_config *cfg, const char *text, const char *name,
+                         char *err)
+{
+    int line = 0;
+    for (const char *p = text; *p;) {
+        const char *eol = strchr(p, '\n');
+        size_t n = eol ? (size_t)(eol - p) : strlen(p);
+        line++;
+        const char *a = p, *b = p + n;
+        while (a < b && isspace((unsigned char)*a)) a++;
+        while (b > a && isspace((unsigned char)b[-1])) b--;
+        if (b - a > 6 && *a == '[' && b[-1] == ']' && strncmp(a + 1, "site", 4) == 0 &&
+            isspace((unsigned char)a[5])) {
+            char sname[300];
+            const char *x = a + 5, *y = b - 1;
+            while (x < y && isspace((unsigned char)*x)) x++;
+            while (y > x && isspace((unsigned char)y[-1])) y--;
+            size_t len = (size_t)(y - x);
+            if (len > 0 && len < sizeof sname) {
+                memcpy(sname, x, len);
+                sname[len] = 0;
+                char e2[CONFIG_ERROR_BYTES_MAX];
+                /* invalid names are reported by the key pass, with its message */
+                if (site_name_valid(sname) && !site_get(cfg, sname, e2)) {
+                    snprintf(err, CONFIG_ERROR_BYTES_MAX, "%s:%d: %s", name, line, e2);
+                    return TALLY_EINVAL;
+                }
+            }
+        }
+        p = eol ? eol + 1 : p + n;
+    }
+    return 0;
+}
+
 int config_load_file(struct tally_config *cfg, const char *path, char *err)
 {
-    struct load_ctx lc = {.cfg = cfg};
-    ini_setup();
-    int rc = ini_parse(path, ini_cb, &lc);
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, CONFIG_ERROR_BYTES_MAX, "%s: cannot open: %s", path, strerror(errno));
+        return TALLY_ENOENT;
+    }
+    char *text = malloc(CONFIG_FILE_BYTES_MAX + 1);
+    size_t n = text ? fread(text, 1, CONFIG_FILE_BYTES_MAX + 1, f) : 0;
+    int rerr = ferror(f);
+    fclose(f);
+    if (!text) {
+        snprintf(err, CONFIG_ERROR_BYTES_MAX, "%s: out of memory", path);
+        return TALLY_ENOMEM;
+    }
+    if (rerr || n > CONFIG_FILE_BYTES_MAX) {
+        free(text);
+        snprintf(err, CONFIG_ERROR_BYTES_MAX, rerr ? "%s: cannot read" :
+                 "%s: larger than %u bytes", path, (unsigned)CONFIG_FILE_BYTES_MAX);
+        return TALLY_EINVAL;
+    }
+    text[n] = 0;
+    int rc = config_load_string(cfg, text, path, err);
+    free(text);
     snprintf(cfg->source_path, sizeof cfg->source_path, "%s", path);
-    return finish_load(&lc, rc, path, err);
+    return rc;
 }
 
 int config_load_string(struct tally_config *cfg, const char *text, const char *name, char *err)
 {
+    int rc = declare_sites(cfg, text, name, err);
+    if (rc) return rc;
     struct load_ctx lc = {.cfg = cfg};
     ini_setup();
-    int rc = ini_parse_string(text, ini_cb, &lc);
+    rc = ini_parse_string(text, ini_cb, &lc);
     return finish_load(&lc, rc, name, err);
 }
 
@@ -513,6 +575,19 @@ static int zone_exists(const char *tz)
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
+/* The tracker's extra path must not shadow an API route or contain anything a URL would
+ * escape: it is matched against the raw request path. */
+static bool tracker_path_valid(const char *p)
+{
+    size_t n = strlen(p);
+    if (n < 2 || n > 200 || p[0] != '/' || p[n - 1] == '/') return false;
+    if (!strncmp(p, "/api/", 5) || !strncmp(p, "/v1/", 4) || !strncmp(p, "/dashboard/", 11))
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)p[i]) && !strchr("-._~/", p[i])) return false;
+    return strstr(p, "//") == NULL && strstr(p, "/.") == NULL;
+}
+
 int config_validate(const struct tally_config *cfg, char *err)
 {
     char host[256];
@@ -522,6 +597,13 @@ int config_validate(const struct tally_config *cfg, char *err)
         snprintf(err, CONFIG_ERROR_BYTES_MAX,
                  "%s: [server] listen: '%s' is not host:port (e.g. 127.0.0.1:8080)", where,
                  cfg->listen);
+        return TALLY_EINVAL;
+    }
+    if (!tracker_path_valid(cfg->tracker_path)) {
+        snprintf(err, CONFIG_ERROR_BYTES_MAX,
+                 "%s: [server] tracker_path: '%s' must be a path like /js/app.js: it starts with "
+                 "/, has only letters, digits and -._~/, at most 200 bytes, and is not under "
+                 "/api/ or /v1/", where, cfg->tracker_path);
         return TALLY_EINVAL;
     }
     if (!cfg->data_dir[0]) {

@@ -67,6 +67,7 @@ struct tally_config {
     int64_t query_queue_max;
     int64_t query_timeout_ms;
     int64_t query_memory_bytes_max;
+    char *tracker_path;             /* extra first-party path of the tracker script */
     /* [storage] */
     char *data_dir;
     int64_t fsync;                  /* enum config_fsync */

@@ -84,6 +84,10 @@ static struct http_exchange *ex_new(struct worker *w)
 
 void http_ex_free(struct worker *w, struct http_exchange *ex)
 {
+    if (ex->stream) {
+        http_stream_detach(ex->stream);
+        ex->stream = NULL;
+    }
     struct block *b = ex->blocks;
     while (b) {
         struct block *n = b->next;
@@ -212,6 +216,14 @@ static void ex_store_oom(struct http_exchange *ex)
     ex->xhdr_len = 0;
 }
 
+bool http_ex_store(struct http_exchange *ex, int status, const char *ctype, const char *extra,
+                   size_t xlen)
+{
+    if (ex_store(ex, status, ctype, NULL, 0, extra, xlen)) return true;
+    ex_store_oom(ex);
+    return false;
+}
+
 /* ---- output ---- */
 
 static bool out_reserve(struct conn *c, size_t need)
@@ -337,7 +349,17 @@ static bool conn_emit(struct conn *c, struct http_exchange *ex, int status, cons
         p = put(p, ctype, ctype_len);
         p = PUTS(p, "\r\n");
     }
-    if (!bodyless) {
+    const bool stream = ex->stream != NULL && !ex->head_only && !bodyless;
+    if (stream) {
+        /* HTTP/1.0 has no chunked framing: the end of the body is the end of the connection */
+        ex->stream_chunked = ex->req.version_minor >= 1;
+        if (ex->stream_chunked)
+            p = PUTS(p, "Transfer-Encoding: chunked\r\n");
+        else
+            close = true;
+    } else if (ex->stream) {
+        p = PUTS(p, "Transfer-Encoding: chunked\r\n"); /* HEAD: what GET would send */
+    } else if (!bodyless) {
         p = PUTS(p, "Content-Length: ");
         p = put_u64(p, blen);
         p = PUTS(p, "\r\n");
@@ -363,10 +385,23 @@ static bool conn_emit(struct conn *c, struct http_exchange *ex, int status, cons
     STAT_ADD(srv, st_requests, 1);
     if (ex->t0_ns) metrics_histogram_observe(srv->latency, (double)(mono_ns() - ex->t0_ns) / 1e9);
 
+    if (stream) {
+        /* the body comes from the producer (http_stream_pump); ex stays at q_head */
+        ex->phase = EX_STREAMING;
+        ex->close_after = close;
+        return true;
+    }
+    http_conn_pop(c, ex, close);
+    return true;
+}
+
+void http_conn_pop(struct conn *c, struct http_exchange *ex, bool close)
+{
+    TALLY_ASSERT(c->q_head == ex);
     c->q_head = ex->next;
     if (!c->q_head) c->q_tail = NULL;
     c->q_count--;
-    http_ex_free(w, ex);
+    http_ex_free(c->w, ex);
     if (close) {
         c->closing = true;
         c->no_more = true;
@@ -374,6 +409,16 @@ static bool conn_emit(struct conn *c, struct http_exchange *ex, int status, cons
         c->in_off = c->in_len = 0;
         c->head_partial = false;
     }
+}
+
+bool http_conn_emit_out(struct conn *c, const char *data, size_t len)
+{
+    if (!out_reserve(c, len)) {
+        http_conn_kill(c);
+        return false;
+    }
+    memcpy(c->out + c->out_len, data, len);
+    c->out_len += len;
     return true;
 }
 
@@ -454,8 +499,13 @@ static void conn_write_now(struct conn *c)
 /* Writes every finished response at the head of the queue, then sends. */
 void http_conn_flush(struct conn *c)
 {
-    while (!c->dead && c->q_head && c->q_head->phase == EX_DONE && c->q_head != c->cur) {
+    while (!c->dead && c->q_head && c->q_head != c->cur) {
         struct http_exchange *ex = c->q_head;
+        if (ex->phase == EX_STREAMING) {
+            if (!http_stream_pump(c, ex)) break; /* more to come from the producer */
+            continue;
+        }
+        if (ex->phase != EX_DONE) break;
         conn_emit(c, ex, ex->status, ex->ctype, ex->ctype_len, ex->rbody, ex->rbody_len, NULL, 0);
     }
     if (c->dead) return;

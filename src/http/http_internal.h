@@ -46,7 +46,7 @@ struct http_inflate;
 
 #define NSTATUS 37 /* status_list in http_server.c, plus "other" */
 
-enum { Q_DONE = 1, Q_POST, Q_CONN, Q_STOP, Q_FORCE };
+enum { Q_DONE = 1, Q_POST, Q_CONN, Q_STOP, Q_FORCE, Q_STREAM };
 
 struct qnode {
     struct qnode *next;
@@ -94,7 +94,9 @@ struct group {
     char allow[96]; /* "GET, HEAD, POST, OPTIONS" */
 };
 
-enum { EX_READING = 0, EX_HANDLER, EX_DONE };
+/* EX_STREAMING: a streamed response (http_stream.c) whose head is written and whose body is
+ * being pumped from its producer; it stays at q_head until the producer finishes. */
+enum { EX_READING = 0, EX_HANDLER, EX_DONE, EX_STREAMING };
 enum { C_HEAD = 0, C_BODY, C_LINGER };
 
 struct worker;
@@ -127,6 +129,8 @@ struct http_exchange {
     char *xhdr; /* extra header lines, malloc'd */
     size_t xhdr_len, xhdr_cap;
     uint64_t t0_ns;
+    struct http_stream *stream; /* a streamed response (http_stream.c), else NULL */
+    bool stream_chunked;        /* the streamed body is sent with chunked framing */
     /* arena */
     size_t arena_used;
     struct block *blocks;
@@ -250,6 +254,17 @@ void http_conn_update(struct conn *c);
 void http_conn_release(struct conn *c);
 void http_ex_free(struct worker *w, struct http_exchange *ex);
 void http_detached_remove(struct worker *w, struct http_exchange *ex);
+
+/* http_conn.c, for http_stream.c */
+bool http_ex_store(struct http_exchange *ex, int status, const char *ctype, const char *extra,
+                   size_t xlen); /* any thread, by the completer; false on OOM (503 stored) */
+bool http_conn_emit_out(struct conn *c, const char *data, size_t len); /* false: conn killed */
+void http_conn_pop(struct conn *c, struct http_exchange *ex, bool close); /* frees ex */
+
+/* http_stream.c (worker thread unless said otherwise) */
+bool http_stream_pump(struct conn *c, struct http_exchange *ex); /* true: done and popped */
+void http_stream_detach(struct http_stream *st); /* the exchange is being freed */
+void http_stream_wake(struct worker *w, struct qnode *n); /* a Q_STREAM node */
 
 /* http_router.c (build: before start; lookup: any thread after) */
 int http_router_build(struct http_server *srv);

@@ -15,6 +15,7 @@
 #include "http/http_internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <event2/event.h>
 #include <event2/thread.h>
 #include <netdb.h>
@@ -103,6 +104,7 @@ void http_config_defaults(struct http_config *cfg)
     cfg->listen = "127.0.0.1:8080";
     cfg->threads = 2;
     cfg->backlog = 1024;
+    cfg->listen_fd = -1;
     cfg->limits = (struct http_limits){
         .header_bytes_max = 16384,
         .header_count_max = 100,
@@ -316,6 +318,7 @@ static void worker_handle(struct worker *w, struct qnode *n)
         free(cn);
         break;
     }
+    case Q_STREAM: http_stream_wake(w, n); break;
     case Q_STOP: worker_stop(w); break;
     case Q_FORCE: worker_force(w); break;
     default: break;
@@ -393,7 +396,7 @@ static void worker_destroy(struct worker *w)
     struct qnode *n = w->base ? worker_take(w) : NULL;
     while (n) {
         struct qnode *next = n->next;
-        if (n->kind == Q_DONE || n->kind == Q_POST || n->kind == Q_CONN) {
+        if (n->kind == Q_DONE || n->kind == Q_POST || n->kind == Q_CONN || n->kind == Q_STREAM) {
             if (n->kind == Q_CONN) w->stopping = true;
             worker_handle(w, n);
         }
@@ -401,6 +404,12 @@ static void worker_destroy(struct worker *w)
     }
     while (w->conns)
         http_conn_kill(w->conns);
+    /* Stream wake-ups posted while the connections were being cut hold a reference. */
+    for (n = w->base ? worker_take(w) : NULL; n;) {
+        struct qnode *next = n->next;
+        if (n->kind == Q_DONE || n->kind == Q_POST || n->kind == Q_STREAM) worker_handle(w, n);
+        n = next;
+    }
     size_t left = 0;
     while (w->detached) {
         struct http_exchange *ex = w->detached;
@@ -451,8 +460,35 @@ static int parse_listen(const char *s, char *host, size_t hcap, char *port, size
     return TALLY_OK;
 }
 
+/* Adopts an inherited listening socket (cfg.listen_fd): it must be a listening stream socket. */
+static int server_adopt(struct http_server *srv, int fd)
+{
+    int type = 0, acc = 0;
+    socklen_t tl = sizeof type, al = sizeof acc;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0 || type != SOCK_STREAM ||
+        getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &al) != 0 || !acc) {
+        diag_error("http: inherited descriptor %d is not a listening TCP socket", fd);
+        return TALLY_EINVAL;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0 ||
+        fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
+        diag_error("http: inherited descriptor %d: %s", fd, strerror(errno));
+        return TALLY_EIO;
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 &&
+        (ss.ss_family == AF_INET || ss.ss_family == AF_INET6))
+        srv->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                   : ((struct sockaddr_in *)&ss)->sin_port);
+    srv->lfd = fd;
+    return TALLY_OK;
+}
+
 static int server_listen(struct http_server *srv)
 {
+    if (srv->cfg.listen_fd >= 0) return server_adopt(srv, srv->cfg.listen_fd);
     char host[256], port[8];
     if (parse_listen(srv->listen, host, sizeof host, port, sizeof port) != TALLY_OK) {
         diag_error("http: listen address \"%s\" is not HOST:PORT or [IPV6]:PORT", srv->listen);

@@ -81,6 +81,10 @@ struct http_config {
     const char *listen; /* "HOST:PORT", "[IPV6]:PORT"; port 0 = ephemeral. "127.0.0.1:8080" */
     unsigned threads;   /* worker threads, 1..64: 2 */
     int backlog;        /* listen(2) backlog: 1024 */
+    /* >= 0: serve on this already listening TCP socket (inherited: systemd socket activation,
+     * --listen-fd, a binary upgrade) instead of binding `listen`; on success the server owns it
+     * (sets it non-blocking and close-on-exec, closes it in http_server_free). -1: bind. */
+    int listen_fd;
     struct http_limits limits;
     /*
      * CORS for routes registered with cors = true: the allowed origins. NULL/0 or an entry "*"
@@ -230,6 +234,47 @@ unsigned http_exchange_worker(const struct http_exchange *ex);
 int http_server_post(struct http_server *srv, unsigned worker, void (*fn)(void *arg), void *arg);
 /* http_server_post to the exchange's worker. */
 int http_exchange_post(struct http_exchange *ex, void (*fn)(void *arg), void *arg);
+
+/*
+ * Streamed responses (http_stream.c), for bodies too large or too slow to build at once
+ * (exports). Instead of completing the exchange, its owner starts a stream: the head (status,
+ * content type, extra headers, "Transfer-Encoding: chunked"; HTTP/1.0 clients get a body that
+ * ends when the connection closes) is written in request order, then every
+ * http_stream_write becomes one or more chunks, and http_stream_finish writes the last chunk.
+ *
+ * Back-pressure: at most window_bytes (0: HTTP_STREAM_WINDOW_DEFAULT) wait in the stream and
+ * about as much in the connection's output; beyond that http_stream_write waits for the client
+ * (timeout_ms < 0: as long as it takes; > 0: at most that long, then TALLY_EAGAIN with nothing
+ * written; 0: TALLY_EAGAIN at once). Memory per stream is therefore bounded whatever the
+ * client does. A client that stops reading is cut after write_timeout_ms like any other.
+ *
+ * Abort: when the exchange goes away (client disconnected, write timeout, server stopping, a
+ * HEAD request, which gets the head only) http_stream_write returns TALLY_ECLOSED from then
+ * on: the producer should stop. http_stream_abort ends a stream whose producer failed midway:
+ * the connection is closed without the final chunk, so the client sees a truncated body, never
+ * a complete-looking one.
+ *
+ * Ownership and threads: http_stream_start completes the exchange (req and ex must not be
+ * touched afterwards; copy what the producer needs first) and returns a handle the caller owns
+ * until exactly one call of http_stream_finish or http_stream_abort. Any thread, but a producer
+ * on the exchange's own worker thread must use timeout_ms 0 (it would wait for itself).
+ */
+#define HTTP_STREAM_WINDOW_DEFAULT (256u << 10)
+struct http_stream;
+
+/* 0 with *out; TALLY_ENOMEM (the exchange is then completed with 503 and *out is NULL). */
+int http_stream_start(struct http_exchange *ex, int status, const char *content_type,
+                      const char *extra_headers, size_t window_bytes, struct http_stream **out);
+/* Queues len bytes (copied). 0, TALLY_EAGAIN (window full, see above), TALLY_ECLOSED (the
+ * client is gone: stop producing), TALLY_ENOMEM. */
+int http_stream_write(struct http_stream *st, const void *data, size_t len, int timeout_ms);
+/* Whether the client is gone (the next write would return TALLY_ECLOSED). */
+bool http_stream_closed(struct http_stream *st);
+/* Ends the body (the bytes already written are still sent) and releases the handle. 0, or
+ * TALLY_ECLOSED when the client was gone. */
+int http_stream_finish(struct http_stream *st);
+/* Ends the response as failed (see above) and releases the handle. NULL is a no-op. */
+void http_stream_abort(struct http_stream *st);
 
 /* Reason phrase for a status ("Not Found"); "Unknown" for others. */
 const char *http_status_reason(int status);

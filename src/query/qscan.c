@@ -69,6 +69,7 @@
 
 #include "ingest/timefmt.h"
 #include "query/query.h"
+#include "query/qvisit.h"
 #include "rollup/cell.h"
 #include "rollup/u64map.h"
 #include "store/raw.h"
@@ -270,6 +271,11 @@ static bool glob_match(const char *p, size_t pl, const char *s, size_t sl)
         memcpy(cur, nxt, sl + 1);
     }
     return cur[sl];
+}
+
+bool qscan_glob_match(const char *pattern, size_t pl, const char *s, size_t sl)
+{
+    return glob_match(pattern, pl, s, sl);
 }
 
 static bool pred_eval_str(const struct idpred *p, const char *s, size_t len)
@@ -1093,6 +1099,97 @@ static int aggregate(struct qs *c, bool want_total)
         }
     }
     return TALLY_OK;
+}
+
+/* ---------------------------------------------------------------- visit iteration (qvisit.h) */
+
+static void qs_free(struct qs *c);
+
+struct qv_iter {
+    int slot[QV_FIELDS_MAX];
+    size_t nfields;
+    struct qv_event *buf;
+    size_t cap;
+};
+
+/* One visit: o[0..n) its events in (ts, offset) order; delivered when one is in the range. */
+static int iter_visit(struct qs *c, struct qv_iter *it, const uint32_t *o, size_t n,
+                      uint32_t vseq, qv_visit_fn fn, void *arg)
+{
+    bool any_in = false;
+    for (size_t i = 0; i < n && !any_in; i++)
+        any_in = in_range(c, c->ev[o[i]].ts);
+    if (!any_in) return TALLY_OK;
+    int rc = qs_grow(c, (void **)&it->buf, &it->cap, n, sizeof *it->buf);
+    if (rc) return rc;
+    for (size_t i = 0; i < n; i++) {
+        const struct sev *e = &c->ev[o[i]];
+        struct qv_event *q = &it->buf[i];
+        memset(q, 0, sizeof *q);
+        q->ts_ms = e->ts;
+        q->offset = e->off;
+        q->flags = e->flags & ~QS_F_REV;
+        q->in_range = in_range(c, e->ts);
+        q->in_scope = !c->root || eval(c, c->root, o[i], o[0], o[n - 1]);
+        for (size_t f = 0; f < it->nfields; f++)
+            q->val[f] = ex_of(c, o[i])[it->slot[f]];
+    }
+    if (c->err) return c->err;
+    struct qv_visit v = {c->vis[c->ev[o[0]].vis].visitor, vseq, it->buf, n};
+    return fn(arg, &v);
+}
+
+static int iter_all(struct qs *c, struct qv_iter *it, qv_visit_fn fn, void *arg)
+{
+    for (size_t v = 0; v < c->nvis; v++) {
+        const uint32_t *o = c->order + c->vstart[v];
+        size_t n = c->vstart[v + 1] - c->vstart[v];
+        for (size_t i = 0; i < n;) {
+            size_t j = i + 1;
+            while (j < n && c->ev[o[j]].ts - c->ev[o[j - 1]].ts < QS_GAP_MS)
+                j++;
+            int rc = iter_visit(c, it, o + i, j - i, (uint32_t)v + 1, fn, arg);
+            for (size_t k = i; !rc && k < j; k++)
+                rc = qs_tick(c);
+            if (rc) return rc;
+            i = j;
+        }
+    }
+    return TALLY_OK;
+}
+
+int qscan_visits(struct store *s, uint32_t site_id, const struct query *q, struct q_range r,
+                 const struct q_budget *b, const int *fields, size_t nfields, qv_visit_fn fn,
+                 void *arg)
+{
+    if (nfields > QV_FIELDS_MAX) return TALLY_EINVAL;
+    if (site_id == 0 || r.to_ms <= r.from_ms) return TALLY_OK;
+    struct qs *c = calloc(1, sizeof *c);
+    if (!c) return TALLY_ENOMEM;
+    c->s = s;
+    c->site = site_id;
+    c->q = q;
+    c->r = r;
+    c->vis_zero = -1;
+    c->deadline = b ? b->deadline_ms : 0;
+    c->mem_max = b && b->memory_bytes_max ? b->memory_bytes_max : QS_MEMORY_DEFAULT;
+    c->rows_max = QS_ROWS_DEFAULT;
+    struct qv_iter it = {.nfields = nfields};
+    /* only the filters matter: no dimensions */
+    struct query qq = *q;
+    qq.ndims = 0;
+    c->q = &qq;
+    int rc = compile(c);
+    for (size_t f = 0; !rc && f < nfields; f++) {
+        if (fields[f] < 0 || fields[f] >= DE_FIELD_COUNT) rc = TALLY_EINVAL;
+        else it.slot[f] = field_slot(c, fields[f]);
+    }
+    if (!rc) rc = scan_all(c);
+    if (!rc) rc = group(c);
+    if (!rc) rc = iter_all(c, &it, fn, arg);
+    free(it.buf);
+    qs_free(c);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- emit */

@@ -897,6 +897,15 @@ void rollup_service_stop(struct rollup_service *svc)
     free(svc);
 }
 
+int rollup_service_reconfigure(struct rollup_service *svc, const struct tally_config *cfg)
+{
+    workers_stop(svc); /* each flushes what it holds, cursor included */
+    svc->cfg.cfg = cfg;
+    int rc = workers_start(svc);
+    if (rc) workers_stop(svc); /* rollup_service_recover starts them again later */
+    return rc;
+}
+
 int rollup_service_recover(struct rollup_service *svc)
 {
     int failed = store_failed(svc->s);

@@ -153,6 +153,12 @@ void rollup_service_stop(struct rollup_service *svc);
  * also restarts consumers a previous attempt left stopped. 0 (nothing to do, or recovered),
  * or the reopen error (consumers stay stopped; call again later). */
 int rollup_service_recover(struct rollup_service *svc);
+/* Same thread as start/stop: stops both consumers (each flushes its output and cursor), makes
+ * cfg (borrowed: it must outlive the service) their configuration (sites, time zones, hosts,
+ * ids, retention) and starts them again from their stored cursors. Events already processed
+ * keep what they were counted with (a changed time zone applies to new events; `--rebuild`
+ * recomputes the past). 0 or TALLY_ENOMEM (then rollup_service_recover restarts them). */
+int rollup_service_reconfigure(struct rollup_service *svc, const struct tally_config *cfg);
 /* The rollup consumer's duplicate counter (since start), for a metrics_counter_ref; valid
  * until rollup_service_stop. */
 const _Atomic uint64_t *rollup_service_duplicates(const struct rollup_service *svc);

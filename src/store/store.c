@@ -662,6 +662,18 @@ static int store_flush_locked(struct store *s)
     return rc;
 }
 
+static int store_checkpoint_locked(struct store *s, const char *dir)
+{
+    char *err = NULL;
+    rocksdb_checkpoint_t *cp = rocksdb_checkpoint_object_create(s->db, &err);
+    if (err) return err_code(err, "checkpoint");
+    /* log_size_for_flush 0: flush the memtables first, so the checkpoint is SST files only
+     * (hard links on the same file system) plus the current MANIFEST; nothing to replay. */
+    rocksdb_checkpoint_create(cp, dir, 0, &err);
+    rocksdb_checkpoint_object_destroy(cp);
+    return err ? err_code(err, "checkpoint") : TALLY_OK;
+}
+
 static int store_compact_locked(struct store *s, enum store_cf cf)
 {
     rocksdb_compact_range_cf(s->db, s->cf[cf], NULL, 0, NULL, 0);
@@ -712,6 +724,11 @@ uint64_t store_cf_bytes(struct store *s, enum store_cf cf)
 int store_flush(struct store *s)
 {
     WITH_DB(s, TALLY_ECLOSED, store_flush_locked(s));
+}
+
+int store_checkpoint(struct store *s, const char *dir)
+{
+    WITH_DB(s, TALLY_ECLOSED, store_checkpoint_locked(s, dir));
 }
 
 int store_compact(struct store *s, enum store_cf cf)

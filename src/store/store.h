@@ -156,6 +156,15 @@ int store_property(struct store *s, enum store_cf cf, const char *name, char *bu
 const char *store_cf_name(enum store_cf cf);
 
 /* Big-endian helpers for key building (keys sort bytewise). */
+/*
+ * Writes a consistent point-in-time copy of the whole database (every column family) into
+ * `dir`, which must not exist (its parent must): a RocksDB checkpoint, SST files hard-linked
+ * when on the same file system, copied otherwise. Because every consumer writes its output and
+ * its cursor in one batch, the copy holds matching outputs and cursors. Any thread, concurrently
+ * with reads and writes. 0, TALLY_EIO (RocksDB refused: the reason goes to diag), TALLY_ECLOSED.
+ */
+int store_checkpoint(struct store *s, const char *dir);
+
 static inline void store_put_be32(uint8_t *p, uint32_t v)
 {
     p[0] = (uint8_t)(v >> 24), p[1] = (uint8_t)(v >> 16), p[2] = (uint8_t)(v >> 8);

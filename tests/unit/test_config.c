@@ -26,7 +26,8 @@ TEST(file_overrides_and_sites)
                       "trusted_proxies = 10.0.0.0/8 , 127.0.0.1/32,\n"
                       "[storage]\nfsync = interval\nfsync_interval_ms = 50\n"
                       "[site example.com]\ntimezone = Asia/Kolkata\nids = G-ABC, 1234-uuid\n"
-                      "[site shop.example]\ncurrency = USD\n";
+                      "[site shop.example]\ncurrency = USD\n"
+                      "[site bare.example]\n  # a site with every default\n";
     ASSERT_EQ(config_load_string(c, ini, "t.ini", g_err), 0);
     ASSERT_STREQ(c->listen, "0.0.0.0:9000");
     ASSERT_EQ(c->threads, 4);
@@ -34,7 +35,8 @@ TEST(file_overrides_and_sites)
     ASSERT_EQ(c->trusted_proxies.count, 2);
     ASSERT_STREQ(c->trusted_proxies.items[1], "127.0.0.1/32");
     ASSERT_EQ(c->fsync, CONFIG_FSYNC_INTERVAL);
-    ASSERT_EQ(c->site_count, 2);
+    ASSERT_EQ(c->site_count, 3);
+    ASSERT_STREQ(config_site_find(c, "bare.example")->timezone, "UTC");
     ASSERT_STREQ(config_site_find(c, "G-ABC")->name, "example.com");
     ASSERT_STREQ(config_site_find(c, "shop.example")->currency, "USD");
     ASSERT_STREQ(config_site_find(c, "shop.example")->timezone, "UTC");
