@@ -2,10 +2,17 @@
 # Runs every benchmark and prints their `bench=` lines (one per benchmark) after a header line
 # with the date, the git revision and the core count. `make bench` builds first and calls this.
 #
-#   every executable in build/rel/bench/ except http_load and http_echo (they need arguments): run with no
-#   arguments, meaning "the default run" (log_append, native_decode, ua_classify, rebuild, ...)
+#   every executable in build/rel/bench/ except http_load, http_echo and query (they need
+#   arguments): run with no arguments, meaning "the default run" (log_append, native_decode,
+#   ua_classify, rebuild, ...)
 #   bench/http_ingest.sh: HTTP ingest against nginx (see that file)
 #   bench/consumer_lag.sh: consumer lag while ingesting 50,000 events/s
+#   bench/query.sh: Stats API queries against ClickHouse over the 10M-event data set, ONLY with
+#   BENCH_QUERY=1: it makes its own data set (~3 min), installs and loads ClickHouse (~1.5 min)
+#   and then times every query on both sides: 15.5 minutes in all on this machine with
+#   QUERY_ROUNDS=3 (about 8 with one round), too long for every `make bench`.
+#   BENCH_QUERY_EVENTS (10000000) sets its size, BENCH_QUERY_TIMEOUT_S (3600) its time limit;
+#   it reads QUERY_* (see that file).
 #
 # Environment: BENCH_DIR (build/rel/bench), BENCH_TIMEOUT_S (900) per binary, BENCH_LOG (a file
 # to append the output to as well; default none), BENCH_SKIP_HTTP=1 to skip http_ingest.sh,
@@ -74,7 +81,7 @@ if [ -d "$BENCH_DIR" ]; then
             continue
         fi
         name=$(basename "$bin")
-        case "$name" in http_load | http_echo) continue ;; esac
+        case "$name" in http_load | http_echo | query) continue ;; esac
         run "$name" "$bin"
     done
 else
@@ -84,5 +91,9 @@ fi
 if [ "${BENCH_SKIP_HTTP:-0}" != 1 ]; then
     run http_ingest sh bench/http_ingest.sh
     run consumer_lag sh bench/consumer_lag.sh
+fi
+if [ "${BENCH_QUERY:-0}" = 1 ]; then
+    TIMEOUT_S=${BENCH_QUERY_TIMEOUT_S:-3600}
+    run query sh bench/query.sh "${BENCH_QUERY_EVENTS:-10000000}"
 fi
 exit $status
