@@ -211,6 +211,15 @@ int qexec_rollup(struct store *s, uint32_t site_id, const struct query *q, struc
         if (event_filter && nv > 1 && visit_metrics) return TALLY_ENOTSUP;
         to_agg(q, &m, &t->total);
         t->have_total = true;
+        t->n_other_rev = 0;
+        for (uint32_t i = 0; i < m.nrev && i < ROLLUP_CURRENCIES_MAX; i++)
+            if (memcmp(m.rev[i].cur, q->currency, 3) != 0 &&
+                t->n_other_rev < QUERY_OTHER_CURRENCIES_MAX) {
+                struct q_currency *oc = &t->other_rev[t->n_other_rev++];
+                memcpy(oc->cur, m.rev[i].cur, 3);
+                oc->cur[3] = 0;
+                oc->micros = m.rev[i].micros;
+            }
         if (!t->total.visitors_exact) t->estimated = true;
     }
     if (past_deadline(b)) return TALLY_ETIMEDOUT;

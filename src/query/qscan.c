@@ -82,6 +82,7 @@
 #define QS_TB_CACHE 1024 /* time-bucket cache entries per time dimension */
 #define QS_PROPS_MAX (QUERY_DIMS_MAX + QUERY_FILTER_NODES_MAX)
 #define QS_F_REV 0x80000000u /* sev.flags: revenue in the query's currency */
+#define QS_F_REV_OTHER 0x40000000u /* sev.flags: revenue in another currency (totals: meta) */
 #define QS_NONE "(none)"
 
 enum { SRC_EVENT, SRC_VISIT, SRC_EXIT, SRC_GOAL, SRC_TIME };
@@ -128,8 +129,9 @@ struct sev {
     int64_t ts;
     uint64_t off;
     uint32_t vis;
-    uint32_t flags; /* RAW_F_* | QS_F_REV */
+    uint32_t flags; /* RAW_F_* | QS_F_REV | QS_F_REV_OTHER */
     int64_t rev;
+    uint32_t cur;   /* QS_F_REV_OTHER: the revenue's currency (dictionary id) */
 };
 
 struct svis {
@@ -204,6 +206,8 @@ struct qs {
     uint32_t *rslots;
     size_t nrslots;
     struct srow total;
+    struct { uint32_t id; int64_t micros; } other_rev[QUERY_OTHER_CURRENCIES_MAX]; /* total */
+    size_t n_other_rev;
     uint32_t visit_seq;
     struct u64map strs; /* dictionary id -> index into strv */
     char **strv;
@@ -654,9 +658,14 @@ static int on_event(void *arg, const struct raw_event *re)
     e->vis = vi;
     e->flags = re->flags;
     e->rev = 0;
+    e->cur = 0;
     if (re->has_revenue && c->cur_found && re->currency_id == c->cur_id) {
         e->flags |= QS_F_REV;
         e->rev = re->revenue_micros;
+    } else if (re->has_revenue) {
+        e->flags |= QS_F_REV_OTHER;
+        e->rev = re->revenue_micros;
+        e->cur = re->currency_id;
     }
     uint32_t *x = c->ex + c->nev * c->stride;
     for (int f = 0; f < DE_FIELD_COUNT; f++)
@@ -1035,6 +1044,25 @@ static bool in_range(const struct qs *c, int64_t ts)
     return ts >= c->r.from_ms && ts < c->r.to_ms;
 }
 
+/* Revenue of the total in a currency other than the site's (dictionary id cur). */
+static void other_rev_add(struct qs *c, uint32_t cur, int64_t micros)
+{
+    for (size_t i = 0; i < c->n_other_rev; i++)
+        if (c->other_rev[i].id == cur) {
+            c->other_rev[i].micros += micros;
+            return;
+        }
+    if (c->n_other_rev < QUERY_OTHER_CURRENCIES_MAX) {
+        c->other_rev[c->n_other_rev].id = cur;
+        c->other_rev[c->n_other_rev++].micros = micros;
+    }
+}
+
+static int cur_cmp(const void *a, const void *b)
+{
+    return memcmp(((const struct q_currency *)a)->cur, ((const struct q_currency *)b)->cur, 3);
+}
+
 /* One visit: o[0..n) are its events in (ts, offset) order. */
 static int do_visit(struct qs *c, const uint32_t *o, size_t n, uint32_t visitor_seq,
                     bool want_total)
@@ -1073,7 +1101,10 @@ static int do_visit(struct qs *c, const uint32_t *o, size_t n, uint32_t visitor_
         if (in_range(c, e->ts)) {
             struct contrib ek = {.visitor_seq = visitor_seq, .e = e, .top_ms = -1};
             if ((e->flags & RAW_F_PAGEVIEW) && i + 1 < n) ek.top_ms = c->ev[o[i + 1]].ts - e->ts;
-            if (want_total) row_add(c, &c->total, &ek);
+            if (want_total) {
+                row_add(c, &c->total, &ek);
+                if (e->flags & QS_F_REV_OTHER) other_rev_add(c, e->cur, e->rev);
+            }
             if ((rc = rows_add(c, o[i], o[0], o[n - 1], e->ts, &ek))) return rc;
         }
         if (first_in && (rc = rows_add(c, o[i], o[0], o[n - 1], f->ts, &vk))) return rc;
@@ -1245,6 +1276,22 @@ static int emit(struct qs *c, struct q_table *t, bool want_total)
         t->total = c->total.a;
         t->total.visitors_exact = true;
         t->have_total = true;
+        t->n_other_rev = 0;
+        for (size_t i = 0; i < c->n_other_rev; i++) {
+            char *name = NULL;
+            uint32_t len = 0;
+            if (c->other_rev[i].micros == 0) continue;
+            int rc = raw_dict_string(c->s, c->site, c->other_rev[i].id, &name, &len);
+            if (rc == TALLY_OK && len == 3) {
+                struct q_currency *oc = &t->other_rev[t->n_other_rev++];
+                memcpy(oc->cur, name, 3);
+                oc->cur[3] = 0;
+                oc->micros = c->other_rev[i].micros;
+            }
+            free(name);
+            if (rc && rc != TALLY_ENOENT) return rc;
+        }
+        if (t->n_other_rev > 1) qsort(t->other_rev, t->n_other_rev, sizeof *t->other_rev, cur_cmp);
     }
     size_t base = t->n;
     if (c->nrows == 0) return TALLY_OK;

@@ -589,7 +589,8 @@ int query_execute(struct store *s, uint32_t site_id, const struct query *q,
     int64_t *main_buckets = NULL, *cmp_buckets = NULL; /* time comparisons: bucket starts */
     size_t n_main_buckets = 0, n_cmp_buckets = 0;
     enum q_plan used = Q_PLAN_ROLLUP, used2 = Q_PLAN_ROLLUP;
-    bool want_total = metric_wanted(q, QM_PERCENTAGE) || q->ndims == 0;
+    bool want_total = metric_wanted(q, QM_PERCENTAGE) || q->ndims == 0 ||
+                      metric_wanted(q, QM_TOTAL_REVENUE) || metric_wanted(q, QM_AVERAGE_REVENUE);
     bool want_base = metric_wanted(q, QM_CONVERSION_RATE) ||
                      metric_wanted(q, QM_GROUP_CONVERSION_RATE);
     int rc = exec_one(s, site_id, q, q->range, want_total, b, plan, &used, &main_t, err, errcap);
@@ -784,6 +785,18 @@ int query_execute(struct store *s, uint32_t site_id, const struct query *q,
             cJSON_AddNumberToObject(meta, "visitors_error_bound_percent", 2.43);
         }
         cJSON_AddStringToObject(meta, "plan", used == Q_PLAN_SCAN ? "scan" : "rollup");
+        if ((metric_wanted(q, QM_TOTAL_REVENUE) || metric_wanted(q, QM_AVERAGE_REVENUE)) &&
+            main_t.have_total && main_t.n_other_rev) {
+            /* revenue in other currencies is reported, never converted (API.md §4) */
+            cJSON *oc = cJSON_AddArrayToObject(meta, "revenue_other_currencies");
+            for (size_t i = 0; i < main_t.n_other_rev; i++) {
+                cJSON *o = cJSON_CreateObject();
+                cJSON_AddStringToObject(o, "currency", main_t.other_rev[i].cur);
+                cJSON_AddNumberToObject(o, "value",
+                                        round_to(main_t.other_rev[i].micros / 1e6, 2));
+                cJSON_AddItemToArray(oc, o);
+            }
+        }
         if (q->time_labels && td >= 0) {
             cJSON *tl = cJSON_AddArrayToObject(meta, "time_labels");
             size_t guard = 0;

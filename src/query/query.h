@@ -200,12 +200,24 @@ struct q_row {
     struct q_agg a;
 };
 
+#define QUERY_OTHER_CURRENCIES_MAX 8 /* currencies besides the site's reported in meta */
+
+/* Revenue in one currency other than the site's (the total of the range). */
+struct q_currency {
+    char cur[4];
+    int64_t micros;
+};
+
 struct q_table {
     struct q_row *rows;
     size_t n, cap;
     struct q_agg total;         /* the whole range, same filters, no dimensions */
     bool have_total;
     bool estimated;             /* some visitor count is an estimate */
+    /* With have_total: revenue in other currencies, ascending codes, at most
+     * QUERY_OTHER_CURRENCIES_MAX (API.md §4: reported in meta, not converted). */
+    size_t n_other_rev;
+    struct q_currency other_rev[QUERY_OTHER_CURRENCIES_MAX];
 };
 void q_table_free(struct q_table *t);
 

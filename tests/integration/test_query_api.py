@@ -341,6 +341,36 @@ def ingested_events_are_counted():
 
 
 @test
+def revenue_in_other_currencies_is_reported_in_meta():
+    keys = Keys()
+    t = with_server(keys)
+    try:
+        now = int(time.time() * 1000)
+        base = (now // 86400000 - 2) * 86400000 + 12 * 3600000
+        evs = [{"site": "example.com", "name": "Purchase", "url": "https://example.com/buy",
+                "visitor_id": "v%d" % i, "ts": base + i * 1000,
+                "revenue": {"amount": amount, "currency": cur}}
+               for i, (amount, cur) in enumerate([("10.50", "EUR"), ("4.50", "EUR"),
+                                                   ("7.25", "USD"), ("100", "JPY"),
+                                                   ("0.75", "USD")])]
+        eq(t.post_json("/v1/events", evs, dict(bearer(keys.write), **BROWSER))[0], 202)
+        t.wait_consumers(20)
+        d = day(base)
+        body = {"site_id": "example.com", "metrics": ["total_revenue", "events"],
+                "date_range": [d, d]}
+        for plan in ("rollup", "scan"):
+            s, h, b = query(t, body, keys.admin, {"X-Tally-Plan": plan})
+            eq(s, 200, b)
+            eq(b["results"][0]["metrics"][0]["currency"], "EUR", b)
+            eq(b["results"][0]["metrics"][0]["value"], 15.0, b)
+            eq(b["results"][0]["metrics"][1], 5, b)
+            eq(b["meta"]["revenue_other_currencies"],
+               [{"currency": "JPY", "value": 100}, {"currency": "USD", "value": 8}], (plan, b))
+    finally:
+        t.cleanup()
+
+
+@test
 def stop_with_queries_exits_cleanly():
     keys = Keys()
     t = with_server(keys)
