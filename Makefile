@@ -32,7 +32,7 @@ FUZZ_REPLAY := $(patsubst tests/fuzz/%.c,$(O)/fuzz/%_replay,$(FUZZ_SRC))
 BENCH_BIN := $(patsubst bench/%.c,$(O)/bench/%,$(wildcard bench/*.c))
 LIB := $(O)/libtally.a
 
-.PHONY: all deps run test test-only unit asan fuzz bench crash clean data format compat
+.PHONY: all deps run test test-only unit asan fuzz bench crash upgrade clean data format compat
 all: tally
 
 deps:
@@ -103,6 +103,11 @@ tests/compat/node_modules/.installed: tests/compat/package-lock.json tests/compa
 
 crash: tally
 	@python3 tests/integration/test_crash.py --cycles 200
+
+# Zero-downtime restarts, long version: 100 SIGUSR2 upgrades and 100 socket-activated restarts
+# under load (make test runs 10 of each).
+upgrade: tally
+	@python3 tests/integration/test_upgrade.py --cycles 100
 
 # libFuzzer builds (clang). FUZZ_SECONDS per target; the corpus grows in tests/fuzz/corpus/NAME.
 FUZZ_SECONDS ?= 60

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "app/app.h"
+#include "app/upgrade.h"
 #include "core/config.h"
 #include "core/diag.h"
 #include "core/keys.h"
@@ -47,7 +48,9 @@ static const char usage_text[] =
     "backup: asks the running server (--url, default from listen) to write an online backup\n"
     "into DIR (absent or empty); the admin key comes from --key or TALLY_ADMIN_KEY.\n"
     "restore: copies a backup into an empty data directory (server stopped). SIGHUP reloads\n"
-    "the configuration file.\n";
+    "the configuration file. SIGUSR2 restarts without dropping a connection: a new process\n"
+    "(the file at the path this one was started from, so replace that file first to upgrade)\n"
+    "takes over the listening socket, then this one drains and exits.\n";
 
 enum mode { MODE_SERVE, MODE_CHECK, MODE_DUMP, MODE_REBUILD, MODE_DIGEST };
 
@@ -140,6 +143,7 @@ int main(int argc, char **argv)
     struct app_options opt = {0};
 
     opt.listen_fd = -1;
+    upgrade_init(argc, argv); /* the executable and arguments a SIGUSR2 upgrade re-runs */
     if (argc >= 2 && !strcmp(argv[1], "backup")) return backup_cmd(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "restore")) {
         if (argc != 4) return usage_error("usage: tally restore BACKUP_DIR DATA_DIR", NULL);
@@ -221,6 +225,7 @@ int main(int argc, char **argv)
     if (rc == 0) rc = config_validate(cfg, err);
     if (rc != 0) {
         fprintf(stderr, "tally: configuration error: %s\n", err);
+        upgrade_child_failed("configuration error: %s", err);
         config_free(cfg);
         return 2;
     }

@@ -46,7 +46,8 @@ if [ -x build/asan/tally ]; then
     for t in test_ingest.py test_hostile.py test_rollups.py test_recovery.py test_query_api.py \
              test_query_diff.py test_funnel.py test_export.py test_backup.py test_reload.py \
              test_peer_plausible.py test_peer_segment.py test_peer_posthog.py test_peer_ga4.py \
-             test_peer_matomo.py test_peer_umami.py test_peer_goatcounter.py test_peer_pixel.py; do
+             test_peer_matomo.py test_peer_umami.py test_peer_goatcounter.py test_peer_pixel.py \
+             test_live.py; do
         TALLY_BIN=build/asan/tally run_one "asan/integration/$t" python3 "tests/integration/$t"
     done
 fi

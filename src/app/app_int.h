@@ -54,6 +54,7 @@ struct app_generation {
 };
 
 struct admin;
+struct live;
 
 struct app {
     _Atomic(const struct tally_config *) cfg; /* the current generation: see above */
@@ -80,6 +81,7 @@ struct app {
     struct app_generation generations[APP_GENERATIONS_MAX];
     int generation_count;            /* main thread only */
     _Atomic uint64_t reloads_total, reloads_failed;
+    struct live *live;               /* GET /api/v1/live's hub (live.h); NULL before routes */
 };
 
 /* The current configuration generation: one acquire load. Any thread. */
@@ -94,6 +96,8 @@ int ingest_routes(struct app *app);
 int ops_routes(struct app *app);
 /* Registers GET /, the dashboard files, the tracker and GET /api/v1/sites (dashboard.c). */
 int dashboard_routes(struct app *app);
+/* Creates app->live and registers GET /api/v1/live (live.c; needs app->store). */
+int live_routes(struct app *app);
 /* Frees the ingest worker threads' cached state (called at thread exit, via a pthread key). */
 void ingest_thread_state_init(void);
 

@@ -22,6 +22,7 @@
 
 #include "app/app_int.h"
 #include "app/ingest.h"
+#include "app/live.h"
 #include "core/keys.h"
 #include "http/http_server.h"
 #include "ingest/event.h"
@@ -143,6 +144,7 @@ struct pending {
     uint32_t count;
     uint32_t bots;
     uint32_t hosts;
+    struct live_batch *live; /* summaries for GET /api/v1/live, or NULL (live.h) */
 };
 
 /* On the log writer thread: short, non-blocking (http_exchange_complete only queues). */
@@ -154,6 +156,7 @@ static void ingest_done(void *arg, int err, uint64_t first_offset)
         metrics_counter_add(p->app->events_accepted, p->count);
         drop(p->app, DROP_BOT, p->bots);
         drop(p->app, DROP_HOST, p->hosts);
+        live_publish(p->app->live, p->live); /* committed: push to live sockets */
         p->ans.ok(p->ans.arg, p->ex, p->count);
     } else {
         char msg[160];
@@ -163,6 +166,7 @@ static void ingest_done(void *arg, int err, uint64_t first_offset)
         p->ans.error(p->ans.arg, p->ex, 503, msg, -1,
                      err == TALLY_ENOSPC ? "Retry-After: 5\r\n" : "Retry-After: 1\r\n");
     }
+    live_batch_free(p->live);
     free(p);
 }
 
@@ -394,6 +398,7 @@ void ingest_submit(struct app *app, const struct http_request *req, struct http_
         return;
     }
     size_t used = 0;
+    uint8_t devices[n > 0 ? n : 1]; /* for the live summaries */
     for (int i = 0; i < n; i++) {
         struct event *ev = &evs[i].ev;
         const struct site *site = sites_of[i];
@@ -426,6 +431,7 @@ void ingest_submit(struct app *app, const struct http_request *req, struct http_
         ua_buf[ev->user_agent.len] = 0;
         ua_info ui;
         ua_classify(ua_buf, &ui);
+        devices[i] = (uint8_t)ui.device;
         if (ui.bot != BOTS_HUMAN) {
             ev->flags |= EVENT_F_BOT;
             p->bots++;
@@ -460,8 +466,10 @@ void ingest_submit(struct app *app, const struct http_request *req, struct http_
     p->ex = ex;
     p->ans = *ans;
     p->count = (uint32_t)n;
+    if (live_active(app->live)) p->live = live_batch_new(evs, devices, (uint32_t)n);
     int rc = seglog_append(app->log, t->recs, (uint32_t)n, ingest_done, p);
     if (rc != 0) {
+        live_batch_free(p->live);
         free(p);
         refuse_append(app, ex, rc, (uint32_t)n, ans);
     }

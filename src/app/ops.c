@@ -1,11 +1,12 @@
 /*
- * Operations endpoints: GET /healthz (JSON: status, log offsets, writer state) and GET /metrics
- * (Prometheus text: the metrics registry, then the log's own counters rendered from
- * seglog_stats at scrape time). Both run on a worker thread and do no disk I/O.
+ * Operations endpoints: GET /healthz (JSON: status, the serving process's pid, log offsets,
+ * writer state) and GET /metrics (Prometheus text: the metrics registry, then the log's own
+ * counters rendered from seglog_stats at scrape time). Both run on a worker thread and do no disk I/O.
  */
 #include <event2/buffer.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "app/app_int.h"
 #include "http/http_server.h"
@@ -37,11 +38,13 @@ static void on_healthz(struct http_request *req, struct http_exchange *ex, void 
     struct rollup_lag lag;
     rollup_service_lag(app->rollups, &lag);
     n = snprintf(body, sizeof body,
-                 "{\"status\": \"ok\", \"log_start_offset\": %llu, \"log_end_offset\": %llu, "
+                 "{\"status\": \"ok\", \"pid\": %ld, \"log_start_offset\": %llu, "
+                 "\"log_end_offset\": %llu, "
                  "\"log_queue_records\": %llu, \"consumers\": {"
                  "\"raw\": {\"cursor\": %llu, \"lag\": %llu, \"error\": %d}, "
                  "\"rollup\": {\"cursor\": %llu, \"lag\": %llu, \"error\": %d}}}",
-                 (unsigned long long)st.start_offset, (unsigned long long)st.committed_offset,
+                 (long)getpid(), (unsigned long long)st.start_offset,
+                 (unsigned long long)st.committed_offset,
                  (unsigned long long)st.queue_records, (unsigned long long)lag.raw_cursor,
                  (unsigned long long)lag.raw_lag, lag.raw_err,
                  (unsigned long long)lag.rollup_cursor, (unsigned long long)lag.rollup_lag,

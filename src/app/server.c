@@ -27,7 +27,14 @@
  * activation (LISTEN_PID = our pid and LISTEN_FDS >= 1: descriptor 3; the variables are
  * removed from the environment so children do not inherit them).
  *
- * Stop order (SIGTERM/SIGINT): answer queued Stats API queries 503, stop accepting and drain
+ * UPGRADE (SIGUSR2): zero-downtime restart or binary upgrade; the sequence is in upgrade.c.
+ * The old process starts the new one on the same listening socket and, once it says ready
+ * (configuration valid, enrichment data loaded, socket usable: checked before it waits for the
+ * data-directory lock, so its failures leave the old process serving), runs the stop below.
+ * The new process takes the lock as soon as the old one releases it (upgrade.h timeouts).
+ *
+ * Stop order (SIGTERM/SIGINT, or SIGUSR2 once the new process is ready): answer queued Stats
+ * API queries 503, stop accepting and drain
  * in-flight requests (their appends complete through the still-running log writer), join the
  * query workers (running queries finish, so none reads the store after it closes), stop the
  * consumers (each flushes its output and cursor in one batch), close the log (drains the
@@ -41,6 +48,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
@@ -53,7 +61,9 @@
 #include "app/app_int.h"
 #include "app/backup.h"
 #include "app/peers.h"
+#include "app/live.h"
 #include "app/query_api.h"
+#include "app/upgrade.h"
 #include "core/datadir.h"
 #include "core/diag.h"
 #include "http/http_server.h"
@@ -137,10 +147,8 @@ static int open_store(const struct datadir *dd, bool read_only, struct store **o
     return rc;
 }
 
-static int lock_data_dir(const struct tally_config *cfg, struct datadir **dd)
+static int report_lock(const struct tally_config *cfg, int rc, pid_t holder)
 {
-    pid_t holder = 0;
-    int rc = datadir_open(cfg->data_dir, dd, &holder);
     if (rc == TALLY_ELOCKED) {
         fprintf(stderr, "tally: data directory %s is locked by another tally process (pid %ld)"
                         "\n", cfg->data_dir, (long)holder);
@@ -149,6 +157,20 @@ static int lock_data_dir(const struct tally_config *cfg, struct datadir **dd)
                 tally_strerror(rc));
     }
     return rc;
+}
+
+static int lock_data_dir(const struct tally_config *cfg, struct datadir **dd)
+{
+    pid_t holder = 0;
+    return report_lock(cfg, datadir_open(cfg->data_dir, dd, &holder), holder);
+}
+
+/* The new process of an upgrade: waits while the old one drains and closes its stores. */
+static int lock_data_dir_wait(const struct tally_config *cfg, struct datadir **dd)
+{
+    pid_t holder = 0;
+    int rc = datadir_open_wait(cfg->data_dir, dd, &holder, UPGRADE_LOCK_TIMEOUT_MS);
+    return report_lock(cfg, rc, holder);
 }
 
 /* The embedded classifiers (bots before ua: ua caches the bot verdict), for the server and
@@ -229,7 +251,7 @@ static int make_http(struct app *app, int listen_fd)
         return rc;
     }
     if ((rc = ingest_routes(app)) || (rc = ops_routes(app)) || (rc = peer_routes(app)) ||
-        (rc = dashboard_routes(app)) || (rc = admin_routes(app)))
+        (rc = dashboard_routes(app)) || (rc = live_routes(app)) || (rc = admin_routes(app)))
         return rc;
     return 0;
 }
@@ -454,6 +476,28 @@ static int systemd_listen_fd(void)
     return fd;
 }
 
+static bool is_listening_socket(int fd)
+{
+    int acc = 0;
+    socklen_t al = sizeof acc;
+    return fd >= 0 && getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &al) == 0 && acc;
+}
+
+/* SIGUSR2: starts the new process (upgrade.c); true when it is ready and this one must stop. */
+static bool upgrade(struct app *app)
+{
+    diag_info("signal %d: upgrade: starting a new process on the listening socket", SIGUSR2);
+    char why[600];
+    int rc = upgrade_start(http_server_port(app->http), UPGRADE_READY_TIMEOUT_MS, why,
+                           sizeof why);
+    if (rc != 0) {
+        diag_error("upgrade failed, this process keeps serving: %s", why);
+        return false;
+    }
+    diag_info("upgrade: the new process is ready; stopping this one (pid %ld)", (long)getpid());
+    return true;
+}
+
 int app_serve(const struct tally_config *cfg, const struct app_options *opt)
 {
     struct app app;
@@ -469,15 +513,37 @@ int app_serve(const struct tally_config *cfg, const struct app_options *opt)
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGHUP);
+    sigaddset(&sigs, SIGUSR2);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* inherited by every thread started below */
     signal(SIGPIPE, SIG_IGN);
 
     if (sodium_init() < 0) {
         fprintf(stderr, "tally: libsodium failed to start\n");
+        upgrade_child_failed("libsodium failed to start");
         return 1;
     }
-    if (parse_proxies(cfg, &app.trusted_proxies) != 0) return 2;
-    if (lock_data_dir(cfg, &dd) != 0) return 1;
+    if (parse_proxies(cfg, &app.trusted_proxies) != 0) {
+        upgrade_child_failed("[server] trusted_proxies is invalid");
+        return 2;
+    }
+    /* Before the lock: what can fail without the data directory fails while an old process
+     * handing over (upgrade.c) can still keep serving. */
+    if (init_enrichment(cfg, &app.geo) != 0) {
+        upgrade_child_failed("cannot load the enrichment data (see the new process's stderr)");
+        goto out;
+    }
+    if (upgrade_is_child()) {
+        if (!is_listening_socket(listen_fd)) {
+            upgrade_child_failed("descriptor %d is not a listening socket", listen_fd);
+            goto out;
+        }
+        diag_info("upgrade: new process %ld ready; waiting for process %ld to hand over",
+                  (long)getpid(), (long)upgrade_parent_pid());
+        upgrade_child_ready();
+        if (lock_data_dir_wait(cfg, &dd) != 0) goto out;
+    } else if (lock_data_dir(cfg, &dd) != 0) {
+        goto out;
+    }
     app.data_dir = datadir_path(dd);
     if (open_log(cfg, dd, opt->repair, false, &app.log) != 0) goto out;
     int rc = visitor_salts_open(datadir_path(dd), timefmt_now_ms(), &app.salts);
@@ -486,7 +552,6 @@ int app_serve(const struct tally_config *cfg, const struct app_options *opt)
                 tally_strerror(rc));
         goto out;
     }
-    if (init_enrichment(cfg, &app.geo) != 0) goto out;
     app.sites = sites_new(cfg);
     app.ratelimit = ratelimit_new(cfg->rate_limit_per_ip, cfg->rate_limit_burst);
     app.metrics = metrics_new();
@@ -544,6 +609,10 @@ int app_serve(const struct tally_config *cfg, const struct app_options *opt)
             reload(&app, opt, cfg);
             continue;
         }
+        if (sig == SIGUSR2) {
+            if (upgrade(&app)) break;
+            continue;
+        }
         chores(&app, &last_retention_ms);
     }
     atomic_store(&app.stopping, 1);
@@ -558,6 +627,7 @@ out:
     rollup_service_stop(app.rollups); /* flushes both consumers (output + cursor) */
     seglog_close(app.log); /* completes every pending append before the server is freed */
     app.log = NULL;
+    live_free(app.live); /* no append publishes any more; the ticker reads the store */
     http_server_free(app.http);
     store_close(app.store);
     metrics_free(app.metrics);

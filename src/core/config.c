@@ -93,6 +93,11 @@ static const struct key_def g_keys[] = {
     {"server", "query_memory_bytes_max", KT_INT, CO(query_memory_bytes_max), 1 * MiB, 64 * GiB,
      "268435456", "bytes", "memory budget of one Stats API query; beyond it the query gets 400",
      NULL},
+    {"server", "live_connections_max", KT_INT, CO(live_connections_max), 1, 1000000, "1000",
+     "connections", "open GET /api/v1/live WebSockets; beyond it new ones get 503", NULL},
+    {"server", "live_events_per_s_max", KT_INT, CO(live_events_per_s_max), 1, 100000, "50",
+     "messages/s", "events pushed per second on one live WebSocket; the excess is dropped and "
+     "counted in a \"dropped\" message", NULL},
     {"server", "tracker_path", KT_STR, CO(tracker_path), 0, 0, "/js/script.js", "URL path",
      "another path serving the tracker script (a first-party name ad-blockers do not know); "
      "/js/script.js is always served too", NULL},

@@ -68,6 +68,8 @@ struct tally_config {
     int64_t query_timeout_ms;
     int64_t query_memory_bytes_max;
     char *tracker_path;             /* extra first-party path of the tracker script */
+    int64_t live_connections_max;   /* GET /api/v1/live WebSockets open at once */
+    int64_t live_events_per_s_max;  /* events pushed per second per live WebSocket */
     /* [storage] */
     char *data_dir;
     int64_t fsync;                  /* enum config_fsync */

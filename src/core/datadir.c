@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "tally/error.h"
@@ -71,6 +72,29 @@ int datadir_open(const char *path, struct datadir **out, pid_t *holder_pid)
     dd->lock_fd = fd;
     *out = dd;
     return 0;
+}
+
+#define DATADIR_WAIT_POLL_MS 2
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Polling rather than a blocking flock: a blocking flock cannot be given a deadline without a
+ * signal, and the poll interval (2 ms) is small next to the old process's drain. */
+int datadir_open_wait(const char *path, struct datadir **out, pid_t *holder_pid,
+                      uint32_t timeout_ms)
+{
+    uint64_t deadline = mono_ms() + timeout_ms;
+    for (;;) {
+        int rc = datadir_open(path, out, holder_pid);
+        if (rc != TALLY_ELOCKED || mono_ms() >= deadline) return rc;
+        struct timespec ts = {0, DATADIR_WAIT_POLL_MS * 1000000L};
+        nanosleep(&ts, NULL);
+    }
 }
 
 void datadir_close(struct datadir *dd)

@@ -14,6 +14,7 @@
 #ifndef TALLY_DATADIR_H
 #define TALLY_DATADIR_H
 
+#include <stdint.h>
 #include <sys/types.h>
 
 struct datadir;
@@ -23,6 +24,14 @@ struct datadir;
  * is the PID written by the holder (0 when unknown). Caller owns *out (datadir_close).
  */
 int datadir_open(const char *path, struct datadir **out, pid_t *holder_pid);
+
+/*
+ * datadir_open, but while another process holds the lock, retries every few milliseconds for up
+ * to timeout_ms (then TALLY_ELOCKED with *holder_pid). For the new process of a binary upgrade,
+ * which waits for the old one to close its stores (upgrade.h). Caller thread only.
+ */
+int datadir_open_wait(const char *path, struct datadir **out, pid_t *holder_pid,
+                      uint32_t timeout_ms);
 
 /* Releases the lock. NULL is a no-op. */
 void datadir_close(struct datadir *dd);

@@ -88,6 +88,10 @@ void http_ex_free(struct worker *w, struct http_exchange *ex)
         http_stream_detach(ex->stream);
         ex->stream = NULL;
     }
+    if (ex->ws) {
+        http_ws_detach(ex->ws);
+        ex->ws = NULL;
+    }
     struct block *b = ex->blocks;
     while (b) {
         struct block *n = b->next;
@@ -309,9 +313,11 @@ static bool conn_emit(struct conn *c, struct http_exchange *ex, int status, cons
     struct worker *w = c->w;
     struct http_server *srv = w->srv;
     TALLY_ASSERT(c->q_head == ex && c->cur != ex);
-    bool bodyless = status == 204 || status == 304;
+    bool upgrade = status == 101 && ex->ws && !ex->head_only;
+    bool bodyless = status == 204 || status == 304 || status == 101;
     bool send_body = !bodyless && !ex->head_only && blen > 0;
-    bool close = ex->close_after || (srv->cfg.close_on_error && status >= 400 && ex == c->q_tail);
+    bool close = !upgrade && (ex->close_after ||
+                              (srv->cfg.close_on_error && status >= 400 && ex == c->q_tail));
     bool vary = false;
     const char *acao = ex->cors ? cors_origin(srv, ex, &vary) : NULL;
     size_t acao_len = acao ? strlen(acao) : 0;
@@ -385,6 +391,14 @@ static bool conn_emit(struct conn *c, struct http_exchange *ex, int status, cons
     STAT_ADD(srv, st_requests, 1);
     if (ex->t0_ns) metrics_histogram_observe(srv->latency, (double)(mono_ns() - ex->t0_ns) / 1e9);
 
+    if (upgrade) {
+        /* the connection is the WebSocket's from here on (the request was the last one) */
+        struct http_ws *ws = ex->ws;
+        ex->ws = NULL;
+        http_conn_pop(c, ex, false);
+        http_ws_attach(c, ws);
+        return true;
+    }
     if (stream) {
         /* the body comes from the producer (http_stream_pump); ex stays at q_head */
         ex->phase = EX_STREAMING;
@@ -509,6 +523,14 @@ void http_conn_flush(struct conn *c)
         conn_emit(c, ex, ex->status, ex->ctype, ex->ctype_len, ex->rbody, ex->rbody_len, NULL, 0);
     }
     if (c->dead) return;
+    if (c->state == C_WS) {
+        if (!c->closing) http_ws_input(c);
+        if (!c->dead && !c->closing) http_ws_pump(c);
+        if (c->dead) return;
+        if (c->out_len > c->out_off) conn_write_now(c);
+        if (!c->dead && c->ws) http_ws_note_output(c);
+        return;
+    }
     struct http_exchange *cur = c->cur;
     if (cur && cur == c->q_head && cur->want_continue && !cur->continue_sent &&
         !cur->body_started && cur->phase == EX_READING) {
@@ -556,6 +578,10 @@ void http_conn_kill(struct conn *c)
     }
     c->q_head = c->q_tail = c->cur = NULL;
     c->q_count = 0;
+    if (c->ws) {
+        http_ws_detach(c->ws);
+        c->ws = NULL;
+    }
     event_free(c->ev_read);
     event_free(c->ev_write);
     event_free(c->ev_timer);
@@ -599,7 +625,7 @@ void http_conn_update(struct conn *c)
         want = true;
     else if (c->closing)
         want = false;
-    else if (c->state == C_BODY)
+    else if (c->state == C_BODY || c->state == C_WS)
         want = true;
     else if (c->no_more)
         want = false;
@@ -637,6 +663,7 @@ static void queue_push(struct conn *c, struct http_exchange *ex)
         c->q_head = ex;
     c->q_tail = ex;
     c->q_count++;
+    c->nreq++;
 }
 
 /* Answers `status` after the requests already queued, then closes. */
@@ -890,6 +917,12 @@ static struct http_exchange *conn_begin(struct conn *c, const struct http_head *
         ex->close_after = true;
         c->no_more = true;
     }
+    if (http_header_find(hdrs, h->headers_count, "upgrade")) {
+        /* The bytes after this head may be another protocol's: parse no further request,
+         * and close unless the route switches protocols (http_ws.c). */
+        ex->close_after = true;
+        c->no_more = true;
+    }
     ex->chunked = h->chunked;
     ex->coding = h->content_coding;
     bool has_body = h->chunked || h->content_length > 0;
@@ -1046,6 +1079,17 @@ static void conn_linger_read(struct conn *c)
 static void conn_on_eof(struct conn *c)
 {
     c->peer_eof = true;
+    if (c->state == C_WS) {
+        /* A close answer still being written goes out first; otherwise the peer left
+         * without a close frame. */
+        if (c->closing) {
+            http_conn_flush(c);
+            http_conn_update(c);
+        } else {
+            http_conn_kill(c);
+        }
+        return;
+    }
     if (c->state == C_BODY) {
         if (c->cur->phase == EX_READING) {
             conn_fail_current(c, 400, "request body truncated (connection closed)");

@@ -44,9 +44,9 @@ struct http_inflate;
 #define LINGER_QUIET_MS 500          /* lingering ends after this long without client bytes */
 #define BODY_EAGER_BYTES (64 * 1024) /* larger bodies grow with the bytes actually received */
 
-#define NSTATUS 37 /* status_list in http_server.c, plus "other" */
+#define NSTATUS 38 /* status_list in http_server.c, plus "other" */
 
-enum { Q_DONE = 1, Q_POST, Q_CONN, Q_STOP, Q_FORCE, Q_STREAM };
+enum { Q_DONE = 1, Q_POST, Q_CONN, Q_STOP, Q_FORCE, Q_STREAM, Q_WS };
 
 struct qnode {
     struct qnode *next;
@@ -97,7 +97,8 @@ struct group {
 /* EX_STREAMING: a streamed response (http_stream.c) whose head is written and whose body is
  * being pumped from its producer; it stays at q_head until the producer finishes. */
 enum { EX_READING = 0, EX_HANDLER, EX_DONE, EX_STREAMING };
-enum { C_HEAD = 0, C_BODY, C_LINGER };
+/* C_WS: upgraded to WebSocket (http_ws.c) */
+enum { C_HEAD = 0, C_BODY, C_LINGER, C_WS };
 
 struct worker;
 struct conn;
@@ -131,6 +132,7 @@ struct http_exchange {
     uint64_t t0_ns;
     struct http_stream *stream; /* a streamed response (http_stream.c), else NULL */
     bool stream_chunked;        /* the streamed body is sent with chunked framing */
+    struct http_ws *ws;         /* http_ws_accept: the connection switches after the 101 */
     /* arena */
     size_t arena_used;
     struct block *blocks;
@@ -144,6 +146,7 @@ struct conn {
     struct event *ev_read, *ev_write, *ev_timer;
     bool reading, writing, dead, no_more, closing, peer_eof, head_partial;
     bool unread; /* closing while the client may still be sending: linger */
+    uint32_t nreq; /* requests parsed on this connection (0: fresh) */
     int state;
     int busy;
     char *in;
@@ -153,6 +156,7 @@ struct conn {
     size_t out_off, out_len, out_cap;
     struct http_exchange *q_head, *q_tail, *cur;
     unsigned q_count;
+    struct http_ws *ws; /* state C_WS */
     uint64_t timer_at, head_start_ms, body_deadline_ms, active_ms, write_deadline_ms;
     uint64_t linger_deadline_ms, linger_quiet_ms;
     char ip[INET6_ADDRSTRLEN];
@@ -218,6 +222,7 @@ struct http_server {
     pthread_mutex_t mu;
     pthread_cond_t cond;
     unsigned exited;
+    bool accept_closed; /* worker 0 closed the listener (under mu): no handoff follows */
     char resp503[256];
     size_t resp503_len;
 };
@@ -265,6 +270,19 @@ void http_conn_pop(struct conn *c, struct http_exchange *ex, bool close); /* fre
 bool http_stream_pump(struct conn *c, struct http_exchange *ex); /* true: done and popped */
 void http_stream_detach(struct http_stream *st); /* the exchange is being freed */
 void http_stream_wake(struct worker *w, struct qnode *n); /* a Q_STREAM node */
+
+/* http_ws.c (worker thread unless said otherwise) */
+void http_ws_attach(struct conn *c, struct http_ws *ws); /* after the 101: state C_WS */
+void http_ws_input(struct conn *c);       /* parses the frames in c->in */
+void http_ws_pump(struct conn *c);        /* moves queued messages to the output */
+void http_ws_note_output(struct conn *c); /* publishes the unsent output size (the bound) */
+void http_ws_stop(struct conn *c);        /* server stopping: close 1001 */
+void http_ws_detach(struct http_ws *ws);  /* the exchange or connection is being freed */
+void http_ws_wake(struct worker *w, struct qnode *n); /* a Q_WS node */
+/* exposed for tests (any thread) */
+void http_sha1(const void *data, size_t len, uint8_t out[20]);
+void http_ws_accept_key(const char *key, char out[29]);
+bool http_utf8_valid(const char *s, size_t n);
 
 /* http_router.c (build: before start; lookup: any thread after) */
 int http_router_build(struct http_server *srv);

@@ -36,7 +36,7 @@ _Thread_local struct worker *http_tls_worker;
 
 /* ---- status codes ---- */
 
-static const int status_list[] = {200, 201, 202, 204, 206, 301, 302, 303, 304, 307, 308, 400,
+static const int status_list[] = {101, 200, 201, 202, 204, 206, 301, 302, 303, 304, 307, 308, 400,
                                   401, 403, 404, 405, 406, 408, 409, 410, 411, 412, 413, 414,
                                   415, 416, 417, 422, 429, 431, 500, 501, 502, 503, 504, 505};
 _Static_assert(TALLY_ARRAY_LEN(status_list) + 1 == NSTATUS, "NSTATUS matches status_list");
@@ -56,6 +56,7 @@ const char *http_status_reason(int status)
 {
     switch (status) {
     case 100: return "Continue";
+    case 101: return "Switching Protocols";
     case 200: return "OK";
     case 201: return "Created";
     case 202: return "Accepted";
@@ -84,6 +85,7 @@ const char *http_status_reason(int status)
     case 416: return "Range Not Satisfiable";
     case 417: return "Expectation Failed";
     case 422: return "Unprocessable Content";
+    case 426: return "Upgrade Required";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
@@ -249,13 +251,31 @@ static void worker_close_listener(struct worker *w)
 static void worker_stop(struct worker *w)
 {
     w->stopping = true;
+    bool had_listener = w->ev_listen != NULL;
     worker_close_listener(w);
+    if (had_listener) { /* every connection accepted so far has been handed off */
+        pthread_mutex_lock(&w->srv->mu);
+        w->srv->accept_closed = true;
+        pthread_cond_broadcast(&w->srv->cond);
+        pthread_mutex_unlock(&w->srv->mu);
+    }
     struct conn *c = w->conns;
     while (c) {
         struct conn *next = c->next;
         c->busy++;
-        if (c->state == C_LINGER || (c->state == C_HEAD && c->q_count == 0)) {
-            http_conn_kill(c); /* idle, partial head, or already closing */
+        bool idle = c->state == C_HEAD && c->q_count == 0 && c->nreq > 0 &&
+                    c->in_len == c->in_off && !c->head_partial;
+        if (c->state == C_HEAD && c->q_count == 0 && !idle) {
+            /* A connection that has not delivered its request yet (fresh, or a head on its
+             * way): it may finish one request, answered with Connection: close (the head
+             * timeout and the drain timeout bound it). Killing it would refuse a client that
+             * the listening socket had already accepted (a restart must refuse none). */
+        } else if (c->state == C_LINGER || idle) {
+            http_conn_kill(c); /* closing already, or keep-alive and idle between requests */
+        } else if (c->state == C_WS) {
+            http_ws_stop(c); /* close 1001, then the connection ends once it is written */
+            http_conn_flush(c);
+            http_conn_update(c);
         } else {
             c->no_more = true;
             if (c->q_tail) c->q_tail->close_after = true;
@@ -319,6 +339,7 @@ static void worker_handle(struct worker *w, struct qnode *n)
         break;
     }
     case Q_STREAM: http_stream_wake(w, n); break;
+    case Q_WS: http_ws_wake(w, n); break;
     case Q_STOP: worker_stop(w); break;
     case Q_FORCE: worker_force(w); break;
     default: break;
@@ -396,7 +417,8 @@ static void worker_destroy(struct worker *w)
     struct qnode *n = w->base ? worker_take(w) : NULL;
     while (n) {
         struct qnode *next = n->next;
-        if (n->kind == Q_DONE || n->kind == Q_POST || n->kind == Q_CONN || n->kind == Q_STREAM) {
+        if (n->kind == Q_DONE || n->kind == Q_POST || n->kind == Q_CONN || n->kind == Q_STREAM ||
+            n->kind == Q_WS) {
             if (n->kind == Q_CONN) w->stopping = true;
             worker_handle(w, n);
         }
@@ -407,7 +429,8 @@ static void worker_destroy(struct worker *w)
     /* Stream wake-ups posted while the connections were being cut hold a reference. */
     for (n = w->base ? worker_take(w) : NULL; n;) {
         struct qnode *next = n->next;
-        if (n->kind == Q_DONE || n->kind == Q_POST || n->kind == Q_STREAM) worker_handle(w, n);
+        if (n->kind == Q_DONE || n->kind == Q_POST || n->kind == Q_STREAM || n->kind == Q_WS)
+            worker_handle(w, n);
         n = next;
     }
     size_t left = 0;
@@ -772,12 +795,6 @@ int http_server_stop(struct http_server *srv, uint32_t drain_timeout_ms)
 {
     if (!srv || !srv->started || srv->stopped) return 0;
     srv->stopped = true;
-    for (unsigned i = 0; i < srv->nworkers; i++)
-        if (srv->workers[i].thread_started)
-            http_worker_push(&srv->workers[i], &srv->workers[i].stop_node);
-    unsigned running = 0;
-    for (unsigned i = 0; i < srv->nworkers; i++)
-        running += srv->workers[i].thread_started;
     struct timespec dl;
     clock_gettime(CLOCK_MONOTONIC, &dl);
     dl.tv_sec += drain_timeout_ms / 1000;
@@ -786,6 +803,22 @@ int http_server_stop(struct http_server *srv, uint32_t drain_timeout_ms)
         dl.tv_sec++;
         dl.tv_nsec -= 1000000000L;
     }
+    /* Worker 0 (the acceptor) first: once it has closed the listener, every connection it
+     * accepted is already queued (FIFO) at its worker ahead of that worker's stop, so none is
+     * handed to a worker that has stopped. */
+    if (srv->workers[0].thread_started) {
+        http_worker_push(&srv->workers[0], &srv->workers[0].stop_node);
+        pthread_mutex_lock(&srv->mu);
+        while (!srv->accept_closed && !srv->workers[0].exited)
+            if (pthread_cond_timedwait(&srv->cond, &srv->mu, &dl) == ETIMEDOUT) break;
+        pthread_mutex_unlock(&srv->mu);
+    }
+    for (unsigned i = 1; i < srv->nworkers; i++)
+        if (srv->workers[i].thread_started)
+            http_worker_push(&srv->workers[i], &srv->workers[i].stop_node);
+    unsigned running = 0;
+    for (unsigned i = 0; i < srv->nworkers; i++)
+        running += srv->workers[i].thread_started;
     pthread_mutex_lock(&srv->mu);
     while (srv->exited < running) {
         if (pthread_cond_timedwait(&srv->cond, &srv->mu, &dl) == ETIMEDOUT) break;

@@ -276,6 +276,47 @@ int http_stream_finish(struct http_stream *st);
 /* Ends the response as failed (see above) and releases the handle. NULL is a no-op. */
 void http_stream_abort(struct http_stream *st);
 
+/*
+ * WebSocket (RFC 6455, http_ws.c; its header comment has the protocol rules). A GET route takes
+ * the connection over: it checks the handshake with http_ws_check (and answers the returned
+ * status itself, e.g. with http_respond_error), does its own checks (auth...), then calls
+ * http_ws_accept, which completes the exchange with 101 and returns a handle. Once the 101 is
+ * written the connection speaks WebSocket: the server answers pings, reassembles, validates
+ * and discards client messages, handles the close handshake and closes bad frames with
+ * 1002 / 1007 / 1009. The handle's owner pushes text messages from any thread.
+ *
+ * Bounds: a client message (reassembled) is at most message_bytes_max (1009 beyond); unsent
+ * server messages (queue + connection output) at most queue_bytes_max: a send beyond it
+ * fails with TALLY_EFULL and the connection is cut (slow consumer).
+ *
+ * Ownership: the handle is the caller's until exactly one http_ws_release, whatever happens
+ * to the connection. A request carrying an Upgrade header ends its connection's pipeline (the
+ * following bytes are frames); an answer other than 101 closes the connection.
+ */
+struct http_ws;
+struct http_ws_config {
+    size_t message_bytes_max; /* reassembled client message: 64 KiB (close 1009 beyond) */
+    size_t queue_bytes_max;   /* unsent server messages: 256 KiB (slow consumer cut beyond) */
+};
+void http_ws_config_defaults(struct http_ws_config *cfg);
+/* 0 when req is a valid WebSocket handshake, else the status to answer (400, or 426 for a
+ * wrong Upgrade / version) with *msg saying why. Any thread (the request must be valid). */
+int http_ws_check(const struct http_request *req, const char **msg);
+/* Completes ex with 101 (extra_headers: NULL or complete lines) and returns the handle in
+ * *out. cfg NULL: the defaults. 0, or TALLY_ENOMEM (ex then completed with 503, *out NULL).
+ * Any thread; the request must have passed http_ws_check. */
+int http_ws_accept(struct http_exchange *ex, const struct http_ws_config *cfg,
+                   const char *extra_headers, struct http_ws **out);
+/* Queues one text message (copied; must be UTF-8). Any thread. 0; TALLY_EFULL: the client is
+ * too slow and is being disconnected; TALLY_ECLOSED: the connection is gone or closing;
+ * TALLY_ENOMEM. */
+int http_ws_send(struct http_ws *ws, const char *text, size_t len);
+/* Whether the connection is gone (or being cut): the owner should release the handle. */
+bool http_ws_closed(struct http_ws *ws);
+/* Releases the handle; a non-zero close_code first closes the connection with that status
+ * (e.g. 1001 going away) if it is still open. NULL is a no-op. Any thread. */
+void http_ws_release(struct http_ws *ws, uint16_t close_code);
+
 /* Reason phrase for a status ("Not Found"); "Unknown" for others. */
 const char *http_status_reason(int status);
 

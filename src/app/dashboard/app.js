@@ -5,8 +5,9 @@
  * is the single source of truth: controls write it, render() reads it.
  *
  * Realtime: live.start(site, onCount) is the only place that knows how the current-visitor
- * count arrives. Today it polls the query API (date_range "realtime") every 5 s; switching to
- * the WebSocket GET /api/v1/live replaces that one function.
+ * count arrives: pushed by the WebSocket GET /api/v1/live (the key in its ?key=, the one
+ * place the key goes into a URL: browsers cannot set headers on a WebSocket), or polled from
+ * the query API (date_range "realtime") every 5 s while the socket cannot be used.
  */
 (function () {
   'use strict';
@@ -155,20 +156,53 @@
     return api('/api/v2/query', q);
   }
 
-  /* The realtime count: see the top of this file. Returns a stop function. */
+  /* The realtime count: see the top of this file. The WebSocket GET /api/v1/live pushes
+   * {"type": "visitors"} every few seconds (the key goes in ?key=: browsers cannot set
+   * headers on a WebSocket); when the socket cannot open or drops, the count falls back to
+   * polling the query API every POLL_MS and the socket is tried again after a minute. */
   var live = {
     stop: function () {},
     start: function (site, onCount) {
       live.stop();
-      var timer = 0, stopped = false;
+      var timer = 0, stopped = false, ws = null;
       function tick() {
         api('/api/v2/query', {site_id: site, metrics: ['visitors'], date_range: 'realtime'})
           .then(function (j) { if (!stopped) onCount(j.results[0].metrics[0]); },
             function () { if (!stopped) onCount(null); })
-          .then(function () { if (!stopped) timer = setTimeout(tick, POLL_MS); });
+          .then(function () { if (!stopped && !ws) timer = setTimeout(tick, POLL_MS); });
       }
-      tick();
-      live.stop = function () { stopped = true; clearTimeout(timer); };
+      function poll() {
+        if (stopped || ws) return;
+        tick();
+        timer = setTimeout(function () { clearTimeout(timer); if (!stopped) socket(); }, 60000);
+      }
+      function socket() {
+        if (stopped || typeof WebSocket !== 'function') { poll(); return; }
+        var url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host +
+          '/api/v1/live?site_id=' + encodeURIComponent(site) + '&key=' +
+          encodeURIComponent(apiKey());
+        var opened = false, s;
+        try { s = new WebSocket(url); } catch (e) { poll(); return; }
+        ws = s;
+        s.onopen = function () { opened = true; };
+        s.onmessage = function (m) {
+          var j;
+          try { j = JSON.parse(m.data); } catch (e) { return; }
+          if (!stopped && j.type === 'visitors') onCount(j.visitors);
+        };
+        s.onclose = function () {
+          if (ws !== s) return;
+          ws = null;
+          if (stopped) return;
+          if (opened) { timer = setTimeout(socket, 2000); } else { poll(); }
+        };
+      }
+      socket();
+      live.stop = function () {
+        stopped = true;
+        clearTimeout(timer);
+        if (ws) { var s = ws; ws = null; s.close(); }
+      };
     }
   };
 
