@@ -8,12 +8,13 @@
  *       GET /api/v1/stats/realtime/visitors answers it (the planner answers from the rollup
  *       minute cells; null when the query fails); on the ticker thread, never an event loop.
  *       The rollup consumers run a little behind the log, so the count lags by about that.
- *   {"type": "event", "site", "name", "path", "referrer", "country", "device", "ts"}
- *       each event of the site once its append committed (the 202 is on its way). What is
- *       known at acknowledgement time: path of the URL, referrer HOST (not the URL, no query),
- *       country from the server's geo lookup, device class from the User-Agent ("Desktop",
- *       "Mobile", "Tablet"); a field unknown is null. The source channel ("Google",
- *       "Direct / None") is derived later by the consumers and is not sent. Bots and events
+ *   {"type": "event", "site", "name", "path", "source", "referrer", "country", "device", "ts"}
+ *       each event of the site once its append committed (the 202 is on its way): path of
+ *       the URL, source as the dashboard shows it ("Google", "Direct / None": the referrer
+ *       classifier of src/ingest/referrer.h on the Referer and the URL's tags, as the consumers
+ *       will derive it), referrer HOST (not the URL, no query), country from the server's geo
+ *       lookup, device class from the User-Agent ("Desktop", "Mobile", "Tablet"); a field
+ *       unknown is null. Bots and events
  *       whose host is not allowed are not sent (they are not counted either). Never a visitor
  *       id, IP, User-Agent or query string.
  *   {"type": "dropped", "count": N}   events left out by the rate limit since the last one.
@@ -47,6 +48,7 @@
 #include "http/http_server.h"
 #include "ingest/event.h"
 #include "ingest/native.h"
+#include "ingest/referrer.h"
 #include "ingest/timefmt.h"
 #include "ingest/ua.h"
 #include "ingest/url.h"
@@ -158,6 +160,31 @@ static bool batch_add(struct live_batch *b, const struct event *ev, uint8_t devi
     struct url r;
     if (ev->referrer.len > 0 && url_parse_any(ev->referrer.ptr, ev->referrer.len, &r) == 0)
         ref = r.host;
+    /* the source, as the consumers will derive it (derive.c: tags of the page URL + Referer) */
+    referrer_tags tags;
+    memset(&tags, 0, sizeof tags);
+    struct url pu;
+    struct url_utm utm;
+    char tag_ref[128], ref_nt[REFERRER_INPUT_BYTES_MAX + 1];
+    bool have_url = ev->url.len > 0 && url_parse(ev->url.ptr, ev->url.len, &pu) == 0;
+    if (have_url) {
+        url_utm_get(&pu, &utm);
+        tags.utm_source = utm.source_len ? utm.source : NULL;
+        tags.utm_medium = utm.medium_len ? utm.medium : NULL;
+        tags.utm_campaign = utm.campaign_len ? utm.campaign : NULL;
+        size_t rl = 0;
+        if (pu.query &&
+            (url_query_get(pu.query, pu.query_len, "ref", tag_ref, sizeof tag_ref, &rl) ||
+             url_query_get(pu.query, pu.query_len, "source", tag_ref, sizeof tag_ref, &rl)) &&
+            rl > 0)
+            tags.ref = tag_ref;
+    }
+    size_t rn = ev->referrer.len < REFERRER_INPUT_BYTES_MAX ? ev->referrer.len
+                                                            : REFERRER_INPUT_BYTES_MAX;
+    if (rn) memcpy(ref_nt, ev->referrer.ptr, rn);
+    ref_nt[rn] = 0;
+    referrer_info ri;
+    referrer_classify(ref_nt, have_url ? pu.host : NULL, &tags, &ri);
     const char *dev = device_name(device);
     char ts[48];
     int tl = snprintf(ts, sizeof ts, ", \"ts\": %lld}", (long long)ev->ts_ms);
@@ -165,6 +192,7 @@ static bool batch_add(struct live_batch *b, const struct event *ev, uint8_t devi
         !put_str(b, "site", ev->site.ptr, ev->site.len, STORE_SITE_NAME_BYTES_MAX) ||
         !put_str(b, "name", ev->name.ptr, ev->name.len, LIVE_NAME_BYTES_MAX) ||
         !put_str(b, "path", path, path_len, LIVE_PATH_BYTES_MAX) ||
+        !put_str(b, "source", ri.source, strlen(ri.source), LIVE_NAME_BYTES_MAX) ||
         !put_str(b, "referrer", ref, strlen(ref), LIVE_NAME_BYTES_MAX) ||
         !put_str(b, "country", ev->country.ptr, ev->country.len, 8) ||
         !put_str(b, "device", dev, strlen(dev), 16) || !buf_put(b, ts, (size_t)tl))

@@ -543,6 +543,7 @@ def chromium_websocket():
         check(any(m["type"] == "visitors" for m in res["messages"]), res)
         for e in events:
             check("visitor" not in json.dumps(e) and "ip" not in e, e)
+            eq(e["source"], "Google", e)  # as the dashboard will show it
     finally:
         t.stop()
 
