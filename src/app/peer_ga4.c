@@ -62,6 +62,7 @@
 
 #include "app/ingest.h"
 #include "app/peers.h"
+#include "core/json_arena.h"
 #include "ingest/timefmt.h"
 #include "ingest/url.h"
 #include "tally/error.h"
@@ -742,7 +743,7 @@ static void on_collect(struct http_request *req, struct http_exchange *ex, void 
     if (req->body_len > GA4_BODY_BYTES_MAX) {
         msg(r, "", "VALUE_OUT_OF_BOUNDS", "The request body is %zu bytes; it must be smaller "
             "than 130 kB.", req->body_len);
-    } else if (!(root = cJSON_ParseWithLength(req->body, req->body_len))) {
+    } else if (!(root = json_arena_parse(req->body, req->body_len))) {
         msg(r, "", "VALUE_INVALID", "Unable to parse Measurement Protocol JSON payload.");
     } else {
         n = decode(r, root, req);

@@ -73,6 +73,7 @@
 #include "app/ingest.h"
 #include "app/peer_sdk.h"
 #include "app/peers.h"
+#include "core/json_arena.h"
 #include "http/http_inflate.h"
 #include "http/http_url.h"
 #include "ingest/ua.h"
@@ -367,16 +368,62 @@ static bool uuid_valid(const char *s)
     return hexes == 32;
 }
 
+/* The properties decode_event reads, found in one pass over the members (a PostHog event
+ * carries some 30 of them; a lookup per field walked them a dozen times). Each is the first
+ * member of that name, as cJSON_GetObjectItemCaseSensitive would return, or NULL. */
+struct ph_props {
+    const cJSON *current_url, *pathname, *screen_name, *referrer, *raw_user_agent;
+    const cJSON *screen_width, *screen_height, *browser_language, *ip, *geoip_disable;
+    const cJSON *ignore_sent_at, *distinct_id;
+};
+
+/* The slot of a property name props_scan keeps, or NULL. A switch on the second byte first:
+ * most of PostHog's own properties ($os, $lib, $time, ...) are then rejected without a
+ * string comparison. */
+static const cJSON **props_slot(struct ph_props *pp, const char *k)
+{
+    if (k[0] == 'd') return strcmp(k, "distinct_id") == 0 ? &pp->distinct_id : NULL;
+    if (k[0] != '$') return NULL;
+    switch (k[1]) {
+    case 'b': return strcmp(k, "$browser_language") == 0 ? &pp->browser_language : NULL;
+    case 'c': return strcmp(k, "$current_url") == 0 ? &pp->current_url : NULL;
+    case 'g': return strcmp(k, "$geoip_disable") == 0 ? &pp->geoip_disable : NULL;
+    case 'i':
+        if (strcmp(k, "$ip") == 0) return &pp->ip;
+        return strcmp(k, "$ignore_sent_at") == 0 ? &pp->ignore_sent_at : NULL;
+    case 'p': return strcmp(k, "$pathname") == 0 ? &pp->pathname : NULL;
+    case 'r':
+        if (strcmp(k, "$referrer") == 0) return &pp->referrer;
+        return strcmp(k, "$raw_user_agent") == 0 ? &pp->raw_user_agent : NULL;
+    case 's':
+        if (strcmp(k, "$screen_width") == 0) return &pp->screen_width;
+        if (strcmp(k, "$screen_height") == 0) return &pp->screen_height;
+        return strcmp(k, "$screen_name") == 0 ? &pp->screen_name : NULL;
+    default: return NULL;
+    }
+}
+
+static void props_scan(const cJSON *props, struct ph_props *pp)
+{
+    memset(pp, 0, sizeof *pp);
+    if (!cJSON_IsObject(props)) return;
+    for (const cJSON *c = props->child; c; c = c->next) {
+        const cJSON **slot = c->string ? props_slot(pp, c->string) : NULL;
+        if (slot && !*slot) *slot = c;
+    }
+}
+
 /* distinct_id: top-level distinct_id / $distinct_id, else properties.distinct_id; at most
  * PH_DISTINCT_ID_CHARS_MAX characters. NULL when absent or empty. */
-static const char *distinct_id(struct ph_req *r, const cJSON *ev, const cJSON *props, size_t *len)
+static const char *distinct_id(struct ph_req *r, const cJSON *ev, const struct ph_props *pp,
+                               size_t *len)
 {
     const char *id = peer_id_text(r->arena, cJSON_GetObjectItemCaseSensitive(ev, "distinct_id"),
                                   len);
     if (!id)
         id = peer_id_text(r->arena, cJSON_GetObjectItemCaseSensitive(ev, "$distinct_id"), len);
     if (!id)
-        id = peer_id_text(r->arena, cJSON_GetObjectItemCaseSensitive(props, "distinct_id"), len);
+        id = peer_id_text(r->arena, pp->distinct_id, len);
     if (!id) return NULL;
     size_t chars = 0, i = 0;
     for (; i < *len; i++) {
@@ -386,15 +433,15 @@ static const char *distinct_id(struct ph_req *r, const cJSON *ev, const cJSON *p
     return id;
 }
 
-static int event_time(struct ph_req *r, const cJSON *ev, const cJSON *props, int i, int64_t *ts)
+static int event_time(struct ph_req *r, const cJSON *ev, const struct ph_props *pp, int i,
+                      int64_t *ts)
 {
     int64_t t;
     int rc = peer_time(cJSON_GetObjectItemCaseSensitive(ev, "timestamp"), &t);
     if (rc == TALLY_EINVAL)
         return bad(r, "invalid_payload", "Invalid payload: event %d has an invalid timestamp", i);
     const cJSON *off = cJSON_GetObjectItemCaseSensitive(ev, "offset");
-    bool skew = r->has_sent_at &&
-                !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(props, "$ignore_sent_at"));
+    bool skew = r->has_sent_at && !cJSON_IsTrue(pp->ignore_sent_at);
     if (rc == 0)
         *ts = skew ? r->now_ms + (t - r->sent_at_ms) : t;
     else if (cJSON_IsNumber(off) && isfinite(off->valuedouble) && off->valuedouble >= 0 &&
@@ -418,15 +465,13 @@ static const char *const ph_skip_revenue_keys[] = {"token", "distinct_id", "reve
                                                    NULL};
 
 /* The URL of a $pageview or $screen. */
-static int view_url(struct ph_req *r, const cJSON *props, bool screen, struct event *ev)
+static int view_url(struct ph_req *r, const struct ph_props *pp, bool screen, struct event *ev)
 {
-    ev->url = peer_url(cJSON_GetObjectItemCaseSensitive(props, "$current_url"));
+    ev->url = peer_url(pp->current_url);
     if (ev->url.len > 0) return peer_keep(r->arena, &ev->url);
     if (!r->site_name) r->site_name = peer_site_name(r->app, r->token);
     if (!r->site_name) return 0; /* ingest_submit answers the unknown token */
-    struct event_str p = peer_str(cJSON_GetObjectItemCaseSensitive(props, screen ? "$screen_name"
-                                                                                 : "$pathname"),
-                                  1024);
+    struct event_str p = peer_str(screen ? pp->screen_name : pp->pathname, 1024);
     const char *u = peer_synth_url(r->arena, r->site_name, p.ptr, p.len, screen, &ev->url.len);
     if (!u) return TALLY_ENOMEM;
     ev->url.ptr = u;
@@ -451,8 +496,10 @@ static int decode_event(struct ph_req *r, const cJSON *e, int i, struct native_e
     if (props && !cJSON_IsNull(props) && !cJSON_IsObject(props))
         return bad(r, "invalid_payload", "Invalid payload: event %d: 'properties' must be an "
                    "object", i);
+    struct ph_props pp;
+    props_scan(props, &pp);
     size_t vlen = 0;
-    const char *vid = distinct_id(r, e, props, &vlen);
+    const char *vid = distinct_id(r, e, &pp, &vlen);
     if (!vid)
         return bad(r, "invalid_payload", "Invalid payload: All events must have the event field "
                    "'distinct_id'! (event %d)", i);
@@ -467,7 +514,7 @@ static int decode_event(struct ph_req *r, const cJSON *e, int i, struct native_e
     struct event *ev = &ne->ev;
     memset(ne, 0, sizeof *ne);
     event_init(ev);
-    int rc = event_time(r, e, props, i, &ev->ts_ms);
+    int rc = event_time(r, e, &pp, i, &ev->ts_ms);
     if (rc) return rc;
 
     bool pageview = strcmp(nm, "$pageview") == 0, screen = strcmp(nm, "$screen") == 0;
@@ -483,15 +530,15 @@ static int decode_event(struct ph_req *r, const cJSON *e, int i, struct native_e
         if ((rc = peer_keep(r->arena, &ev->client_id))) return rc;
     }
     if (pageview || screen) {
-        rc = view_url(r, props, screen, ev);
+        rc = view_url(r, &pp, screen, ev);
     } else {
         ev->name = peer_str(name, EVENT_NAME_BYTES_MAX);
         if ((rc = peer_keep(r->arena, &ev->name))) return rc;
-        ev->url = peer_url(cJSON_GetObjectItemCaseSensitive(props, "$current_url"));
+        ev->url = peer_url(pp.current_url);
         rc = peer_keep(r->arena, &ev->url);
     }
     if (rc) return rc;
-    const cJSON *ref = cJSON_GetObjectItemCaseSensitive(props, "$referrer");
+    const cJSON *ref = pp.referrer;
     if (!(cJSON_IsString(ref) && ref->valuestring && strcmp(ref->valuestring, "$direct") == 0))
         ev->referrer = peer_str(ref, EVENT_REFERRER_BYTES_MAX);
     if ((rc = peer_keep(r->arena, &ev->referrer))) return rc;
@@ -505,16 +552,14 @@ static int decode_event(struct ph_req *r, const cJSON *e, int i, struct native_e
     ev->props = pa;
     ev->props_count = np;
 
-    ev->user_agent = peer_str(cJSON_GetObjectItemCaseSensitive(props, "$raw_user_agent"),
-                              EVENT_USER_AGENT_BYTES_MAX);
+    ev->user_agent = peer_str(pp.raw_user_agent, EVENT_USER_AGENT_BYTES_MAX);
     if ((rc = peer_keep(r->arena, &ev->user_agent))) return rc;
-    ev->screen_width_px = peer_pixels(cJSON_GetObjectItemCaseSensitive(props, "$screen_width"));
-    ev->screen_height_px = peer_pixels(cJSON_GetObjectItemCaseSensitive(props, "$screen_height"));
-    ev->language = peer_language(r->arena,
-                                 cJSON_GetObjectItemCaseSensitive(props, "$browser_language"));
-    ne->ip = peer_ip(r->arena, cJSON_GetObjectItemCaseSensitive(props, "$ip"));
+    ev->screen_width_px = peer_pixels(pp.screen_width);
+    ev->screen_height_px = peer_pixels(pp.screen_height);
+    ev->language = peer_language(r->arena, pp.browser_language);
+    ne->ip = peer_ip(r->arena, pp.ip);
     if (ne->ip.len == 0 &&
-        (r->server_sdk || cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(props, "$geoip_disable"))))
+        (r->server_sdk || cJSON_IsTrue(pp.geoip_disable)))
         ne->ip = (struct event_str){"0.0.0.0", 7}; /* no visitor address: no geo */
     return 0;
 }
@@ -544,7 +589,7 @@ static const cJSON *events_of(const cJSON *root, const cJSON **req_token, const 
             size_t n = strlen(s);
             if (s[0] != '{' && s[0] != '[' && base64_decode_inplace(s, n, &n) != 0) return NULL;
             if (!event_text_valid(s, n)) return NULL;
-            *extra = cJSON_ParseWithLength(s, n);
+            *extra = json_arena_parse(s, n);
             if (cJSON_IsArray(*extra)) return *extra;
             if (cJSON_IsObject(*extra)) {
                 *single = true;
@@ -584,7 +629,7 @@ static void on_capture(struct http_request *req, struct http_exchange *ex, void 
     }
     cJSON *root = NULL, *extra = NULL;
     if (peer_body_text_valid(body.json, body.len))
-        root = cJSON_ParseWithLength(body.json, body.len);
+        root = json_arena_parse(body.json, body.len);
     free(body.owned);
     const cJSON *req_token = NULL, *sent_at = NULL;
     bool single;

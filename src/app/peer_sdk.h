@@ -49,8 +49,22 @@ PEER_FN size_t peer_number_text(double v, char out[PEER_NUMBER_BYTES])
         memcpy(out, "0", 2);
         return 1;
     }
-    if (fabs(v) < 1e15 && v == floor(v))
-        return (size_t)snprintf(out, PEER_NUMBER_BYTES, "%.0f", v);
+    if (fabs(v) < 1e15 && v == floor(v)) {
+        /* What "%.0f" prints for an integer below 10^15, without snprintf's cost. */
+        int64_t i = (int64_t)v;
+        uint64_t u = i < 0 ? (uint64_t)-i : (uint64_t)i;
+        char rev[20];
+        size_t k = 0, n = 0;
+        do {
+            rev[k++] = (char)('0' + u % 10);
+            u /= 10;
+        } while (u);
+        if (i < 0) out[n++] = '-';
+        while (k)
+            out[n++] = rev[--k];
+        out[n] = 0;
+        return n;
+    }
     int n = 0;
     for (int prec = 15; prec <= 17; prec++) {
         n = snprintf(out, PEER_NUMBER_BYTES, "%.*g", prec, v);
@@ -234,9 +248,10 @@ PEER_FN int peer_props_add(struct event_arena *a, struct event_prop *props, uint
     if (!cJSON_IsObject(obj)) return 0;
     for (const cJSON *c = obj->child; c && *count < EVENT_PROPS_MAX; c = c->next) {
         const char *k = c->string;
-        size_t klen = k ? strlen(k) : 0;
-        if (klen == 0 || !event_text_valid(k, klen)) continue;
-        if (depth == 0 && peer_skipped(sk, k)) continue;
+        if (!k || !k[0]) continue;
+        if (depth == 0 && peer_skipped(sk, k)) continue; /* before the UTF-8 check: cheaper */
+        size_t klen = strlen(k);
+        if (!event_text_valid(k, klen)) continue;
         size_t full = prefix_len + (prefix_len ? 1 : 0) + klen;
         if (full > EVENT_PROP_KEY_BYTES_MAX) continue;
         char key[EVENT_PROP_KEY_BYTES_MAX + 1];

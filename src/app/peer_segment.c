@@ -67,6 +67,7 @@
 #include "app/ingest.h"
 #include "app/peer_sdk.h"
 #include "app/peers.h"
+#include "core/json_arena.h"
 #include "ingest/ua.h"
 
 #define SEG_BATCH_BYTES_MAX (500 * 1024)
@@ -217,9 +218,51 @@ static const cJSON *ctx_get(const struct seg_req *r, const cJSON *ctx, const cha
     return it;
 }
 
-static enum seg_type type_of(const cJSON *msg)
+/* The members of a message the decoder reads, found in one pass over it (a lookup per field
+ * walked the members a dozen times). Each is the first member of that name, as
+ * cJSON_GetObjectItemCaseSensitive would return, or NULL (also when msg is not an object). */
+struct seg_msg {
+    const cJSON *type, *userId, *anonymousId, *event, *timestamp, *originalTimestamp, *sentAt;
+    const cJSON *context, *properties, *messageId, *name, *category, *previousId, *groupId;
+};
+
+static const cJSON **msg_slot(struct seg_msg *m, const char *k)
 {
-    const cJSON *t = cJSON_GetObjectItemCaseSensitive(msg, "type");
+    switch (k[0]) {
+    case 'a': return strcmp(k, "anonymousId") == 0 ? &m->anonymousId : NULL;
+    case 'c':
+        if (strcmp(k, "context") == 0) return &m->context;
+        return strcmp(k, "category") == 0 ? &m->category : NULL;
+    case 'e': return strcmp(k, "event") == 0 ? &m->event : NULL;
+    case 'g': return strcmp(k, "groupId") == 0 ? &m->groupId : NULL;
+    case 'm': return strcmp(k, "messageId") == 0 ? &m->messageId : NULL;
+    case 'n': return strcmp(k, "name") == 0 ? &m->name : NULL;
+    case 'o': return strcmp(k, "originalTimestamp") == 0 ? &m->originalTimestamp : NULL;
+    case 'p':
+        if (strcmp(k, "properties") == 0) return &m->properties;
+        return strcmp(k, "previousId") == 0 ? &m->previousId : NULL;
+    case 's': return strcmp(k, "sentAt") == 0 ? &m->sentAt : NULL;
+    case 't':
+        if (strcmp(k, "type") == 0) return &m->type;
+        return strcmp(k, "timestamp") == 0 ? &m->timestamp : NULL;
+    case 'u': return strcmp(k, "userId") == 0 ? &m->userId : NULL;
+    default: return NULL;
+    }
+}
+
+static void msg_scan(const cJSON *msg, struct seg_msg *m)
+{
+    memset(m, 0, sizeof *m);
+    if (!cJSON_IsObject(msg)) return;
+    for (const cJSON *c = msg->child; c; c = c->next) {
+        const cJSON **slot = c->string ? msg_slot(m, c->string) : NULL;
+        if (slot && !*slot) *slot = c;
+    }
+}
+
+static enum seg_type type_of(const struct seg_msg *m)
+{
+    const cJSON *t = m->type;
     if (!cJSON_IsString(t) || !t->valuestring) return T_NONE;
     for (int i = 0; i < (int)(sizeof type_names / sizeof type_names[0]); i++)
         if (strcmp(t->valuestring, type_names[i]) == 0) return (enum seg_type)i;
@@ -233,44 +276,42 @@ static bool has_id(const cJSON *it)
 }
 
 /* The requirements Segment documents for each type. */
-static int validate(struct seg_req *r, const cJSON *msg, enum seg_type type, int i)
+static int validate(struct seg_req *r, const struct seg_msg *m, enum seg_type type, int i)
 {
-    const cJSON *uid = cJSON_GetObjectItemCaseSensitive(msg, "userId");
-    const cJSON *aid = cJSON_GetObjectItemCaseSensitive(msg, "anonymousId");
+    const cJSON *uid = m->userId;
+    const cJSON *aid = m->anonymousId;
     if (type == T_ALIAS) {
         if (!has_id(uid)) return bad(r, i, "message %d: alias needs a userId", i);
-        if (!has_id(cJSON_GetObjectItemCaseSensitive(msg, "previousId")))
-            return bad(r, i, "message %d: alias needs a previousId", i);
+        if (!has_id(m->previousId)) return bad(r, i, "message %d: alias needs a previousId", i);
         return 0;
     }
     if (!has_id(uid) && !has_id(aid))
         return bad(r, i, "message %d: you must supply either an anonymousId or a userId", i);
     if (type == T_TRACK) {
-        const cJSON *e = cJSON_GetObjectItemCaseSensitive(msg, "event");
+        const cJSON *e = m->event;
         if (!cJSON_IsString(e) || !e->valuestring || !e->valuestring[0])
             return bad(r, i, "message %d: track needs an event name", i);
         if (!event_text_valid(e->valuestring, strlen(e->valuestring)))
             return bad(r, i, "message %d: event is not valid UTF-8", i);
     }
-    if (type == T_GROUP && !has_id(cJSON_GetObjectItemCaseSensitive(msg, "groupId")))
+    if (type == T_GROUP && !has_id(m->groupId))
         return bad(r, i, "message %d: group needs a groupId", i);
     return 0;
 }
 
 /* Event time, Segment's way (see the top of the file). */
-static int event_time(struct seg_req *r, const cJSON *msg, int i, int64_t *ts)
+static int event_time(struct seg_req *r, const struct seg_msg *m, int i, int64_t *ts)
 {
     int64_t t, sent;
-    int rc = peer_time(cJSON_GetObjectItemCaseSensitive(msg, "timestamp"), &t);
-    if (rc == TALLY_ENOENT)
-        rc = peer_time(cJSON_GetObjectItemCaseSensitive(msg, "originalTimestamp"), &t);
+    int rc = peer_time(m->timestamp, &t);
+    if (rc == TALLY_ENOENT) rc = peer_time(m->originalTimestamp, &t);
     if (rc == TALLY_EINVAL)
         return bad(r, i, "message %d: timestamp must be an ISO 8601 date-time", i);
     if (rc == TALLY_ENOENT) {
         *ts = r->now_ms;
         return 0;
     }
-    const cJSON *s = cJSON_GetObjectItemCaseSensitive(msg, "sentAt");
+    const cJSON *s = m->sentAt;
     if (!s || cJSON_IsNull(s)) s = r->batch_sent_at;
     int src = peer_time(s, &sent);
     if (src == TALLY_EINVAL)
@@ -290,8 +331,8 @@ static const char *const page_skip_keys[] = {"url", "path", "referrer", "search"
 static const char *const revenue_skip_keys[] = {"revenue", "currency", NULL};
 
 /* The URL of a page or screen view (see the top of the file). */
-static int page_url(struct seg_req *r, const cJSON *msg, const cJSON *props, const cJSON *page,
-                    struct event *ev)
+static int page_url(struct seg_req *r, const struct seg_msg *m, const cJSON *props,
+                    const cJSON *page, struct event *ev)
 {
     ev->url = peer_url(cJSON_GetObjectItemCaseSensitive(props, "url"));
     if (ev->url.len == 0) ev->url = peer_url(cJSON_GetObjectItemCaseSensitive(page, "url"));
@@ -302,7 +343,7 @@ static int page_url(struct seg_req *r, const cJSON *msg, const cJSON *props, con
     if (path.len == 0) path = peer_str(cJSON_GetObjectItemCaseSensitive(page, "path"), 1024);
     bool is_name = false;
     if (path.len == 0) {
-        path = peer_str(cJSON_GetObjectItemCaseSensitive(msg, "name"), 512);
+        path = peer_str(m->name, 512);
         is_name = true;
     }
     const char *u = peer_synth_url(r->arena, r->site_name, path.ptr, path.len, is_name,
@@ -320,7 +361,7 @@ static int add_prop_str(struct seg_req *r, struct event_prop *props, uint32_t *c
 }
 
 /* One track/page/screen message -> *ne. */
-static int decode_event(struct seg_req *r, const cJSON *msg, enum seg_type type, int i,
+static int decode_event(struct seg_req *r, const struct seg_msg *m, enum seg_type type, int i,
                         struct native_event *ne)
 {
     struct event *ev = &ne->ev;
@@ -330,11 +371,11 @@ static int decode_event(struct seg_req *r, const cJSON *msg, enum seg_type type,
     ev->received_ms = r->now_ms;
     ev->site.ptr = r->write_key;
     ev->site.len = strlen(r->write_key);
-    int rc = event_time(r, msg, i, &ev->ts_ms);
+    int rc = event_time(r, m, i, &ev->ts_ms);
     if (rc) return rc;
 
-    const cJSON *ctx = cJSON_GetObjectItemCaseSensitive(msg, "context");
-    const cJSON *props = cJSON_GetObjectItemCaseSensitive(msg, "properties");
+    const cJSON *ctx = m->context;
+    const cJSON *props = m->properties;
     const cJSON *page = ctx_get(r, ctx, "page");
     const cJSON *screen = ctx_get(r, ctx, "screen");
     struct event_prop *pa = peer_props_new(r->arena);
@@ -342,7 +383,7 @@ static int decode_event(struct seg_req *r, const cJSON *msg, enum seg_type type,
     uint32_t np = 0;
 
     if (type == T_TRACK) {
-        const cJSON *e = cJSON_GetObjectItemCaseSensitive(msg, "event");
+        const cJSON *e = m->event;
         ev->name = peer_str(e, EVENT_NAME_BYTES_MAX);
         if ((rc = peer_keep(r->arena, &ev->name))) return rc;
         ev->url = peer_url(cJSON_GetObjectItemCaseSensitive(page, "url"));
@@ -353,7 +394,7 @@ static int decode_event(struct seg_req *r, const cJSON *msg, enum seg_type type,
         if (peer_revenue(props, "USD", ev)) sk.keys = revenue_skip_keys;
         rc = peer_props_add(r->arena, pa, &np, "", 0, props, 0, &sk);
     } else {
-        if ((rc = page_url(r, msg, props, page, ev))) return rc;
+        if ((rc = page_url(r, m, props, page, ev))) return rc;
         ev->referrer = peer_str(cJSON_GetObjectItemCaseSensitive(props, "referrer"),
                                 EVENT_REFERRER_BYTES_MAX);
         if (ev->referrer.len == 0)
@@ -362,10 +403,9 @@ static int decode_event(struct seg_req *r, const cJSON *msg, enum seg_type type,
         struct peer_skip sk = {false, page_skip_keys};
         rc = peer_props_add(r->arena, pa, &np, "", 0, props, 0, &sk);
         if (!rc)
-            rc = add_prop_str(r, pa, &np, "name", cJSON_GetObjectItemCaseSensitive(msg, "name"));
+            rc = add_prop_str(r, pa, &np, "name", m->name);
         if (!rc)
-            rc = add_prop_str(r, pa, &np, "category",
-                              cJSON_GetObjectItemCaseSensitive(msg, "category"));
+            rc = add_prop_str(r, pa, &np, "category", m->category);
     }
     if (rc) return rc;
     if ((rc = peer_keep(r->arena, &ev->referrer))) return rc;
@@ -378,16 +418,15 @@ static int decode_event(struct seg_req *r, const cJSON *msg, enum seg_type type,
     ev->screen_height_px = peer_pixels(cJSON_GetObjectItemCaseSensitive(screen, "height"));
     ev->language = peer_language(r->arena, ctx_get(r, ctx, "locale"));
 
-    const cJSON *mid = cJSON_GetObjectItemCaseSensitive(msg, "messageId");
+    const cJSON *mid = m->messageId;
     struct event_str id = peer_str(mid, EVENT_CLIENT_ID_BYTES_MAX + 1);
     if (id.len > 0 && id.len <= EVENT_CLIENT_ID_BYTES_MAX) {
         ev->client_id = id;
         if ((rc = peer_keep(r->arena, &ev->client_id))) return rc;
     }
     size_t vlen = 0;
-    const char *vid = peer_id_text(r->arena, cJSON_GetObjectItemCaseSensitive(msg, "anonymousId"),
-                                   &vlen);
-    if (!vid) vid = peer_id_text(r->arena, cJSON_GetObjectItemCaseSensitive(msg, "userId"), &vlen);
+    const char *vid = peer_id_text(r->arena, m->anonymousId, &vlen);
+    if (!vid) vid = peer_id_text(r->arena, m->userId, &vlen);
     ne->visitor_id = (struct event_str){vid ? vid : "", vid ? vlen : 0};
 
     ne->ip = peer_ip(r->arena, ctx_get(r, ctx, "ip"));
@@ -475,7 +514,7 @@ static void on_segment(struct http_request *req, struct http_exchange *ex, void 
         seg_fail(ex, 400, "invalid_request", "Invalid JSON", NULL);
         return;
     }
-    cJSON *root = cJSON_ParseWithLength(req->body, req->body_len);
+    cJSON *root = json_arena_parse(req->body, req->body_len);
     if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
         metrics_counter_add(app->events_dropped[DROP_INVALID], 1);
@@ -533,7 +572,9 @@ static void on_segment(struct http_request *req, struct http_exchange *ex, void 
     int count = 0, rc = 0, i = 0;
     bool measure = ra->type == T_BATCH && req->body_len > SEG_CALL_BYTES_MAX;
     for (cJSON *msg = items ? items->child : root; msg && rc == 0; i++) {
-        enum seg_type type = ra->type == T_BATCH ? type_of(msg) : ra->type;
+        struct seg_msg m;
+        msg_scan(msg, &m);
+        enum seg_type type = ra->type == T_BATCH ? type_of(&m) : ra->type;
         if (!cJSON_IsObject(msg))
             rc = bad(&r, i, "message %d must be an object", i);
         else if (type == T_NONE)
@@ -542,9 +583,9 @@ static void on_segment(struct http_request *req, struct http_exchange *ex, void 
         else if (measure && !message_fits(t, msg))
             rc = bad(&r, i, "Exceed payload limit: message %d is over 32 KB", i);
         else
-            rc = validate(&r, msg, type, i);
+            rc = validate(&r, &m, type, i);
         if (rc == 0 && (type == T_TRACK || type == T_PAGE || type == T_SCREEN))
-            rc = decode_event(&r, msg, type, i, &evs[count++]);
+            rc = decode_event(&r, &m, type, i, &evs[count++]);
         msg = items ? msg->next : NULL;
     }
     cJSON_Delete(root);

@@ -49,6 +49,7 @@
 
 #include "app/ingest.h"
 #include "app/peers.h"
+#include "core/json_arena.h"
 #include "ingest/timefmt.h"
 #include "ingest/url.h"
 #include "tally/error.h"
@@ -585,7 +586,7 @@ static void on_send(struct http_request *req, struct http_exchange *ex, void *ar
         http_respond_error(ex, 503, "out of memory; retry later");
         return;
     }
-    cJSON *root = cJSON_ParseWithLength(req->body, req->body_len);
+    cJSON *root = json_arena_parse(req->body, req->body_len);
     struct native_event ne;
     enum uresult r = decode_one(&d, root, &ne);
     if (r == U_INVALID) {
@@ -616,7 +617,7 @@ static void on_batch(struct http_request *req, struct http_exchange *ex, void *a
         http_respond_error(ex, 503, "out of memory; retry later");
         return;
     }
-    cJSON *root = cJSON_ParseWithLength(req->body, req->body_len);
+    cJSON *root = json_arena_parse(req->body, req->body_len);
     cJSON *out = NULL;
     if (!cJSON_IsArray(root)) {
         drop_invalid(app, 1);
