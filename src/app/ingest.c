@@ -82,13 +82,6 @@ static struct ingest_tls *tls_get(void)
     return t;
 }
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void drop(struct app *app, enum drop_reason r, uint64_t n)
 {
     metrics_counter_add(app->events_dropped[r], n);
@@ -377,7 +370,7 @@ void ingest_submit(struct app *app, const struct http_request *req, struct http_
     uint8_t ip16[16];
     client_ip(app, req, ip_text, sizeof ip_text, ip16);
     if (!privileged && !o->no_rate_limit) {
-        int64_t wait_s = ratelimit_take(app->ratelimit, ip16, n, mono_ms());
+        int64_t wait_s = ratelimit_take(app->ratelimit, ip16, n, timefmt_mono_ms());
         if (wait_s != 0) {
             char hdr[64];
             snprintf(hdr, sizeof hdr, "Retry-After: %lld\r\n",
