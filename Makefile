@@ -8,7 +8,7 @@ O := build/$(BUILD)
 CC ?= cc
 
 PKGS := libevent libevent_pthreads rocksdb liblz4 libcjson libsodium inih libpcre2-8 \
-        libmaxminddb libxxhash zlib yaml-0.1 glib-2.0
+        libmaxminddb libxxhash zlib yaml-0.1 glib-2.0 libnats libcurl
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -32,7 +32,8 @@ FUZZ_REPLAY := $(patsubst tests/fuzz/%.c,$(O)/fuzz/%_replay,$(FUZZ_SRC))
 BENCH_BIN := $(patsubst bench/%.c,$(O)/bench/%,$(wildcard bench/*.c))
 LIB := $(O)/libtally.a
 
-.PHONY: all deps run test test-only unit asan fuzz bench crash upgrade clean data format compat
+.PHONY: all deps run test test-only unit asan fuzz bench crash upgrade clean data format compat \
+        cluster-test
 all: tally
 
 deps:
@@ -108,6 +109,11 @@ crash: tally
 # under load (make test runs 10 of each).
 upgrade: tally
 	@python3 tests/integration/test_upgrade.py --cycles 100
+
+# The JetStream cluster under faults, long version (make test runs a short one): three
+# nats-server processes, two ingest and two processing nodes on loopback (issue 10).
+cluster-test: tally
+	@python3 tests/integration/test_cluster.py --long
 
 # libFuzzer builds (clang). FUZZ_SECONDS per target; the corpus grows in tests/fuzz/corpus/NAME.
 FUZZ_SECONDS ?= 60

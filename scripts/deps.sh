@@ -5,7 +5,7 @@ set -e
 PKGS="build-essential pkg-config libevent-dev librocksdb-dev liblz4-dev libcjson-dev libsodium-dev
 libinih-dev libpcre2-dev libmaxminddb-dev libxxhash-dev zlib1g-dev libyaml-dev libglib2.0-dev tzdata
 clang libfuzzer-14-dev libclang-rt-14-dev wrk nginx-light sqlite3 python3 nodejs curl chromium
-ca-certificates"
+ca-certificates nats-server libnats-dev libcurl4-openssl-dev"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

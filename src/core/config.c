@@ -36,6 +36,8 @@ struct key_def {
 
 static const char *const fsync_names[] = {"always", "interval", "none", NULL};
 static const char *const level_names[] = {"debug", "info", "warn", "error", NULL};
+static const char *const role_names[] = {"all", "ingest", "process", NULL};
+static const char *const backend_names[] = {"local", "jetstream", NULL};
 
 #define CO(f) offsetof(struct tally_config, f)
 #define SO(f) offsetof(struct config_site, f)
@@ -123,6 +125,43 @@ static const struct key_def g_keys[] = {
      "visitor-hash salt lifetime; the previous salt is kept, older ones deleted", NULL},
     {"auth", "key_digests", KT_LIST, CO(key_digests), 0, 0, "", "SCOPE:DIGEST list",
      "digests of API keys valid for every site (from `tally key new`)", NULL},
+    {"cluster", "role", KT_ENUM, CO(role), 0, 0, "all", "role",
+     "all: one node does everything; ingest: validate and publish only (needs jetstream); "
+     "process: consume its partitions, store, roll up, answer queries (needs jetstream)",
+     role_names},
+    {"cluster", "log_backend", KT_ENUM, CO(log_backend), 0, 0, "local", "backend",
+     "local: the segmented log in data_dir; jetstream: a NATS JetStream cluster (nats_urls)",
+     backend_names},
+    {"cluster", "nats_urls", KT_LIST, CO(nats_urls), 0, 0, "nats://127.0.0.1:4222", "URL list",
+     "NATS servers to connect to (any of them; the client fails over between them)", NULL},
+    {"cluster", "stream_prefix", KT_STR, CO(stream_prefix), 0, 0, "TALLY", "name",
+     "JetStream stream names are PREFIX_P<n>, subjects PREFIX.events.<n> (letters, digits, "
+     "'-', '_')", NULL},
+    {"cluster", "partitions", KT_INT, CO(partitions), 1, CONFIG_PARTITIONS_MAX, "16",
+     "partitions", "sites are spread over this many streams by a hash of their name; the "
+     "same on every node, fixed once data exists", NULL},
+    {"cluster", "replicas", KT_INT, CO(replicas), 1, 5, "3", "replicas",
+     "JetStream replicas of each stream; an event is acknowledged once a quorum stored it",
+     NULL},
+    {"cluster", "node_name", KT_STR, CO(node_name), 0, 0, "", "name",
+     "this node's name in durable consumer names; empty = the host name", NULL},
+    {"cluster", "owned_partitions", KT_LIST, CO(owned_partitions), 0, 0, "", "range list",
+     "partitions this node consumes (role process or all), e.g. 0-7,12; empty = all", NULL},
+    {"cluster", "partition_owners", KT_LIST, CO(partition_owners), 0, 0, "",
+     "RANGE=URL list", "which node answers queries for which partitions, e.g. "
+     "0-7=http://10.0.0.2:8080, 8-15=http://10.0.0.3:8080; queries for a site owned "
+     "elsewhere are forwarded there", NULL},
+    {"cluster", "stream_max_age_hours", KT_INT, CO(stream_max_age_hours), 0, 876000, "0",
+     "hours", "JetStream retention by age (what --rebuild can replay); 0 = keep", NULL},
+    {"cluster", "stream_max_bytes", KT_INT, CO(stream_max_bytes), 0, 1LL << 50, "0", "bytes",
+     "JetStream retention by size per stream; 0 = no limit", NULL},
+    {"cluster", "publish_timeout_ms", KT_INT, CO(publish_timeout_ms), 100, 600000, "5000", "ms",
+     "wait this long for JetStream's acknowledgement before answering 503", NULL},
+    {"cluster", "publish_pending_max", KT_INT, CO(publish_pending_max), 100, 10000000,
+     "65536", "events", "events published and not yet acknowledged; beyond it ingest gets 503",
+     NULL},
+    {"cluster", "forward_timeout_ms", KT_INT, CO(forward_timeout_ms), 100, 3600000, "30000",
+     "ms", "time limit of a query forwarded to the node owning its site", NULL},
 };
 
 static const struct key_def g_site_keys[] = {
@@ -593,6 +632,72 @@ static bool tracker_path_valid(const char *p)
     return strstr(p, "//") == NULL && strstr(p, "/.") == NULL;
 }
 
+static bool stream_prefix_valid(const char *p)
+{
+    size_t n = strlen(p);
+    if (n == 0 || n > 32) return false;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)p[i]) && p[i] != '-' && p[i] != '_') return false;
+    return true;
+}
+
+static int validate_cluster(const struct tally_config *cfg, const char *where, char *err)
+{
+    char why[CONFIG_ERROR_BYTES_MAX];
+    if (cfg->role != CONFIG_ROLE_ALL && cfg->log_backend != CONFIG_LOG_JETSTREAM) {
+        snprintf(err, CONFIG_ERROR_BYTES_MAX,
+                 "%s: [cluster] role: '%s' needs log_backend = jetstream (a local log is one "
+                 "node's)", where, role_names[cfg->role]);
+        return TALLY_EINVAL;
+    }
+    if (!stream_prefix_valid(cfg->stream_prefix)) {
+        snprintf(err, CONFIG_ERROR_BYTES_MAX,
+                 "%s: [cluster] stream_prefix: '%s' must be 1-32 letters, digits, '-' or '_'",
+                 where, cfg->stream_prefix);
+        return TALLY_EINVAL;
+    }
+    if (cfg->log_backend == CONFIG_LOG_JETSTREAM && cfg->nats_urls.count == 0) {
+        snprintf(err, CONFIG_ERROR_BYTES_MAX, "%s: [cluster] nats_urls is empty", where);
+        return TALLY_EINVAL;
+    }
+    unsigned char set[CONFIG_PARTITIONS_MAX];
+    for (int i = 0; i < cfg->owned_partitions.count; i++) {
+        const char *it = cfg->owned_partitions.items[i];
+        if (config_parse_partition_range(it, strlen(it), cfg->partitions, set, why)) {
+            snprintf(err, CONFIG_ERROR_BYTES_MAX, "%s: [cluster] owned_partitions: %s", where,
+                     why);
+            return TALLY_EINVAL;
+        }
+    }
+    memset(set, 0, sizeof set);
+    for (int i = 0; i < cfg->partition_owners.count; i++) {
+        const char *it = cfg->partition_owners.items[i];
+        const char *eq = strchr(it, '=');
+        unsigned char one[CONFIG_PARTITIONS_MAX] = {0};
+        if (!eq || (strncmp(eq + 1, "http://", 7) != 0 && strncmp(eq + 1, "https://", 8) != 0)) {
+            snprintf(err, CONFIG_ERROR_BYTES_MAX,
+                     "%s: [cluster] partition_owners: '%s' is not RANGE=http://host:port", where,
+                     it);
+            return TALLY_EINVAL;
+        }
+        if (config_parse_partition_range(it, (size_t)(eq - it), cfg->partitions, one, why)) {
+            snprintf(err, CONFIG_ERROR_BYTES_MAX, "%s: [cluster] partition_owners: %s", where,
+                     why);
+            return TALLY_EINVAL;
+        }
+        for (int64_t p = 0; p < cfg->partitions; p++) {
+            if (one[p] && set[p]) {
+                snprintf(err, CONFIG_ERROR_BYTES_MAX,
+                         "%s: [cluster] partition_owners: partition %lld has two owners", where,
+                         (long long)p);
+                return TALLY_EINVAL;
+            }
+            set[p] |= one[p];
+        }
+    }
+    return 0;
+}
+
 int config_validate(const struct tally_config *cfg, char *err)
 {
     char host[256];
@@ -640,7 +745,33 @@ int config_validate(const struct tally_config *cfg, char *err)
             }
         }
     }
+    return validate_cluster(cfg, where, err);
+}
+
+int config_parse_partition_range(const char *item, size_t len, int64_t partitions,
+                                 unsigned char *set, char *err)
+{
+    char buf[64];
+    if (len == 0 || len >= sizeof buf) goto bad;
+    memcpy(buf, item, len);
+    buf[len] = 0;
+    char *end;
+    errno = 0;
+    long a = strtol(buf, &end, 10), b = a;
+    if (end == buf || errno) goto bad;
+    if (*end == '-') {
+        char *s2 = end + 1;
+        b = strtol(s2, &end, 10);
+        if (end == s2 || errno) goto bad;
+    }
+    if (*end || a < 0 || b < a || b >= partitions) goto bad;
+    for (long i = a; i <= b; i++) set[i] = 1;
     return 0;
+bad:
+    snprintf(err, CONFIG_ERROR_BYTES_MAX,
+             "'%.*s' is not a partition N or range FIRST-LAST within 0-%lld", (int)(len > 60 ? 60 : len),
+             item, (long long)partitions - 1);
+    return TALLY_EINVAL;
 }
 
 const struct config_site *config_site_find(const struct tally_config *cfg, const char *name_or_id)

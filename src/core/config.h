@@ -22,6 +22,9 @@
 #define CONFIG_ERROR_BYTES_MAX 512
 
 enum config_fsync { CONFIG_FSYNC_ALWAYS = 0, CONFIG_FSYNC_INTERVAL = 1, CONFIG_FSYNC_NONE = 2 };
+enum config_role { CONFIG_ROLE_ALL = 0, CONFIG_ROLE_INGEST = 1, CONFIG_ROLE_PROCESS = 2 };
+enum config_log_backend { CONFIG_LOG_LOCAL = 0, CONFIG_LOG_JETSTREAM = 1 };
+#define CONFIG_PARTITIONS_MAX 1024
 
 /* A comma-separated list; items trimmed, empty items dropped. */
 struct config_list {
@@ -83,6 +86,21 @@ struct tally_config {
     int64_t salt_rotation_hours;
     /* [auth] */
     struct config_list key_digests;
+    /* [cluster] (cluster.h) */
+    int64_t role;                   /* enum config_role */
+    int64_t log_backend;            /* enum config_log_backend */
+    struct config_list nats_urls;
+    char *stream_prefix;
+    int64_t partitions;
+    int64_t replicas;
+    char *node_name;                /* "" = the host name */
+    struct config_list owned_partitions;  /* "FIRST-LAST" or "N" items; empty = all */
+    struct config_list partition_owners;  /* "FIRST-LAST=URL" items */
+    int64_t stream_max_age_hours;
+    int64_t stream_max_bytes;
+    int64_t publish_timeout_ms;
+    int64_t publish_pending_max;
+    int64_t forward_timeout_ms;
 
     int site_count;
     struct config_site *sites;
@@ -120,6 +138,12 @@ void config_print_keys(FILE *out);
 
 /* Splits "host:port" / "[v6]:port". 0 or TALLY_EINVAL. host buffer of 256 bytes. */
 int config_parse_listen(const char *listen, char *host, int *port);
+
+/* Parses a partition list ("0-7", "12": the items of owned_partitions, or the range before '='
+ * in partition_owners) into set[0..partitions) (1 = listed). 0 or TALLY_EINVAL with a message
+ * in err (CONFIG_ERROR_BYTES_MAX). Any thread. */
+int config_parse_partition_range(const char *item, size_t len, int64_t partitions,
+                                 unsigned char *set, char *err);
 
 /* Number of rows in the key table and the name of row i as "section.key" (tests, docs). */
 int config_key_count(void);
