@@ -364,7 +364,10 @@ int main(int argc, char **argv)
     rollup_config_default(&rc);
     rc.cfg = cfg;
     t0 = now_s();
-    if (consumer_run_raw(s, log, &rc, UINT64_MAX, false, NULL) != 0) return 1;
+    struct rollup_source src = {.name = ""};
+    evlog_local(log, &src.log);
+    if (consumer_run_raw(s, &src.log, RAW_STATE_PREFIX, &rc, UINT64_MAX, false, NULL) != 0)
+        return 1;
     double raw_s = now_s() - t0;
 
     struct rollup_rebuild_opts ro;
@@ -372,7 +375,7 @@ int main(int argc, char **argv)
     ro.cfg = cfg;
     struct rollup_rebuild_summary sum;
     t0 = now_s();
-    int r = rollup_rebuild(s, log, &ro, &sum);
+    int r = rollup_rebuild(s, &src, 1, &ro, &sum);
     double rebuild_s = now_s() - t0;
     if (r) {
         fprintf(stderr, "rebuild: %s\n", tally_strerror(r));

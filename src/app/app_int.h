@@ -26,9 +26,12 @@
 #include "core/metrics.h"
 #include "ingest/geo.h"
 #include "ingest/visitor.h"
+#include "log/evlog.h"
 #include "log/seglog.h"
 
+struct cluster;
 struct http_server;
+struct jslog;
 struct query_api;
 struct rollup_service;
 struct store;
@@ -58,9 +61,13 @@ struct live;
 
 struct app {
     _Atomic(const struct tally_config *) cfg; /* the current generation: see above */
-    struct seglog *log;
+    struct seglog *log;   /* the local log; NULL with log_backend = jetstream */
+    struct evlog sink;    /* where ingest appends: the local log or JetStream (evlog.h) */
+    struct jslog *js;     /* log_backend = jetstream: the NATS connection (jslog.h); else NULL */
+    struct cluster *cluster; /* partitions, owners, forwarding (cluster.h); NULL: one node */
     struct http_server *http;
-    struct store *store;             /* raw events, sessions, rollups (RocksDB) */
+    struct store *store;             /* raw events, sessions, rollups (RocksDB); NULL for
+                                        role = ingest */
     struct rollup_service *rollups;  /* raw-store and rollup consumer threads */
     struct metrics *metrics;
     _Atomic(struct sites *) sites;         /* built from cfg; same generation rules */

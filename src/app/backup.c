@@ -340,12 +340,15 @@ int backup_run(struct store *s, struct seglog *log, const char *data_dir, const 
     /* 1. the store (its cursors are <= the committed offset read next) */
     rc = store_checkpoint(s, path);
     if (rc) return fail(out, rc, "store checkpoint into %s: %s", path, tally_strerror(rc));
-    /* 2. the snapshot offset, 3. the log up to it */
-    out->log_start_offset = seglog_start_offset(log);
-    out->log_end_offset = seglog_committed_offset(log);
-    if (mkdir(dest_log, 0700) != 0)
-        return fail(out, errno_rc(errno), "%s: %s", dest_log, strerror(errno));
-    rc = backup_log(log_dir, dest_log, out->log_start_offset, out->log_end_offset, out);
+    /* 2. the snapshot offset, 3. the log up to it (none with JetStream: log == NULL, the
+     * events stay in the streams and the store's cursors say where this node was) */
+    if (log) {
+        out->log_start_offset = seglog_start_offset(log);
+        out->log_end_offset = seglog_committed_offset(log);
+        if (mkdir(dest_log, 0700) != 0)
+            return fail(out, errno_rc(errno), "%s: %s", dest_log, strerror(errno));
+        rc = backup_log(log_dir, dest_log, out->log_start_offset, out->log_end_offset, out);
+    }
     if (rc == 0) rc = backup_files(data_dir, dest, out);
     out->elapsed_s = (double)(timefmt_mono_ms() - t0) / 1000.0;
     if (rc == 0) rc = write_manifest(dest, out, out);

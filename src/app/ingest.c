@@ -5,7 +5,7 @@
  * body (native.h: all-or-nothing), resolve every event's site, take rate-limit tokens for the
  * whole request (unauthenticated only), then enrich each event (visitor hash from the daily salt
  * or the client's id, geo from the client IP, bot and host verdicts as flags) and encode it
- * (event.h). All records of the request go to the log in ONE seglog_append, so they get
+ * (event.h). All records of the request go to the log in ONE evlog_append, so they get
  * consecutive offsets and one completion. The worker does not wait: the log writer calls
  * ingest_done after the group commit (fdatasync under fsync = always), which completes the
  * exchange with 202 {"accepted": N} — http_exchange_complete hands it back to the worker.
@@ -21,6 +21,7 @@
 #include <time.h>
 
 #include "app/app_int.h"
+#include "app/cluster.h"
 #include "app/ingest.h"
 #include "app/live.h"
 #include "core/keys.h"
@@ -40,6 +41,7 @@ struct ingest_tls {
     uint8_t *enc;
     size_t enc_cap;
     struct seglog_rec *recs;
+    uint32_t *parts; /* each record's partition (JetStream; cluster.h) */
     size_t recs_cap;
 };
 
@@ -53,6 +55,7 @@ static void tls_free(void *p)
     native_ctx_free(t->native);
     free(t->enc);
     free(t->recs);
+    free(t->parts);
     free(t);
 }
 
@@ -260,6 +263,9 @@ static int ensure_capacity(struct ingest_tls *t, size_t enc_need, size_t recs_ne
         struct seglog_rec *r = realloc(t->recs, recs_need * sizeof *r);
         if (!r) return TALLY_ENOMEM;
         t->recs = r;
+        uint32_t *pp = realloc(t->parts, recs_need * sizeof *pp);
+        if (!pp) return TALLY_ENOMEM;
+        t->parts = pp;
         t->recs_cap = recs_need;
     }
     return 0;
@@ -397,6 +403,9 @@ void ingest_submit(struct app *app, const struct http_request *req, struct http_
         const struct site *site = sites_of[i];
         ev->site.ptr = site->name;
         ev->site.len = strlen(site->name);
+        t->parts[i] = app->cluster ? cluster_partition_of(ev->site.ptr, ev->site.len,
+                                                          cluster_partitions(app->cluster))
+                                   : 0;
         if (ev->user_agent.len == 0) ev->user_agent = req_ua;
         const char *ip = ip_text;
         char ev_ip[64];
@@ -460,7 +469,7 @@ void ingest_submit(struct app *app, const struct http_request *req, struct http_
     p->ans = *ans;
     p->count = (uint32_t)n;
     if (live_active(app->live)) p->live = live_batch_new(evs, devices, (uint32_t)n);
-    int rc = seglog_append(app->log, t->recs, (uint32_t)n, ingest_done, p);
+    int rc = evlog_append(&app->sink, t->recs, t->parts, (uint32_t)n, ingest_done, p);
     if (rc != 0) {
         live_batch_free(p->live);
         free(p);

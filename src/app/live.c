@@ -44,6 +44,7 @@
 #include <time.h>
 
 #include "app/app_int.h"
+#include "app/cluster.h"
 #include "core/keys.h"
 #include "http/http_server.h"
 #include "ingest/event.h"
@@ -514,6 +515,24 @@ static void on_live(struct http_request *req, struct http_exchange *ex, void *ar
         return;
     }
     const char *name = cs ? cs->name : site;
+    if (app->cluster) {
+        uint32_t p = cluster_partition_of(name, strlen(name), cluster_partitions(app->cluster));
+        if (!cluster_owns(app->cluster, p)) {
+            const char *owner = cluster_owner_url(app->cluster, p);
+            char esc[600], eo[600], body[1400];
+            char msg[STORE_SITE_NAME_BYTES_MAX + 128];
+            snprintf(msg, sizeof msg, "site '%s' (partition %u) is served by the node that owns "
+                     "it: connect there", name, p);
+            http_json_escape(esc, sizeof esc, msg);
+            http_json_escape(eo, sizeof eo, owner ? owner : "");
+            int n = owner ? snprintf(body, sizeof body, "{\"error\": \"%s\", \"owner\": \"%s\"}",
+                                     esc, eo)
+                          : snprintf(body, sizeof body, "{\"error\": \"%s\", \"owner\": null}",
+                                     esc);
+            http_exchange_complete(ex, 421, "application/json", body, (size_t)n, NULL);
+            return;
+        }
+    }
     uint32_t id = 0;
     /* a point lookup in the site registry (cached by the store), not a scan */
     if (!cs && (!cfg->auto_sites || store_site_id(app->store, name, strlen(name), false, &id) ||

@@ -2,6 +2,9 @@
  * Operations endpoints: GET /healthz (JSON: status, the serving process's pid, log offsets,
  * writer state) and GET /metrics (Prometheus text: the metrics registry, then the log's own
  * counters rendered from seglog_stats at scrape time). Both run on a worker thread and do no disk I/O.
+ * With log_backend = jetstream the log part is the JetStream connection's (jslog_stats): healthy
+ * while connected; the log offsets are the sums over this node's partitions; a role = ingest
+ * node has no consumers.
  */
 #include <event2/buffer.h>
 #include <stdio.h>
@@ -9,14 +12,54 @@
 #include <unistd.h>
 
 #include "app/app_int.h"
+#include "log/jslog.h"
 #include "http/http_server.h"
 #include "rollup/rollup.h"
 #include "tally/error.h"
+
+/* /healthz of a JetStream node. */
+static void healthz_js(struct app *app, struct http_exchange *ex)
+{
+    struct jslog_stats js;
+    jslog_stats(app->js, &js);
+    char body[1024];
+    int n;
+    if (!js.connected) {
+        n = snprintf(body, sizeof body, "{\"status\": \"unavailable\", \"error\": \"not "
+                                        "connected to NATS JetStream\"}");
+        http_exchange_complete(ex, 503, "application/json", body, (size_t)n,
+                               "Retry-After: 5\r\n");
+        return;
+    }
+    if (atomic_load(&app->stopping)) {
+        n = snprintf(body, sizeof body, "{\"status\": \"stopping\"}");
+        http_respond(ex, 503, "application/json", body, (size_t)n);
+        return;
+    }
+    struct rollup_lag lag;
+    memset(&lag, 0, sizeof lag);
+    if (app->rollups) rollup_service_lag(app->rollups, &lag);
+    n = snprintf(body, sizeof body,
+                 "{\"status\": \"ok\", \"pid\": %ld, \"log_backend\": \"jetstream\", "
+                 "\"publish_pending\": %llu, \"log_end_offset\": %llu, \"consumers\": {"
+                 "\"raw\": {\"cursor\": %llu, \"lag\": %llu, \"error\": %d}, "
+                 "\"rollup\": {\"cursor\": %llu, \"lag\": %llu, \"error\": %d}}}",
+                 (long)getpid(), (unsigned long long)js.pending,
+                 (unsigned long long)lag.log_end, (unsigned long long)lag.raw_cursor,
+                 (unsigned long long)lag.raw_lag, lag.raw_err,
+                 (unsigned long long)lag.rollup_cursor, (unsigned long long)lag.rollup_lag,
+                 lag.rollup_err);
+    http_respond(ex, 200, "application/json", body, (size_t)n);
+}
 
 static void on_healthz(struct http_request *req, struct http_exchange *ex, void *arg)
 {
     struct app *app = arg;
     (void)req;
+    if (!app->log) {
+        healthz_js(app, ex);
+        return;
+    }
     struct seglog_stats st;
     seglog_stats(app->log, &st);
     char body[1024];
@@ -59,8 +102,43 @@ static void gauge(struct evbuffer *b, const char *name, const char *help, const 
                         name, v);
 }
 
+static void render_js_stats(struct app *app, struct evbuffer *b)
+{
+    struct jslog_stats st;
+    jslog_stats(app->js, &st);
+    gauge(b, "tally_jetstream_connected", "1 while connected to NATS JetStream.", "gauge",
+          (double)st.connected);
+    gauge(b, "tally_jetstream_published_total", "Events published to JetStream.", "counter",
+          (double)st.published);
+    gauge(b, "tally_jetstream_acked_total", "Events JetStream acknowledged as stored.",
+          "counter", (double)st.acked);
+    gauge(b, "tally_jetstream_failed_total", "Events whose publish failed (answered 503).",
+          "counter", (double)st.failed);
+    gauge(b, "tally_jetstream_pending", "Events published and not yet acknowledged.", "gauge",
+          (double)st.pending);
+    gauge(b, "tally_jetstream_reconnects_total", "Reconnections to NATS.", "counter",
+          (double)st.reconnects);
+    evbuffer_add_printf(b, "# HELP tally_jetstream_ack_seconds Publish to acknowledgement.\n"
+                           "# TYPE tally_jetstream_ack_seconds histogram\n");
+    uint64_t cum = 0;
+    for (int i = 0; i < 16; i++) {
+        cum += st.ack_latency_hist[i];
+        if (i < 15)
+            evbuffer_add_printf(b, "tally_jetstream_ack_seconds_bucket{le=\"%g\"} %llu\n",
+                                (double)(100u << i) / 1e6, (unsigned long long)cum);
+        else
+            evbuffer_add_printf(b, "tally_jetstream_ack_seconds_bucket{le=\"+Inf\"} %llu\n",
+                                (unsigned long long)cum);
+    }
+    evbuffer_add_printf(b, "tally_jetstream_ack_seconds_count %llu\n", (unsigned long long)cum);
+}
+
 static void render_log_stats(struct app *app, struct evbuffer *b)
 {
+    if (app->js) {
+        render_js_stats(app, b);
+        return;
+    }
     struct seglog_stats st;
     seglog_stats(app->log, &st);
     gauge(b, "tally_log_bytes", "Bytes of log segments on disk.", "gauge",
@@ -112,7 +190,8 @@ static void on_metrics(struct http_request *req, struct http_exchange *ex, void 
     }
     render_log_stats(app, b);
     struct rollup_lag lag;
-    rollup_service_lag(app->rollups, &lag);
+    memset(&lag, 0, sizeof lag);
+    if (app->rollups) rollup_service_lag(app->rollups, &lag);
     evbuffer_add_printf(b, "# HELP tally_consumer_lag_records Log records not yet processed by "
                            "a consumer.\n# TYPE tally_consumer_lag_records gauge\n"
                            "tally_consumer_lag_records{consumer=\"raw\"} %llu\n"

@@ -18,6 +18,21 @@
  *        QUERY_API_ROWS_MAX) -> 200, or 503 (time budget), 400 (memory/row budget).
  *     7. Complete the exchange from the worker thread.
  *
+ * CLUSTER (app->cluster set; cluster.h). In step 4 the parser's site lookup computes the
+ * site's partition from its canonical name (the configured site's name when site_id is one of
+ * its ids). When this node does not own it, the lookup does not touch the store (NULL on an
+ * ingest node) and marks the query for forwarding; the parse (cheap, same configuration on
+ * every node) and the scope check (5) still run here, so malformed or unauthorised queries
+ * never leave the node. Then, instead of 6:
+ *   - a request that already carries X-Tally-Forwarded -> 421 {"error"} (no loops);
+ *   - no owner in partition_owners -> 503 {"error"} naming the partition;
+ *   - GET /api/v1/export (a stream, not buffered) -> 421 {"error", "owner": URL}: clients
+ *     export from the owner directly;
+ *   - else cluster_forward to the owner (blocking this worker up to forward_timeout_ms) and
+ *     relay its status, Content-Type and body (502/504 when it failed).
+ * A site unknown here (not configured, auto_sites on) is forwarded too: the owner has its data
+ * and decides (404 or the answer).
+ *
  * INVARIANTS. Every accepted exchange is completed exactly once: by the worker that ran it,
  * or with 503 by query_api_quiesce while it was still queued. Keys are never logged nor echoed;
  * the key text is read from the request (owned by the exchange) and never copied.
@@ -40,6 +55,7 @@
 #include <time.h>
 
 #include "app/app_int.h"
+#include "app/cluster.h"
 #include "app/export.h"
 #include "core/diag.h"
 #include "core/fsio.h"
@@ -56,7 +72,7 @@
 #define ERR_BYTES_MAX 1024 /* error messages (parser messages are shorter) */
 
 /* Statuses counted in tally_query_responses_total; anything else is "other". */
-static const int g_statuses[] = {200, 400, 401, 403, 404, 413, 500, 503};
+static const int g_statuses[] = {200, 400, 401, 403, 404, 413, 421, 500, 502, 503, 504};
 #define NSTATUS (TALLY_ARRAY_LEN(g_statuses) + 1)
 
 /* What a job computes: a Stats API query, a funnel, or an export (streamed). */
@@ -276,7 +292,19 @@ int query_api_keys_init(const struct tally_config *cfg, const char *data_dir,
         query_api_keys_free(stored);
         return rc;
     }
+    if (cfg->log_backend == CONFIG_LOG_JETSTREAM && stored->count > 0)
+        fprintf(stderr, "tally: the keys in %s are valid on this node only; queries forwarded "
+                        "to other nodes need keys from the shared configuration ([auth] or "
+                        "[site] key_digests)\n", path);
     if (config_can_read(cfg) || list_can_read(stored)) return 0;
+    if (cfg->log_backend == CONFIG_LOG_JETSTREAM) {
+        /* A key created here would exist on this node only: every node must accept the same
+         * keys, so in a cluster they come from the (shared) configuration. */
+        fprintf(stderr, "tally: no API key with read scope is configured; in a cluster, create "
+                        "one with `tally key new` and add its digest to [auth] key_digests (or "
+                        "a [site]'s key_digests) in the configuration every node uses\n");
+        return 0;
+    }
 
     char key[KEY_TEXT_BYTES], line[KEY_DIGEST_LINE_BYTES];
     if ((rc = key_generate(KEY_SCOPE_READ, key, line)) != 0 ||
@@ -377,8 +405,10 @@ struct site_ctx {
     struct app *app;
     bool known;
     const struct config_site *cs; /* NULL: an auto-created site */
-    uint32_t site_id;             /* 0: no data yet */
+    uint32_t site_id;             /* 0: no data yet (or forwarded) */
     int err;                      /* a store error while looking the site up */
+    bool forward;                 /* another node owns the site's partition (cluster.h) */
+    uint32_t partition;           /* the site's partition (with forward) */
     char name[QUERY_SITE_BYTES_MAX + 1];
 };
 
@@ -390,13 +420,26 @@ static bool site_lookup(void *arg, const char *site, struct query *q)
     const struct config_site *cs = config_site_find(app->cfg, site);
     const char *name = cs ? cs->name : site;
     uint32_t id = 0;
-    int rc = store_site_id(app->store, name, strlen(name), false, &id);
-    if (rc != 0 && rc != TALLY_ENOENT && rc != TALLY_EINVAL) {
-        c->err = rc;
-        return false;
+    if (app->cluster) {
+        uint32_t p = cluster_partition_of(name, strlen(name), cluster_partitions(app->cluster));
+        c->forward = !cluster_owns(app->cluster, p);
+        c->partition = p;
     }
-    if (rc != 0) id = 0;
-    if (!cs && (!app->cfg->auto_sites || id == 0)) return false;
+    if (c->forward) {
+        /* the owner has the data: an unconfigured site (auto_sites) is its call */
+        if (!cs && !app->cfg->auto_sites) return false;
+    } else if (!app->store) {
+        c->err = TALLY_ENOTSUP; /* no store and no cluster: cannot happen (role ingest) */
+        return false;
+    } else {
+        int rc = store_site_id(app->store, name, strlen(name), false, &id);
+        if (rc != 0 && rc != TALLY_ENOENT && rc != TALLY_EINVAL) {
+            c->err = rc;
+            return false;
+        }
+        if (rc != 0) id = 0;
+        if (!cs && (!app->cfg->auto_sites || id == 0)) return false;
+    }
     if (strlen(name) > QUERY_SITE_BYTES_MAX) return false;
     const tz_zone *z = NULL;
     if (tz_get(cs && cs->timezone && cs->timezone[0] ? cs->timezone : "UTC", &z) != 0)
@@ -725,6 +768,71 @@ static void execute_export(struct query_api *qa, struct qjob *j, const struct si
     }
 }
 
+/* The answer for a site another node owns (see CLUSTER above); completes j->ex. */
+static void forward_job(struct query_api *qa, struct qjob *j, const struct site_ctx *sc)
+{
+    struct cluster *cl = qa->app->cluster;
+    const struct http_request *req = j->req;
+    const char *owner = cluster_owner_url(cl, sc->partition);
+    char msg[ERR_BYTES_MAX];
+    if (http_request_header(req, CLUSTER_FORWARDED_HEADER)) {
+        snprintf(msg, sizeof msg, "this node does not own partition %u (site '%s') and the "
+                 "request was already forwarded once: the forwarding node's partition_owners "
+                 "names the wrong node", sc->partition, sc->name);
+        respond_error(qa, j->ex, j->arrived_us, 421, msg, NULL);
+        return;
+    }
+    if (!owner) {
+        snprintf(msg, sizeof msg, "no node is configured to answer for partition %u (site '%s'):"
+                 " add it to [cluster] partition_owners", sc->partition, sc->name);
+        respond_error(qa, j->ex, j->arrived_us, 503, msg, NULL);
+        return;
+    }
+    if (j->kind == QK_EXPORT) {
+        char esc_msg[ERR_BYTES_MAX * 2], esc_owner[ERR_BYTES_MAX * 2];
+        char body[sizeof esc_msg + sizeof esc_owner + 32];
+        snprintf(msg, sizeof msg, "site '%s' (partition %u) is exported by the node that owns "
+                 "it: send this request to %s", sc->name, sc->partition, owner);
+        http_json_escape(esc_msg, sizeof esc_msg, msg);
+        http_json_escape(esc_owner, sizeof esc_owner, owner);
+        int n = snprintf(body, sizeof body, "{\"error\": \"%s\", \"owner\": \"%s\"}", esc_msg,
+                         esc_owner);
+        count(qa, 421, j->arrived_us);
+        http_exchange_complete(j->ex, 421, "application/json", body, (size_t)n, NULL);
+        return;
+    }
+    size_t plen = req->path_len + (req->query ? req->query_len + 1 : 0);
+    char *pq = malloc(plen + 1);
+    if (!pq) {
+        respond_error(qa, j->ex, j->arrived_us, 503, "out of memory; retry later",
+                      "Retry-After: 1\r\n");
+        return;
+    }
+    memcpy(pq, req->path, req->path_len);
+    if (req->query) {
+        pq[req->path_len] = '?';
+        memcpy(pq + req->path_len + 1, req->query, req->query_len);
+    }
+    pq[plen] = 0;
+    /* HEAD is asked as GET: the answer's length is then the real one */
+    const char *method = req->method == HTTP_HEAD ? "GET" : req->method_name;
+    struct cluster_response r;
+    int rc = cluster_forward(cl, owner, method, pq, http_request_header(req, "authorization"),
+                             http_request_header(req, "content-type"), req->body, req->body_len,
+                             &r);
+    free(pq);
+    if (rc != 0 || !r.body) {
+        free(r.body);
+        respond_error(qa, j->ex, j->arrived_us, 503, "out of memory; retry later",
+                      "Retry-After: 1\r\n");
+        return;
+    }
+    count(qa, r.status, j->arrived_us);
+    http_exchange_complete(j->ex, r.status, r.content_type[0] ? r.content_type : NULL, r.body,
+                           r.body_len, NULL);
+    free(r.body);
+}
+
 /* Steps 4-7 of the flow; completes j->ex. */
 static void run_job(struct query_api *qa, struct qjob *j)
 {
@@ -766,6 +874,8 @@ static void run_job(struct query_api *qa, struct qjob *j)
         else
             snprintf(msg, sizeof msg, "this key is not valid for site '%s'", sc.name);
         respond_error(qa, j->ex, j->arrived_us, 403, msg, NULL);
+    } else if (sc.forward) {
+        forward_job(qa, j, &sc);
     } else if (j->kind == QK_FUNNEL) {
         execute_funnel(qa, j, &sc, fn);
     } else if (j->kind == QK_EXPORT) {

@@ -33,7 +33,9 @@ struct query_api;
  * Loads DATA_DIR/keys into *stored (caller owns it: query_api_keys_free). When neither the
  * configuration nor the file holds a key with read (or admin) scope, creates a read key, adds
  * its digest to the file (written atomically, mode 0600) and prints the key once on stderr
- * with the dashboard URL (dashboard_url, e.g. "http://127.0.0.1:8080/"). Only digests are ever
+ * with the dashboard URL (dashboard_url, e.g. "http://127.0.0.1:8080/") - never with
+ * log_backend = jetstream: keys then come from the configuration (a hint is printed). Only
+ * digests are ever
  * written. Returns 0, or a TALLY_E* code after printing what is wrong (the server then runs
  * without the stored keys). Main thread, before the HTTP workers start.
  */

@@ -60,6 +60,8 @@
 #include "app/admin.h"
 #include "app/app_int.h"
 #include "app/backup.h"
+#include "app/cluster.h"
+#include "app/node.h"
 #include "app/peers.h"
 #include "app/live.h"
 #include "app/query_api.h"
@@ -250,8 +252,10 @@ static int make_http(struct app *app, int listen_fd)
         fprintf(stderr, "tally: cannot listen on %s: %s\n", cfg->listen, tally_strerror(rc));
         return rc;
     }
-    if ((rc = ingest_routes(app)) || (rc = ops_routes(app)) || (rc = peer_routes(app)) ||
-        (rc = dashboard_routes(app)) || (rc = live_routes(app)) || (rc = admin_routes(app)))
+    if ((rc = ingest_routes(app)) || (rc = ops_routes(app)) || (rc = peer_routes(app)))
+        return rc;
+    if (!app->store) return 0; /* role ingest: the query routes forward (query_api.c) */
+    if ((rc = dashboard_routes(app)) || (rc = live_routes(app)) || (rc = admin_routes(app)))
         return rc;
     return 0;
 }
@@ -288,8 +292,13 @@ static int parse_proxies(const struct tally_config *cfg, struct cidr_list *out)
 static void chores(struct app *app, int64_t *last_retention_ms)
 {
     int64_t now = timefmt_now_ms();
-    visitor_salts_rotate(app->salts, now);
-    int err = seglog_poisoned_err(app->log);
+    if (app->cluster) {
+        int src = cluster_salts_sync(app->cluster, app->salts, now);
+        if (src) diag_warn("shared salts: %s (the held ones stay in use)", tally_strerror(src));
+    } else {
+        visitor_salts_rotate(app->salts, now);
+    }
+    int err = app->log ? seglog_poisoned_err(app->log) : 0;
     if (err != 0) {
         int rc = seglog_reset_poison(app->log);
         if (rc == 0) {
@@ -300,14 +309,14 @@ static void chores(struct app *app, int64_t *last_retention_ms)
                       tally_strerror(err));
         }
     }
-    {
+    if (app->rollups) {
         int rc = rollup_service_recover(app->rollups); /* after a store write error */
         if (rc != 0)
             diag_warn("store still failing (%s); events are kept in the log and processed "
                       "once it reopens", tally_strerror(rc));
     }
     /* A running backup holds the retention lock: retention waits for the next round. */
-    if (now - *last_retention_ms >= RETENTION_INTERVAL_MS &&
+    if (app->log && now - *last_retention_ms >= RETENTION_INTERVAL_MS &&
         pthread_mutex_trylock(&app->retention_mu) == 0) {
         *last_retention_ms = now;
         struct seglog_retention_result res;
@@ -370,6 +379,18 @@ static void warn_restart_keys(const struct tally_config *o, const struct tally_c
             "[storage] log settings");
     CHANGED(o->salt_rotation_hours != n->salt_rotation_hours, "salt_rotation_hours");
     CHANGED(!str_eq(o->tracker_path, n->tracker_path), "tracker_path");
+    CHANGED(o->role != n->role || o->log_backend != n->log_backend ||
+                !list_eq(&o->nats_urls, &n->nats_urls) ||
+                !str_eq(o->stream_prefix, n->stream_prefix) || o->partitions != n->partitions ||
+                o->replicas != n->replicas || !str_eq(o->node_name, n->node_name) ||
+                !list_eq(&o->owned_partitions, &n->owned_partitions) ||
+                !list_eq(&o->partition_owners, &n->partition_owners) ||
+                o->stream_max_age_hours != n->stream_max_age_hours ||
+                o->stream_max_bytes != n->stream_max_bytes ||
+                o->publish_timeout_ms != n->publish_timeout_ms ||
+                o->publish_pending_max != n->publish_pending_max ||
+                o->forward_timeout_ms != n->forward_timeout_ms,
+            "[cluster]");
 #undef CHANGED
     if (len) diag_warn("reload: changed but read only at start (restart to apply): %s", names);
 }
@@ -437,7 +458,7 @@ static void reload(struct app *app, const struct app_options *opt,
     if (g.ratelimit) atomic_store_explicit(&app->ratelimit, g.ratelimit, memory_order_release);
     atomic_store_explicit(&app->sites, g.sites, memory_order_release);
     atomic_store_explicit(&app->cfg, n, memory_order_release);
-    if (consumers_differ) {
+    if (consumers_differ && app->rollups) {
         g_consumers_cfg = n;
         if (rollup_service_reconfigure(app->rollups, n) != 0)
             diag_warn("reload: the consumers could not restart yet; retrying every second");
@@ -498,6 +519,43 @@ static bool upgrade(struct app *app)
     return true;
 }
 
+/* The processing side (role all or process): the store and the consumers of this node's
+ * sources (node.h). 0, or an error after printing why. */
+static int start_processing(struct app *app, const struct datadir *dd,
+                            struct rollup_source **sources, size_t *nsources)
+{
+    const struct tally_config *cfg = app->cfg;
+    int rc = open_store(dd, false, &app->store);
+    if (rc != 0) return rc;
+    if ((rc = node_sources(cfg, app->log, app->js, sources, nsources)) != 0) {
+        fprintf(stderr, "tally: no partitions to consume: %s\n", tally_strerror(rc));
+        return rc;
+    }
+    struct rollup_config rcfg;
+    rollup_config_default(&rcfg);
+    rcfg.cfg = cfg;
+    /* Memory next to ingest (RSS target 128 MiB): flush the consumers' pending output at a
+     * few MiB rather than the offline rebuild's hundreds; visitors beyond the in-memory bound
+     * are reloaded from the sessions family when they come back. With several sources
+     * (JetStream partitions) the budget is shared between their engines. */
+    size_t n = *nsources;
+    size_t share = n > 1 ? n : 1;
+    rcfg.engine.pending_bytes_max = (16u << 20) / share > (2u << 20) ? (16u << 20) / share
+                                                                     : (2u << 20);
+    rcfg.engine.pending_events_max = 50000 / share > 5000 ? 50000 / share : 5000;
+    rcfg.engine.intern_bytes_max = rcfg.engine.pending_bytes_max;
+    rcfg.engine.visitors_max = 50000 / share > 5000 ? 50000 / share : 5000;
+    rcfg.raw_flush_events_max = 20000 / share > 2000 ? 20000 / share : 2000;
+    if ((rc = rollup_service_start(app->store, *sources, n, &rcfg, &app->rollups)) != 0) {
+        fprintf(stderr, "tally: cannot start the consumers: %s\n", tally_strerror(rc));
+        return rc;
+    }
+    const char *labels[] = {"reason", "duplicate", NULL};
+    metrics_counter_ref(app->metrics, "tally_events_dropped_total", DROPPED_HELP, labels, 0,
+                        rollup_service_duplicates(app->rollups));
+    return 0;
+}
+
 int app_serve(const struct tally_config *cfg, const struct app_options *opt)
 {
     struct app app;
@@ -505,6 +563,8 @@ int app_serve(const struct tally_config *cfg, const struct app_options *opt)
     app.cfg = cfg;
     pthread_mutex_init(&app.retention_mu, NULL);
     struct datadir *dd = NULL;
+    struct rollup_source *sources = NULL;
+    size_t nsources = 0;
     int exit_code = 1;
     int listen_fd = opt->listen_fd >= 0 ? opt->listen_fd : systemd_listen_fd();
 
@@ -545,12 +605,33 @@ int app_serve(const struct tally_config *cfg, const struct app_options *opt)
         goto out;
     }
     app.data_dir = datadir_path(dd);
-    if (open_log(cfg, dd, opt->repair, false, &app.log) != 0) goto out;
+    bool jetstream = cfg->log_backend == CONFIG_LOG_JETSTREAM;
+    if (!jetstream) {
+        if (open_log(cfg, dd, opt->repair, false, &app.log) != 0) goto out;
+        evlog_local(app.log, &app.sink);
+    } else {
+        if (node_jslog_open(cfg, &app.js) != 0) goto out;
+        jslog_sink(app.js, &app.sink);
+    }
     int rc = visitor_salts_open(datadir_path(dd), timefmt_now_ms(), &app.salts);
     if (rc != 0) {
         fprintf(stderr, "tally: cannot open %s/salts: %s\n", datadir_path(dd),
                 tally_strerror(rc));
         goto out;
+    }
+    if (jetstream) {
+        char cerr[256] = "";
+        if ((rc = cluster_open(cfg, &app.cluster, cerr)) != 0) {
+            fprintf(stderr, "tally: [cluster]: %s%s%s\n", tally_strerror(rc), cerr[0] ? ": " : "",
+                    cerr);
+            goto out;
+        }
+        /* Before the first event is hashed: every ingest node uses the same salts. */
+        if ((rc = cluster_salts_sync(app.cluster, app.salts, timefmt_now_ms())) != 0) {
+            fprintf(stderr, "tally: cannot read the shared salts from JetStream: %s\n",
+                    tally_strerror(rc));
+            goto out;
+        }
     }
     app.sites = sites_new(cfg);
     app.ratelimit = ratelimit_new(cfg->rate_limit_per_ip, cfg->rate_limit_burst);
@@ -559,27 +640,9 @@ int app_serve(const struct tally_config *cfg, const struct app_options *opt)
     app.generation_count = 1;
     if (!app.sites || !app.ratelimit || !app.metrics) goto out;
     register_metrics(&app);
-    if (open_store(dd, false, &app.store) != 0) goto out;
-    struct rollup_config rcfg;
-    rollup_config_default(&rcfg);
-    rcfg.cfg = cfg;
-    /* Memory next to ingest (RSS target 128 MiB): flush the consumers' pending output at a
-     * few MiB rather than the offline rebuild's hundreds; visitors beyond the in-memory bound
-     * are reloaded from the sessions family when they come back. */
-    rcfg.engine.pending_bytes_max = 16u << 20;
-    rcfg.engine.pending_events_max = 50000;
-    rcfg.engine.intern_bytes_max = 16u << 20;
-    rcfg.engine.visitors_max = 50000;
-    rcfg.raw_flush_events_max = 20000;
-    if ((rc = rollup_service_start(app.store, app.log, &rcfg, &app.rollups)) != 0) {
-        fprintf(stderr, "tally: cannot start the consumers: %s\n", tally_strerror(rc));
+    if (cfg->role != CONFIG_ROLE_INGEST &&
+        start_processing(&app, dd, &sources, &nsources) != 0)
         goto out;
-    }
-    {
-        const char *labels[] = {"reason", "duplicate", NULL};
-        metrics_counter_ref(app.metrics, "tally_events_dropped_total", DROPPED_HELP, labels, 0,
-                            rollup_service_duplicates(app.rollups));
-    }
     if (make_http(&app, listen_fd) != 0) goto out;
     init_keys(&app, dd);
     if ((rc = query_api_start(&app, &app.queries)) != 0) {
@@ -593,9 +656,16 @@ int app_serve(const struct tally_config *cfg, const struct app_options *opt)
                  (unsigned)http_server_port(app.http));
     else
         snprintf(where, sizeof where, "%s", cfg->listen);
-    diag_info("tally %s serving on %s (data in %s, fsync %s)", TALLY_VERSION, where,
-              cfg->data_dir, cfg->fsync == CONFIG_FSYNC_ALWAYS ? "always"
-                             : cfg->fsync == CONFIG_FSYNC_INTERVAL ? "interval" : "none");
+    if (jetstream)
+        diag_info("tally %s serving on %s (role %s, JetStream log at %s, %zu partitions "
+                  "consumed here, data in %s)", TALLY_VERSION, where,
+                  cfg->role == CONFIG_ROLE_ALL ? "all"
+                  : cfg->role == CONFIG_ROLE_INGEST ? "ingest" : "process",
+                  cfg->nats_urls.items[0], nsources, cfg->data_dir);
+    else
+        diag_info("tally %s serving on %s (data in %s, fsync %s)", TALLY_VERSION, where,
+                  cfg->data_dir, cfg->fsync == CONFIG_FSYNC_ALWAYS ? "always"
+                                 : cfg->fsync == CONFIG_FSYNC_INTERVAL ? "interval" : "none");
 
     int64_t last_retention_ms = 0;
     for (;;) {
@@ -624,9 +694,13 @@ out:
     admin_stop(&app); /* a running backup finishes (and answers) before the store closes */
     query_api_free(app.queries); /* joins the query workers: every query answered */
     app.queries = NULL;
+    cluster_close(app.cluster); /* after the query workers: they forward through it */
     rollup_service_stop(app.rollups); /* flushes both consumers (output + cursor) */
+    free(sources);
     seglog_close(app.log); /* completes every pending append before the server is freed */
     app.log = NULL;
+    jslog_close(app.js); /* likewise for JetStream (readers are closed with the consumers) */
+    app.js = NULL;
     live_free(app.live); /* no append publishes any more; the ticker reads the store */
     http_server_free(app.http);
     store_close(app.store);
@@ -657,6 +731,13 @@ int app_check(const struct tally_config *cfg)
     }
     struct datadir *dd;
     if (lock_data_dir(cfg, &dd) != 0) return 1;
+    if (cfg->log_backend == CONFIG_LOG_JETSTREAM) {
+        printf("configuration: ok\ndata directory %s: ok\nevent log: JetStream (%s, streams "
+               "%s_P0..%s_P%lld), not checked offline\n", cfg->data_dir, cfg->nats_urls.items[0],
+               cfg->stream_prefix, cfg->stream_prefix, (long long)cfg->partitions - 1);
+        datadir_close(dd);
+        return 0;
+    }
     struct seglog *log = NULL;
     int rc = open_log(cfg, dd, false, true, &log);
     if (rc == TALLY_ENOENT) {
@@ -737,6 +818,12 @@ static void print_record(const struct seglog_record *rec)
 
 int app_dump_log(const struct tally_config *cfg, const struct app_options *opt)
 {
+    if (cfg->log_backend == CONFIG_LOG_JETSTREAM) {
+        fprintf(stderr, "tally: --dump-log reads the local log; with log_backend = jetstream "
+                        "read the streams with the nats CLI (`nats stream view %s_P<n>`)\n",
+                cfg->stream_prefix);
+        return 2;
+    }
     struct datadir *dd;
     if (lock_data_dir(cfg, &dd) != 0) return 1;
     struct seglog *log = NULL;
@@ -786,14 +873,27 @@ int app_rebuild(const struct tally_config *cfg, const struct app_options *opt)
         return 1;
     }
     struct seglog *log = NULL;
+    struct jslog *js = NULL;
     struct store *store = NULL;
+    struct rollup_source *src = NULL;
+    size_t nsrc = 0;
     int exit_code = 1;
-    int rc = open_log(cfg, dd, false, true, &log);
-    if (rc == TALLY_ENOENT) {
-        fprintf(stderr, "tally: no event log in %s: nothing to rebuild\n", cfg->data_dir);
-        goto out;
+    int rc;
+    if (cfg->log_backend == CONFIG_LOG_JETSTREAM) {
+        if (cfg->role == CONFIG_ROLE_INGEST) {
+            fprintf(stderr, "tally: role = ingest holds no store: nothing to rebuild\n");
+            goto out;
+        }
+        rc = node_jslog_open(cfg, &js);
+    } else {
+        rc = open_log(cfg, dd, false, true, &log);
+        if (rc == TALLY_ENOENT) {
+            fprintf(stderr, "tally: no event log in %s: nothing to rebuild\n", cfg->data_dir);
+            goto out;
+        }
     }
     if (rc != 0 || open_store(dd, false, &store) != 0) goto out;
+    if (node_sources(cfg, log, js, &src, &nsrc) != 0) goto out;
     struct rollup_rebuild_opts ro;
     memset(&ro, 0, sizeof ro);
     ro.cfg = cfg;
@@ -802,15 +902,19 @@ int app_rebuild(const struct tally_config *cfg, const struct app_options *opt)
     ro.to_date = opt->to_date;
     if (isatty(STDERR_FILENO)) ro.progress = rebuild_progress;
     struct rollup_rebuild_summary sum;
-    rc = rollup_rebuild(store, log, &ro, &sum);
+    rc = rollup_rebuild(store, src, nsrc, &ro, &sum);
     if (rc != 0) {
         fprintf(stderr, "tally: rebuild failed: %s%s\n", tally_strerror(rc),
                 rc == TALLY_EINVAL ? " (check --site and the YYYY-MM-DD dates)" : "");
         exit_code = rc == TALLY_EINVAL ? 2 : 1;
         goto out;
     }
-    printf("rebuild: log offsets [%llu, %llu)\n", (unsigned long long)sum.log_start,
-           (unsigned long long)sum.log_end);
+    if (js)
+        printf("rebuild: %zu partitions from JetStream, %llu records\n", nsrc,
+               (unsigned long long)(sum.log_end - sum.log_start));
+    else
+        printf("rebuild: log offsets [%llu, %llu)\n", (unsigned long long)sum.log_start,
+               (unsigned long long)sum.log_end);
     printf("events read %llu, counted %llu, excluded %llu, duplicates %llu, corrupt %llu\n",
            (unsigned long long)sum.events_read, (unsigned long long)sum.events_counted,
            (unsigned long long)sum.events_excluded, (unsigned long long)sum.events_duplicate,
@@ -822,7 +926,9 @@ int app_rebuild(const struct tally_config *cfg, const struct app_options *opt)
     exit_code = 0;
 out:
     store_close(store);
+    free(src);
     seglog_close(log);
+    jslog_close(js);
     datadir_close(dd);
     unload_classifiers();
     return exit_code;

@@ -36,13 +36,15 @@ struct salt_set {
 
 struct visitor_salts {
     /* Immutable after open. */
-    uint8_t id_key[VISITOR_SALT_BYTES];
     char *path, *tmp_path, *dir;
 
-    /* Writer state. */
+    /* Writer state: the node's own (file) set. Hashing reads only the published copy, which
+     * after visitor_salts_adopt holds the adopted set instead. */
     pthread_mutex_t write_mu;
+    uint8_t id_key[VISITOR_SALT_BYTES]; /* set at open, then guarded by write_mu */
     struct salt_set set; /* guarded by write_mu */
     bool dirty;          /* guarded by write_mu: set differs from the file */
+    bool adopted;        /* guarded by write_mu: the published set came from outside */
 
     /* Reader-visible copy, published under a seqlock: seq is odd while the writer updates.
      * Everything is atomic so that readers racing a writer are defined behaviour; readers
@@ -51,22 +53,30 @@ struct visitor_salts {
     _Atomic int64_t current_day;
     _Atomic int64_t pub_day[VISITOR_SALT_DAYS_MAX]; /* NO_DAY when the slot is empty */
     _Atomic uint64_t pub_salt[VISITOR_SALT_DAYS_MAX][2];
+    _Atomic uint64_t pub_key[2]; /* the id key */
 };
 
 /* ---- publication (seqlock) ----------------------------------------------------------------- */
 
-static void publish(struct visitor_salts *s, int64_t today)
+/* Publishes set and key for hashing (under write_mu: one writer at a time). */
+static void publish(struct visitor_salts *s, const struct salt_set *set,
+                    const uint8_t key[VISITOR_SALT_BYTES], int64_t today)
 {
     uint64_t seq = atomic_load_explicit(&s->seq, memory_order_relaxed);
     atomic_store_explicit(&s->seq, seq + 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_release);
     atomic_store_explicit(&s->current_day, today, memory_order_relaxed);
+    uint64_t k[2];
+    memcpy(k, key, VISITOR_SALT_BYTES);
+    atomic_store_explicit(&s->pub_key[0], k[0], memory_order_relaxed);
+    atomic_store_explicit(&s->pub_key[1], k[1], memory_order_relaxed);
+    sodium_memzero(k, sizeof k);
     for (int i = 0; i < VISITOR_SALT_DAYS_MAX; i++) {
         uint64_t w[2] = {0, 0};
         int64_t day = NO_DAY;
-        if (i < s->set.n) {
-            day = s->set.day[i];
-            memcpy(w, s->set.salt[i], VISITOR_SALT_BYTES);
+        if (i < set->n) {
+            day = set->day[i];
+            memcpy(w, set->salt[i], VISITOR_SALT_BYTES);
         }
         atomic_store_explicit(&s->pub_day[i], day, memory_order_relaxed);
         atomic_store_explicit(&s->pub_salt[i][0], w[0], memory_order_relaxed);
@@ -98,6 +108,24 @@ static void salt_for_day(const struct visitor_salts *cs, int64_t day, uint8_t ke
         atomic_thread_fence(memory_order_acquire);
         if (atomic_load_explicit(&s->seq, memory_order_relaxed) == s1) {
             TALLY_ASSERT(pick >= 0); /* rotation always holds today's salt */
+            memcpy(key, w, 16);
+            return;
+        }
+    }
+}
+
+/* Copies the published id key into key. */
+static void id_key_load(const struct visitor_salts *cs, uint8_t key[16])
+{
+    struct visitor_salts *s = (struct visitor_salts *)cs; /* atomics are only loaded */
+    for (;;) {
+        uint64_t s1 = atomic_load_explicit(&s->seq, memory_order_acquire);
+        if (s1 & 1) continue;
+        uint64_t w[2];
+        w[0] = atomic_load_explicit(&s->pub_key[0], memory_order_relaxed);
+        w[1] = atomic_load_explicit(&s->pub_key[1], memory_order_relaxed);
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&s->seq, memory_order_relaxed) == s1) {
             memcpy(key, w, 16);
             return;
         }
@@ -176,7 +204,11 @@ uint64_t visitor_hash_client(const struct visitor_salts *s, const char *site, si
     m.buf[m.len++] = 'C';
     msg_part(&m, site, site_len, VISITOR_SITE_BYTES_MAX, 1);
     msg_part(&m, id, id_len, VISITOR_CLIENT_ID_BYTES_MAX, 2);
-    return siphash(&m, s->id_key);
+    uint8_t key[16];
+    id_key_load(s, key);
+    uint64_t h = siphash(&m, key);
+    sodium_memzero(key, sizeof key);
+    return h;
 }
 
 /* ---- file ---------------------------------------------------------------------------------- */
@@ -331,9 +363,13 @@ int visitor_salts_rotate(struct visitor_salts *s, int64_t now_ms)
 {
     int64_t today = timefmt_day_of_ms(now_ms);
     pthread_mutex_lock(&s->write_mu);
+    if (s->adopted) { /* the adopter rotates (cluster_salts_sync) */
+        pthread_mutex_unlock(&s->write_mu);
+        return TALLY_OK;
+    }
     bool changed = recompute(s, today);
     if (changed || atomic_load_explicit(&s->current_day, memory_order_relaxed) != today)
-        publish(s, today);
+        publish(s, &s->set, s->id_key, today);
     if (changed) s->dirty = true;
     int err = TALLY_OK;
     if (s->dirty) {
@@ -342,6 +378,32 @@ int visitor_salts_rotate(struct visitor_salts *s, int64_t now_ms)
     }
     pthread_mutex_unlock(&s->write_mu);
     return err;
+}
+
+int visitor_salts_adopt(struct visitor_salts *s, const uint8_t id_key[VISITOR_SALT_BYTES],
+                        const int64_t *days, const uint8_t (*salts)[VISITOR_SALT_BYTES], size_t n,
+                        int64_t now_ms)
+{
+    int64_t today = timefmt_day_of_ms(now_ms);
+    if (n == 0 || n > VISITOR_SALT_DAYS_MAX) return TALLY_EINVAL;
+    bool has_today = false;
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0 && days[i] <= days[i - 1]) return TALLY_EINVAL;
+        if (days[i] == NO_DAY) return TALLY_EINVAL;
+        if (days[i] == today) has_today = true;
+    }
+    if (!has_today) return TALLY_EINVAL; /* hashing falls back on today's salt */
+    struct salt_set next = {.n = (int)n};
+    for (size_t i = 0; i < n; i++) {
+        next.day[i] = days[i];
+        memcpy(next.salt[i], salts[i], VISITOR_SALT_BYTES);
+    }
+    pthread_mutex_lock(&s->write_mu);
+    s->adopted = true;
+    publish(s, &next, id_key, today);
+    pthread_mutex_unlock(&s->write_mu);
+    sodium_memzero(&next, sizeof next);
+    return TALLY_OK;
 }
 
 static char *join(const char *dir, const char *name)
@@ -369,6 +431,8 @@ int visitor_salts_open(const char *data_dir, int64_t now_ms, struct visitor_salt
         atomic_init(&s->pub_salt[i][0], 0);
         atomic_init(&s->pub_salt[i][1], 0);
     }
+    atomic_init(&s->pub_key[0], 0);
+    atomic_init(&s->pub_key[1], 0);
     if (!s->dir || !s->path || !s->tmp_path) {
         visitor_salts_close(s);
         return TALLY_ENOMEM;

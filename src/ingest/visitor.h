@@ -35,6 +35,16 @@
  * A file that fails any check is TALLY_ECORRUPT: visitor_salts_open refuses it rather than
  * silently re-keying (deleting the file is the operator's explicit reset of all ids).
  *
+ * ADOPTED SETS (cluster.h, log_backend = jetstream). visitor_salts_adopt replaces what hashing
+ * uses with a set supplied from outside (the id key and the salts of the shared JetStream
+ * bucket), published under the same seqlock as a rotation, the id key included. From the first
+ * adoption on, the handle's set is owned by whoever adopts: visitor_salts_rotate changes
+ * nothing (it would invent salts no other node has) and the adopted set is NOT written to the
+ * salts file. The bucket is the only copy that matters: a node that cannot reach it cannot
+ * publish events either (same JetStream), and copies on every node's disk would outlive the
+ * bucket's purge of old days. The file keeps the node's own local set, untouched, used again
+ * only if the node returns to the local backend.
+ *
  * THREADS. Hashing is lock-free and writes no shared memory (a seqlock over atomics); any
  * thread may hash while another rotates. Rotation serialises on an internal mutex and does
  * the file I/O (a few hundred bytes, once a day): call it from a timer, not an event loop's
@@ -67,8 +77,16 @@ void visitor_salts_close(struct visitor_salts *s);
 /* Makes the held salts exactly yesterday's (if held), today's and tomorrow's for now_ms, and
  * persists the set when it changed (or an earlier write failed). The in-memory set changes
  * even when writing fails; then TALLY_EIO/TALLY_ENOSPC is returned and the next call retries
- * the write. Any thread. */
+ * the write. On an adopted handle: nothing, 0. Any thread. */
 int visitor_salts_rotate(struct visitor_salts *s, int64_t now_ms);
+
+/* Makes hashing use exactly id_key and the n salts (days[i], salts[i]) for now_ms: n in
+ * 1..VISITOR_SALT_DAYS_MAX, days strictly ascending, today's day (UTC, of now_ms) among them.
+ * The handle becomes adopted (see ADOPTED SETS above: rotation stops, nothing is written).
+ * Inputs are copied. 0, or TALLY_EINVAL (s unchanged). Any thread. */
+int visitor_salts_adopt(struct visitor_salts *s, const uint8_t id_key[VISITOR_SALT_BYTES],
+                        const int64_t *days, const uint8_t (*salts)[VISITOR_SALT_BYTES], size_t n,
+                        int64_t now_ms);
 
 /* Anonymous visitor id for an event at ts_ms (see the salt rule above). Any thread. */
 uint64_t visitor_hash_anonymous(const struct visitor_salts *s, int64_t ts_ms, const char *site,

@@ -12,7 +12,7 @@
 
 #include "core/diag.h"
 #include "ingest/timefmt.h"
-#include "log/seglog.h"
+#include "log/evlog.h"
 #include "rollup/dedup.h"
 #include "store/raw.h"
 #include "store/strtab.h"
@@ -22,13 +22,6 @@
 #define RETRY_DELAY_MS 1000
 #define WAIT_MS 100
 #define RAW_RETENTION_INTERVAL_MS (3600LL * 1000)
-
-int64_t consumer_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void sleep_ms(int64_t ms)
 {
@@ -179,7 +172,7 @@ static void report(struct consumer_status *st, uint64_t cursor, uint64_t from, u
 }
 
 struct loop_state {
-    struct seglog *log;
+    struct evlog *log;
     const struct loop_ops *ops;
     struct consumer_status *st;
     int consumer_id;
@@ -191,40 +184,40 @@ struct loop_state {
 static int do_flush(struct loop_state *ls)
 {
     int rc = ls->ops->flush(ls->ops->ctx);
-    ls->last_flush = consumer_now_ms();
+    ls->last_flush = timefmt_mono_ms();
     if (rc) return rc;
     uint64_t cur = ls->ops->cursor(ls->ops->ctx);
-    if (ls->consumer_id >= 0) seglog_consumer_advance(ls->log, ls->consumer_id, cur);
+    if (ls->consumer_id >= 0) evlog_consumer_advance(ls->log, ls->consumer_id, cur);
     report(ls->st, cur, ls->from, ls->end);
     return TALLY_OK;
 }
 
 /* Reads [cursor, end) (or live) feeding ops. Returns 0 at the end/stop, or an error. */
-static int loop(struct seglog *log, struct feeder *fd, const struct loop_ops *ops,
+static int loop(struct evlog *log, struct feeder *fd, const struct loop_ops *ops,
                 uint64_t end_offset, bool live, int64_t flush_interval_ms,
                 struct consumer_status *st, const char *name, int consumer_id)
 {
     uint64_t cursor = ops->cursor(ops->ctx);
-    uint64_t start = seglog_start_offset(log);
+    uint64_t start = evlog_start_offset(log);
     if (cursor < start) {
         diag_warn("%s consumer: offsets [%llu, %llu) were deleted from the log before they "
                   "were consumed", name, (unsigned long long)cursor, (unsigned long long)start);
         cursor = start;
     }
-    uint64_t end = end_offset == UINT64_MAX ? seglog_committed_offset(log) : end_offset;
+    uint64_t end = end_offset == UINT64_MAX ? evlog_committed_offset(log) : end_offset;
     report(st, ops->cursor(ops->ctx), cursor, end > cursor ? end : cursor);
     if (!live && cursor >= end) return TALLY_OK;
-    struct seglog_reader *r = NULL;
-    int rc = seglog_reader_open(log, cursor, &r);
+    struct evlog_reader *r = NULL;
+    int rc = evlog_reader_open(log, cursor, &r);
     if (rc) return rc;
-    struct loop_state ls = {log, ops, st, consumer_id, cursor, end, consumer_now_ms()};
+    struct loop_state ls = {log, ops, st, consumer_id, cursor, end, timefmt_mono_ms()};
     uint64_t since_report = 0;
     while (!rc) {
         if (st && atomic_load(&st->stop)) break;
         if (ops->tick) ops->tick(ops->ctx);
-        if (!live && seglog_reader_position(r) >= end) break;
+        if (!live && evlog_reader_position(r) >= end) break;
         struct seglog_record rec;
-        int n = seglog_reader_next(r, &rec);
+        int n = evlog_reader_next(r, &rec);
         if (n == 0) {
             if (!live && rec.offset >= end) break;
             struct devent de;
@@ -239,30 +232,36 @@ static int loop(struct seglog *log, struct feeder *fd, const struct loop_ops *op
                 report(st, ops->cursor(ops->ctx), ls.from, ls.end);
             }
         } else if (n == TALLY_EAGAIN) {
-            if (!live) break;
+            if (!live) {
+                /* A catch-up run to a known end: a remote log (JetStream) may answer "nothing
+                 * yet" before the end (a fetch in flight, a leader election); wait for it. */
+                if (evlog_reader_position(r) >= end || (st && atomic_load(&st->stop))) break;
+                if (evlog_wait(log, evlog_reader_position(r), WAIT_MS) == TALLY_ECLOSED) break;
+                continue;
+            }
             if (ops->pending(ops->ctx)) rc = do_flush(&ls);
             if (!rc) {
-                ls.end = seglog_committed_offset(log);
-                int w = seglog_wait(log, seglog_reader_position(r), WAIT_MS);
+                ls.end = evlog_committed_offset(log);
+                int w = evlog_wait(log, evlog_reader_position(r), WAIT_MS);
                 if (w == TALLY_ECLOSED) break;
             }
         } else if (n == TALLY_ERANGE) {
-            uint64_t s0 = seglog_start_offset(log);
+            uint64_t s0 = evlog_start_offset(log);
             diag_warn("%s consumer: the log moved past the reader (retention); resuming at %llu",
                       name, (unsigned long long)s0);
-            seglog_reader_close(r);
+            evlog_reader_close(r);
             r = NULL;
-            rc = seglog_reader_open(log, s0, &r);
+            rc = evlog_reader_open(log, s0, &r);
         } else {
             rc = n;
         }
         if (!rc && live && ops->pending(ops->ctx) &&
-            consumer_now_ms() - ls.last_flush >= flush_interval_ms)
+            timefmt_mono_ms() - ls.last_flush >= flush_interval_ms)
             rc = do_flush(&ls);
     }
     if (!rc && ops->pending(ops->ctx)) rc = do_flush(&ls);
     if (!rc) report(st, ops->cursor(ops->ctx), ls.from, ls.end);
-    seglog_reader_close(r);
+    evlog_reader_close(r);
     return rc;
 }
 
@@ -297,7 +296,7 @@ struct pipe {
     size_t nfull, nempty, head; /* full is a FIFO ring from head */
     bool stop;
     /* reader side */
-    struct seglog *log;
+    struct evlog *log;
     struct feeder *fd;
     uint64_t from, end;
 };
@@ -403,8 +402,8 @@ static void pipe_put_full(struct pipe *p, struct pbatch *b)
 static void *pipe_reader(void *arg)
 {
     struct pipe *p = arg;
-    struct seglog_reader *r = NULL;
-    int rc = seglog_reader_open(p->log, p->from, &r);
+    struct evlog_reader *r = NULL;
+    int rc = evlog_reader_open(p->log, p->from, &r);
     for (;;) {
         struct pbatch *b = pipe_take_empty(p);
         if (!b) break;
@@ -412,12 +411,20 @@ static void *pipe_reader(void *arg)
         b->err = 0;
         b->end = false;
         while (!rc && b->n < PIPE_EVENTS) {
-            if (seglog_reader_position(r) >= p->end) {
+            if (evlog_reader_position(r) >= p->end) {
                 b->end = true;
                 break;
             }
             struct seglog_record rec;
-            int n = seglog_reader_next(r, &rec);
+            int n = evlog_reader_next(r, &rec);
+            if (n == TALLY_EAGAIN && evlog_reader_position(r) < p->end) {
+                /* not fetched yet from a remote log: wait (see loop()) */
+                if (evlog_wait(p->log, evlog_reader_position(r), WAIT_MS) == TALLY_ECLOSED) {
+                    b->end = true;
+                    break;
+                }
+                continue;
+            }
             if (n == TALLY_EAGAIN || (n == 0 && rec.offset >= p->end)) {
                 b->end = true;
                 break;
@@ -445,7 +452,7 @@ static void *pipe_reader(void *arg)
         pipe_put_full(p, b);
         if (last) break;
     }
-    seglog_reader_close(r);
+    evlog_reader_close(r);
     return NULL;
 }
 
@@ -458,17 +465,17 @@ static void pbatch_free(struct pbatch *b)
 }
 
 /* As loop() without live mode, with decoding and deriving on a second thread. */
-static int loop_pipelined(struct seglog *log, struct feeder *fd, const struct loop_ops *ops,
+static int loop_pipelined(struct evlog *log, struct feeder *fd, const struct loop_ops *ops,
                           uint64_t end_offset, struct consumer_status *st, const char *name)
 {
     uint64_t cursor = ops->cursor(ops->ctx);
-    uint64_t start = seglog_start_offset(log);
+    uint64_t start = evlog_start_offset(log);
     if (cursor < start) {
         diag_warn("%s consumer: offsets [%llu, %llu) were deleted from the log before they "
                   "were consumed", name, (unsigned long long)cursor, (unsigned long long)start);
         cursor = start;
     }
-    uint64_t end = end_offset == UINT64_MAX ? seglog_committed_offset(log) : end_offset;
+    uint64_t end = end_offset == UINT64_MAX ? evlog_committed_offset(log) : end_offset;
     report(st, ops->cursor(ops->ctx), cursor, end > cursor ? end : cursor);
     if (cursor >= end) return TALLY_OK;
     struct pipe *p = calloc(1, sizeof *p);
@@ -488,7 +495,7 @@ static int loop_pipelined(struct seglog *log, struct feeder *fd, const struct lo
     pthread_t th;
     bool started = !rc && pthread_create(&th, NULL, pipe_reader, p) == 0;
     if (!rc && !started) rc = TALLY_ENOMEM;
-    struct loop_state ls = {log, ops, st, -1, cursor, end, consumer_now_ms()};
+    struct loop_state ls = {log, ops, st, -1, cursor, end, timefmt_mono_ms()};
     bool done = !started;
     while (!done && !rc) {
         pthread_mutex_lock(&p->mu);
@@ -573,7 +580,7 @@ static int eng_flush(void *c)
     return rc;
 }
 
-int consumer_run_rollup(struct store *s, struct seglog *log, const struct rollup_config *cfg,
+int consumer_run_rollup(struct store *s, struct evlog *log, const struct rollup_config *cfg,
                         const struct engine_opts *eopt, uint64_t from_offset,
                         uint64_t end_offset, bool live, struct consumer_status *st,
                         struct engine_stats *stats_out)
@@ -588,7 +595,7 @@ int consumer_run_rollup(struct store *s, struct seglog *log, const struct rollup
         o.start_offset = from_offset;
         rc = fd ? engine_open(s, &o, &e) : TALLY_ENOMEM;
         int cid = -1;
-        if (!rc && live) cid = seglog_consumer_register(log, "rollup", engine_cursor(e));
+        if (!rc && live) cid = evlog_consumer_register(log, "rollup", engine_cursor(e));
         if (!rc) {
             struct eng_ctx ectx = {e, st, 0, 0};
             struct loop_ops ops = {&ectx,       eng_cursor,  eng_add,   eng_skip,
@@ -626,6 +633,7 @@ static void raw_retention_run(struct store *s, const struct tally_config *cfg)
 
 struct rawcons {
     struct store *s;
+    char key_cursor[48], key_wm[48]; /* <prefix>cursor, <prefix>wm */
     const struct tally_config *cfg;
     int64_t next_retention_ms; /* monotonic; 0: retention off (catch-up runs) */
     struct raw_writer *w;
@@ -650,25 +658,30 @@ static void rawcons_free(struct rawcons *c)
     free(c);
 }
 
-static int rawcons_open(struct store *s, size_t flush_max, struct rawcons **out)
+static int rawcons_open(struct store *s, const char *prefix, size_t flush_max,
+                        struct rawcons **out)
 {
     struct rawcons *c = calloc(1, sizeof *c);
     if (!c) return TALLY_ENOMEM;
     c->s = s;
     c->flush_max = flush_max;
+    char dd[48];
+    snprintf(c->key_cursor, sizeof c->key_cursor, "%scursor", prefix);
+    snprintf(c->key_wm, sizeof c->key_wm, "%swm", prefix);
+    snprintf(dd, sizeof dd, "%sdd", prefix);
     c->w = raw_writer_new(s);
-    c->dd = dedup_new(RAW_STATE_PREFIX "dd", 0);
+    c->dd = dedup_new(dd, 0);
     c->b = store_batch_new(s);
     c->site_names = strtab_new();
     int rc = (!c->w || !c->dd || !c->b || !c->site_names) ? TALLY_ENOMEM : TALLY_OK;
     uint64_t v;
     if (!rc) {
-        int r = store_meta_get_u64(s, RAW_STATE_PREFIX "cursor", &v);
+        int r = store_meta_get_u64(s, c->key_cursor, &v);
         if (r == 0) c->cursor = v;
         else if (r != TALLY_ENOENT) rc = r;
     }
     if (!rc) {
-        int r = store_meta_get_u64(s, RAW_STATE_PREFIX "wm", &v);
+        int r = store_meta_get_u64(s, c->key_wm, &v);
         if (r == 0) c->wm = (int64_t)v;
         else if (r != TALLY_ENOENT) rc = r;
     }
@@ -719,9 +732,9 @@ static int raw_add(void *p, const struct devent *ev)
 static void raw_tick(void *p)
 {
     struct rawcons *c = p;
-    if (!c->next_retention_ms || consumer_now_ms() < c->next_retention_ms) return;
+    if (!c->next_retention_ms || timefmt_mono_ms() < c->next_retention_ms) return;
     raw_retention_run(c->s, c->cfg);
-    c->next_retention_ms = consumer_now_ms() + RAW_RETENTION_INTERVAL_MS;
+    c->next_retention_ms = timefmt_mono_ms() + RAW_RETENTION_INTERVAL_MS;
 }
 
 static void raw_skip(void *p, uint64_t off)
@@ -749,8 +762,8 @@ static int raw_flush(void *p)
     int rc = raw_writer_flush(c->w, c->b);
     if (!rc) {
         dedup_flush(c->dd, c->b, c->wm);
-        store_batch_put_u64(c->b, RAW_STATE_PREFIX "cursor", c->cursor);
-        store_batch_put_u64(c->b, RAW_STATE_PREFIX "wm", (uint64_t)c->wm);
+        store_batch_put_u64(c->b, c->key_cursor, c->cursor);
+        store_batch_put_u64(c->b, c->key_wm, (uint64_t)c->wm);
         rc = store_write(c->s, c->b);
     }
     store_batch_clear(c->b);
@@ -764,19 +777,20 @@ static int raw_flush(void *p)
     return TALLY_OK;
 }
 
-int consumer_run_raw(struct store *s, struct seglog *log, const struct rollup_config *cfg,
-                     uint64_t end_offset, bool live, struct consumer_status *st)
+int consumer_run_raw(struct store *s, struct evlog *log, const char *prefix,
+                     const struct rollup_config *cfg, uint64_t end_offset, bool live,
+                     struct consumer_status *st)
 {
     int rc;
     for (;;) {
         struct rawcons *c = NULL;
         struct feeder *fd = feeder_new(cfg->cfg);
-        rc = fd ? rawcons_open(s, cfg->raw_flush_events_max, &c) : TALLY_ENOMEM;
+        rc = fd ? rawcons_open(s, prefix, cfg->raw_flush_events_max, &c) : TALLY_ENOMEM;
         int cid = -1;
         if (!rc && live) {
-            cid = seglog_consumer_register(log, "raw", c->cursor);
+            cid = evlog_consumer_register(log, "raw", c->cursor);
             c->cfg = cfg->cfg;
-            c->next_retention_ms = consumer_now_ms(); /* at start, then hourly */
+            c->next_retention_ms = timefmt_mono_ms(); /* at start, then hourly */
         }
         if (!rc) {
             struct loop_ops ops = {c,          raw_cursor,  raw_add,   raw_skip,
@@ -807,54 +821,69 @@ void rollup_config_default(struct rollup_config *c)
 
 #define CONSUMER_NICE 10 /* nice value of the consumer threads in the server */
 
+struct part;
+
 struct worker {
     pthread_t th;
     bool started;
     struct consumer_status st;
-    struct rollup_service *svc;
+    struct part *part;
     bool raw;
+};
+
+/* One source the service consumes, with its two consumers. */
+struct part {
+    struct rollup_service *svc;
+    struct evlog log;
+    char raw_prefix[32], rollup_prefix[32]; /* "raw." / "raw.p3." and "rollup." / ... */
+    struct worker raw, roll;
 };
 
 struct rollup_service {
     struct store *s;
-    struct seglog *log;
     struct rollup_config cfg;
-    struct worker raw, roll;
+    size_t nparts;
+    struct part *parts;
+    _Atomic uint64_t duplicates; /* sum over the parts, refreshed by rollup_service_lag */
 };
 
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
-    struct rollup_service *svc = w->svc;
+    struct part *pt = w->part;
+    struct rollup_service *svc = pt->svc;
     /* Consumers are background work: under a CPU shortage ingest (acknowledgements) goes
      * first and the consumers' lag grows, to be caught up when load drops. Linux applies a
      * nice value to the calling thread only. */
     if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), CONSUMER_NICE) != 0)
         diag_debug("consumer: setpriority failed; running at normal priority");
     if (w->raw) {
-        consumer_run_raw(svc->s, svc->log, &svc->cfg, UINT64_MAX, true, &w->st);
+        consumer_run_raw(svc->s, &pt->log, pt->raw_prefix, &svc->cfg, UINT64_MAX, true, &w->st);
     } else {
         struct engine_opts o = svc->cfg.engine;
-        o.state_prefix = ROLLUP_STATE_PREFIX;
+        o.state_prefix = pt->rollup_prefix;
         o.only_site = NULL;
         o.range = false;
         o.known_empty = false;
-        consumer_run_rollup(svc->s, svc->log, &svc->cfg, &o, 0, UINT64_MAX, true, &w->st,
+        consumer_run_rollup(svc->s, &pt->log, &svc->cfg, &o, 0, UINT64_MAX, true, &w->st,
                             NULL);
     }
     return NULL;
 }
 
-/* Starts both worker threads (their stop flags cleared). 0 or TALLY_ENOMEM (then none runs). */
+/* Starts every worker thread (their stop flags cleared). 0 or TALLY_ENOMEM (then the
+ * caller stops those that run). */
 static int workers_start(struct rollup_service *svc)
 {
-    struct worker *ws[2] = {&svc->raw, &svc->roll};
-    for (int i = 0; i < 2; i++) {
-        ws[i]->svc = svc;
-        ws[i]->raw = i == 0;
-        atomic_store(&ws[i]->st.stop, false);
-        if (pthread_create(&ws[i]->th, NULL, worker_main, ws[i]) != 0) return TALLY_ENOMEM;
-        ws[i]->started = true;
+    for (size_t p = 0; p < svc->nparts; p++) {
+        struct worker *ws[2] = {&svc->parts[p].raw, &svc->parts[p].roll};
+        for (int i = 0; i < 2; i++) {
+            ws[i]->part = &svc->parts[p];
+            ws[i]->raw = i == 0;
+            atomic_store(&ws[i]->st.stop, false);
+            if (pthread_create(&ws[i]->th, NULL, worker_main, ws[i]) != 0) return TALLY_ENOMEM;
+            ws[i]->started = true;
+        }
     }
     return TALLY_OK;
 }
@@ -862,21 +891,56 @@ static int workers_start(struct rollup_service *svc)
 /* Stops and joins the worker threads (each flushes what it holds first). */
 static void workers_stop(struct rollup_service *svc)
 {
-    atomic_store(&svc->raw.st.stop, true);
-    atomic_store(&svc->roll.st.stop, true);
-    if (svc->raw.started) pthread_join(svc->raw.th, NULL);
-    if (svc->roll.started) pthread_join(svc->roll.th, NULL);
-    svc->raw.started = svc->roll.started = false;
+    for (size_t p = 0; p < svc->nparts; p++) {
+        atomic_store(&svc->parts[p].raw.st.stop, true);
+        atomic_store(&svc->parts[p].roll.st.stop, true);
+    }
+    for (size_t p = 0; p < svc->nparts; p++) {
+        struct part *pt = &svc->parts[p];
+        if (pt->raw.started) pthread_join(pt->raw.th, NULL);
+        if (pt->roll.started) pthread_join(pt->roll.th, NULL);
+        pt->raw.started = pt->roll.started = false;
+    }
 }
 
-int rollup_service_start(struct store *s, struct seglog *log, const struct rollup_config *cfg,
-                         struct rollup_service **out)
+static bool workers_running(const struct rollup_service *svc)
 {
+    for (size_t p = 0; p < svc->nparts; p++)
+        if (!svc->parts[p].raw.started || !svc->parts[p].roll.started) return false;
+    return true;
+}
+
+void rollup_source_prefixes(const char *name, char raw[32], char roll[32])
+{
+    if (!name || !name[0]) {
+        snprintf(raw, 32, "%s", RAW_STATE_PREFIX);
+        snprintf(roll, 32, "%s", ROLLUP_STATE_PREFIX);
+    } else {
+        snprintf(raw, 32, "%s%s.", RAW_STATE_PREFIX, name);
+        snprintf(roll, 32, "%s%s.", ROLLUP_STATE_PREFIX, name);
+    }
+}
+
+int rollup_service_start(struct store *s, const struct rollup_source *src, size_t nsrc,
+                         const struct rollup_config *cfg, struct rollup_service **out)
+{
+    if (nsrc == 0 || nsrc > ROLLUP_SOURCES_MAX) return TALLY_EINVAL;
     struct rollup_service *svc = calloc(1, sizeof *svc);
     if (!svc) return TALLY_ENOMEM;
+    svc->parts = calloc(nsrc, sizeof *svc->parts);
+    if (!svc->parts) {
+        free(svc);
+        return TALLY_ENOMEM;
+    }
+    svc->nparts = nsrc;
     svc->s = s;
-    svc->log = log;
     svc->cfg = *cfg;
+    for (size_t i = 0; i < nsrc; i++) {
+        svc->parts[i].svc = svc;
+        svc->parts[i].log = src[i].log;
+        rollup_source_prefixes(src[i].name, svc->parts[i].raw_prefix,
+                               svc->parts[i].rollup_prefix);
+    }
     if (svc->cfg.flush_interval_ms <= 0) svc->cfg.flush_interval_ms = 1000;
     if (!svc->cfg.raw_flush_events_max) svc->cfg.raw_flush_events_max = 100000;
     uint64_t marker;
@@ -894,6 +958,7 @@ void rollup_service_stop(struct rollup_service *svc)
 {
     if (!svc) return;
     workers_stop(svc);
+    free(svc->parts);
     free(svc);
 }
 
@@ -909,7 +974,7 @@ int rollup_service_reconfigure(struct rollup_service *svc, const struct tally_co
 int rollup_service_recover(struct rollup_service *svc)
 {
     int failed = store_failed(svc->s);
-    if (!failed && svc->raw.started && svc->roll.started) return TALLY_OK;
+    if (!failed && workers_running(svc)) return TALLY_OK;
     workers_stop(svc);
     if (failed) {
         int rc = store_reopen(svc->s);
@@ -925,20 +990,28 @@ int rollup_service_recover(struct rollup_service *svc)
 void rollup_service_lag(struct rollup_service *svc, struct rollup_lag *out)
 {
     memset(out, 0, sizeof *out);
-    out->log_end = seglog_committed_offset(svc->log);
-    out->raw_cursor = atomic_load(&svc->raw.st.cursor);
-    out->rollup_cursor = atomic_load(&svc->roll.st.cursor);
-    out->raw_lag = out->log_end > out->raw_cursor ? out->log_end - out->raw_cursor : 0;
-    out->rollup_lag = out->log_end > out->rollup_cursor ? out->log_end - out->rollup_cursor : 0;
-    out->raw_events = atomic_load(&svc->raw.st.events);
-    out->rollup_events = atomic_load(&svc->roll.st.events);
-    out->raw_err = atomic_load(&svc->raw.st.err);
-    out->duplicates = atomic_load(&svc->roll.st.duplicates);
-    out->excluded = atomic_load(&svc->roll.st.excluded);
-    out->rollup_err = atomic_load(&svc->roll.st.err);
+    for (size_t p = 0; p < svc->nparts; p++) {
+        struct part *pt = &svc->parts[p];
+        uint64_t end = evlog_committed_offset(&pt->log);
+        uint64_t rc = atomic_load(&pt->raw.st.cursor), oc = atomic_load(&pt->roll.st.cursor);
+        out->log_end += end;
+        out->raw_cursor += rc;
+        out->rollup_cursor += oc;
+        out->raw_lag += end > rc ? end - rc : 0;
+        out->rollup_lag += end > oc ? end - oc : 0;
+        out->raw_events += atomic_load(&pt->raw.st.events);
+        out->rollup_events += atomic_load(&pt->roll.st.events);
+        out->duplicates += atomic_load(&pt->roll.st.duplicates);
+        out->excluded += atomic_load(&pt->roll.st.excluded);
+        int re = atomic_load(&pt->raw.st.err), oe = atomic_load(&pt->roll.st.err);
+        if (!out->raw_err) out->raw_err = re;
+        if (!out->rollup_err) out->rollup_err = oe;
+    }
+    atomic_store(&svc->duplicates, out->duplicates);
 }
 
 const _Atomic uint64_t *rollup_service_duplicates(const struct rollup_service *svc)
 {
-    return &svc->roll.st.duplicates;
+    if (svc->nparts == 1) return &svc->parts[0].roll.st.duplicates;
+    return &svc->duplicates; /* refreshed by rollup_service_lag (each /metrics scrape) */
 }

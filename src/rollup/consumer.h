@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "log/evlog.h"
 #include "rollup/derive.h"
 #include "rollup/engine.h"
 #include "rollup/rollup.h"
@@ -43,16 +44,15 @@ struct consumer_status {
 /* Runs the rollup engine described by eopt (its state prefix decides where the cursor lives;
  * without one, from `from_offset`) over the log up to `end_offset` (UINT64_MAX: the committed
  * end at each step; with live, forever until st->stop). stats_out may be NULL. */
-int consumer_run_rollup(struct store *s, struct seglog *log, const struct rollup_config *cfg,
+int consumer_run_rollup(struct store *s, struct evlog *log, const struct rollup_config *cfg,
                         const struct engine_opts *eopt, uint64_t from_offset,
                         uint64_t end_offset, bool live, struct consumer_status *st,
                         struct engine_stats *stats_out);
 
-/* Runs the raw consumer likewise. */
-int consumer_run_raw(struct store *s, struct seglog *log, const struct rollup_config *cfg,
-                     uint64_t end_offset, bool live, struct consumer_status *st);
+/* Runs the raw consumer likewise; its state lives under prefix (rollup_source_prefixes). */
+int consumer_run_raw(struct store *s, struct evlog *log, const char *prefix,
+                     const struct rollup_config *cfg, uint64_t end_offset, bool live,
+                     struct consumer_status *st);
 
-/* Monotonic milliseconds. */
-int64_t consumer_now_ms(void);
 
 #endif

@@ -6,7 +6,7 @@
 #include "core/diag.h"
 #include "ingest/event.h"
 #include "ingest/timefmt.h"
-#include "log/seglog.h"
+#include "log/evlog.h"
 #include "rollup/consumer.h"
 #include "rollup/rollup.h"
 #include "tally/error.h"
@@ -122,20 +122,25 @@ static int delete_filtered(struct store *s, const struct tally_config *cfg,
 }
 
 /* The arrival time of the log's last record: a lower bound of the final watermark. */
-static int64_t last_received(struct seglog *log, uint64_t start, uint64_t end)
+static int64_t last_received(struct evlog *log, uint64_t start, uint64_t end)
 {
     if (end <= start) return 0;
-    struct seglog_reader *r = NULL;
-    if (seglog_reader_open(log, end - 1, &r) != 0) return 0;
+    struct evlog_reader *r = NULL;
+    if (evlog_reader_open(log, end - 1, &r) != 0) return 0;
     int64_t received = 0;
     struct seglog_record rec;
-    if (seglog_reader_next(r, &rec) == 0) {
+    int n = evlog_reader_next(r, &rec);
+    for (int tries = 0; n == TALLY_EAGAIN && tries < 50; tries++) { /* a remote log: 5 s */
+        evlog_wait(log, end - 1, 100);
+        n = evlog_reader_next(r, &rec);
+    }
+    if (n == 0) {
         struct event ev;
         struct event_scratch *sc = malloc(sizeof *sc);
         if (sc && event_decode(rec.data, rec.len, &ev, sc) == 0) received = ev.received_ms;
         free(sc);
     }
-    seglog_reader_close(r);
+    evlog_reader_close(r);
     return received;
 }
 
@@ -156,11 +161,12 @@ static int delete_all(struct store *s)
     return rc;
 }
 
-int rollup_rebuild(struct store *s, struct seglog *log, const struct rollup_rebuild_opts *opt,
-                   struct rollup_rebuild_summary *out)
+int rollup_rebuild(struct store *s, const struct rollup_source *src, size_t nsrc,
+                   const struct rollup_rebuild_opts *opt, struct rollup_rebuild_summary *out)
 {
     memset(out, 0, sizeof *out);
-    int64_t t0 = consumer_now_ms();
+    if (nsrc == 0 || nsrc > ROLLUP_SOURCES_MAX) return TALLY_EINVAL;
+    int64_t t0 = timefmt_mono_ms();
     int64_t from_day = 0, to_day = 0;
     bool range = opt->from_date || opt->to_date;
     if (opt->from_date && rollup_parse_date(opt->from_date, &from_day)) return TALLY_EINVAL;
@@ -181,59 +187,95 @@ int rollup_rebuild(struct store *s, struct seglog *log, const struct rollup_rebu
     struct rollup_config rc_cfg;
     rollup_config_default(&rc_cfg);
     rc_cfg.cfg = opt->cfg;
-    struct engine_opts eo;
-    if (opt->engine.visit_gap_ms) eo = opt->engine;
-    else engine_opts_default(&eo);
+    struct engine_opts eo0;
+    if (opt->engine.visit_gap_ms) eo0 = opt->engine;
+    else engine_opts_default(&eo0);
 
+    /* Per source: its live prefix, and the range replayed. */
+    struct srcrange {
+        char raw[32], roll[32];
+        uint64_t start, end;
+    } *sr = calloc(nsrc, sizeof *sr);
+    if (!sr) return TALLY_ENOMEM;
+    struct evlog *logs = calloc(nsrc, sizeof *logs);
+    if (!logs) {
+        free(sr);
+        return TALLY_ENOMEM;
+    }
     int rc = TALLY_OK;
+    for (size_t i = 0; i < nsrc; i++) {
+        logs[i] = src[i].log;
+        rollup_source_prefixes(src[i].name, sr[i].raw, sr[i].roll);
+    }
     if (!full) {
         /* bring the live state up to the end first: outside the filter it stays as it is */
-        struct engine_opts live = eo;
-        live.state_prefix = ROLLUP_STATE_PREFIX;
-        live.only_site = NULL;
-        live.range = false;
-        live.known_empty = false;
-        rc = consumer_run_rollup(s, log, &rc_cfg, &live, 0, UINT64_MAX, false, NULL, NULL);
-        if (rc) return rc;
+        for (size_t i = 0; i < nsrc && !rc; i++) {
+            struct engine_opts live = eo0;
+            live.state_prefix = sr[i].roll;
+            live.only_site = NULL;
+            live.range = false;
+            live.known_empty = false;
+            rc = consumer_run_rollup(s, &logs[i], &rc_cfg, &live, 0, UINT64_MAX, false, NULL,
+                                     NULL);
+        }
     }
-    out->log_start = seglog_start_offset(log);
-    out->log_end = seglog_committed_offset(log);
+    for (size_t i = 0; i < nsrc && !rc; i++) {
+        sr[i].start = evlog_start_offset(&logs[i]);
+        sr[i].end = evlog_committed_offset(&logs[i]);
+        out->log_start += sr[i].start;
+        out->log_end += sr[i].end;
+    }
 
-    if (full) {
+    static struct sel sel;
+    if (!rc && full) {
         rc = delete_all(s);
-        eo.state_prefix = ROLLUP_STATE_PREFIX;
-        eo.only_site = NULL;
-        eo.range = false;
-    } else {
-        static struct sel sel;
+    } else if (!rc) {
         sel.n = 0;
         if (site) {
             uint32_t id;
             int r = store_site_id(s, site, strlen(site), false, &id);
             if (r == 0) sel.ids[sel.n++] = id;
-            else if (r != TALLY_ENOENT) return r;
+            else if (r != TALLY_ENOENT) rc = r;
         } else {
             store_sites_each(s, collect_site, &sel);
         }
-        rc = delete_filtered(s, opt->cfg, &sel, range, from_day, to_day);
-        eo.state_prefix = NULL;
-        eo.only_site = site;
-        eo.range = range;
-        eo.range_from_day = from_day;
-        eo.range_to_day = to_day;
+        if (!rc) rc = delete_filtered(s, opt->cfg, &sel, range, from_day, to_day);
     }
-    eo.known_empty = true;
-    eo.watermark_hint_ms = last_received(log, out->log_start, out->log_end);
-    if (rc) return rc;
 
     struct consumer_status st;
     memset(&st, 0, sizeof st);
     st.progress = opt->progress;
     st.progress_arg = opt->progress_arg;
-    struct engine_stats es;
-    memset(&es, 0, sizeof es);
-    rc = consumer_run_rollup(s, log, &rc_cfg, &eo, out->log_start, out->log_end, false, &st,
-                             &es);
+    for (size_t i = 0; i < nsrc && !rc; i++) {
+        struct engine_opts eo = eo0;
+        if (full) {
+            eo.state_prefix = sr[i].roll;
+            eo.only_site = NULL;
+            eo.range = false;
+        } else {
+            eo.state_prefix = NULL;
+            eo.only_site = site;
+            eo.range = range;
+            eo.range_from_day = from_day;
+            eo.range_to_day = to_day;
+        }
+        eo.known_empty = true;
+        eo.watermark_hint_ms = last_received(&logs[i], sr[i].start, sr[i].end);
+        struct engine_stats es;
+        memset(&es, 0, sizeof es);
+        rc = consumer_run_rollup(s, &logs[i], &rc_cfg, &eo, sr[i].start, sr[i].end, false, &st,
+                                 &es);
+        out->events_read += es.events_read;
+        out->events_counted += es.events_counted;
+        out->events_excluded += es.events_excluded;
+        out->events_duplicate += es.events_duplicate;
+        out->buckets_written += es.cells_written;
+        out->visits_written += es.visits_written;
+        out->flush_s += (double)es.flush_us / 1e6;
+        out->write_s += (double)es.write_us / 1e6;
+    }
+    free(sr);
+    free(logs);
     if (rc) return rc;
     if (!full) {
         struct store_batch *b = store_batch_new(s);
@@ -243,18 +285,10 @@ int rollup_rebuild(struct store *s, struct seglog *log, const struct rollup_rebu
         store_batch_free(b);
         if (rc) return rc;
     }
-    out->events_read = es.events_read;
-    out->events_counted = es.events_counted;
-    out->events_excluded = es.events_excluded;
-    out->events_duplicate = es.events_duplicate;
-    out->records_corrupt = out->log_end - out->log_start > es.events_read
-                               ? out->log_end - out->log_start - es.events_read
+    out->records_corrupt = out->log_end - out->log_start > out->events_read
+                               ? out->log_end - out->log_start - out->events_read
                                : 0;
-    out->buckets_written = es.cells_written;
-    out->visits_written = es.visits_written;
-    out->flush_s = (double)es.flush_us / 1e6;
-    out->write_s = (double)es.write_us / 1e6;
     rc = rollup_digest(s, NULL, &out->digest);
-    out->elapsed_s = (double)(consumer_now_ms() - t0) / 1000.0;
+    out->elapsed_s = (double)(timefmt_mono_ms() - t0) / 1000.0;
     return rc;
 }

@@ -48,6 +48,7 @@
 #include "rollup/cell.h"
 #include "rollup/engine.h"
 #include "rollup/tz.h"
+#include "log/evlog.h"
 #include "store/store.h"
 
 struct seglog;
@@ -141,10 +142,27 @@ struct rollup_lag {
 
 struct rollup_service;
 
-/* Starts both consumer threads. s and log are borrowed (they outlive the service); cfg is
- * copied (its tally_config pointer is borrowed). 0, TALLY_ENOMEM, TALLY_EIO. */
-int rollup_service_start(struct store *s, struct seglog *log, const struct rollup_config *cfg,
-                         struct rollup_service **out);
+/* One log the service consumes. SOURCES: the local log is one source named "" (state under
+ * "raw." and "rollup."); with JetStream each owned partition is a source named "p<N>" (state
+ * under "raw.p<N>." and "rollup.p<N>."). A site lives in exactly one source, so the sources'
+ * consumers write disjoint raw blocks, visits and cells of the one store; each keeps its own
+ * cursor, watermark and dedup state in the same write batch as its output. */
+#define ROLLUP_SOURCES_MAX 1024
+#define ROLLUP_SOURCE_NAME_MAX 15
+struct rollup_source {
+    struct evlog log;                        /* borrowed: outlives the service */
+    char name[ROLLUP_SOURCE_NAME_MAX + 1];   /* "" or "p<N>" */
+};
+
+/* The meta-CF state prefixes of a source name ("" -> "raw.", "rollup."). */
+void rollup_source_prefixes(const char *name, char raw[32], char roll[32]);
+
+/* Starts two consumer threads (raw, rollup) per source. s and the sources' logs are borrowed
+ * (they outlive the service); src and cfg are copied (cfg's tally_config pointer is
+ * borrowed). 0, TALLY_EINVAL (nsrc 0 or > ROLLUP_SOURCES_MAX), TALLY_ENOMEM. Lag and counters
+ * below are sums over the sources. */
+int rollup_service_start(struct store *s, const struct rollup_source *src, size_t nsrc,
+                         const struct rollup_config *cfg, struct rollup_service **out);
 /* Flushes what both consumers hold, stops and joins the threads, frees. NULL is a no-op. */
 void rollup_service_stop(struct rollup_service *svc);
 /* For the thread that started the service (the server's chores), never concurrently with
@@ -187,9 +205,11 @@ struct rollup_rebuild_summary {
     struct rollup_digest digest;    /* of the whole store after the rebuild */
 };
 
-/* See REBUILD above. 0, TALLY_EINVAL (bad date or site), or the first I/O error. */
-int rollup_rebuild(struct store *s, struct seglog *log, const struct rollup_rebuild_opts *opt,
-                   struct rollup_rebuild_summary *out);
+/* See REBUILD above, over every source (the local log, or this node's partitions: each
+ * replayed from its start with its own state prefix; log_start/log_end are sums).
+ * 0, TALLY_EINVAL (bad date or site), or the first I/O error. */
+int rollup_rebuild(struct store *s, const struct rollup_source *src, size_t nsrc,
+                   const struct rollup_rebuild_opts *opt, struct rollup_rebuild_summary *out);
 
 /* Parses "YYYY-MM-DD" into days since 1970-01-01. 0 or TALLY_EINVAL. */
 int rollup_parse_date(const char *s, int64_t *day);
