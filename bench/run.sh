@@ -7,6 +7,7 @@
 #   ua_classify, rebuild, ...)
 #   bench/http_ingest.sh: HTTP ingest against nginx (see that file)
 #   bench/consumer_lag.sh: consumer lag while ingesting 50,000 events/s
+#   bench/cluster.sh: a single node against a JetStream cluster on loopback (~1 minute)
 #   bench/query.sh: Stats API queries against ClickHouse over the 10M-event data set, ONLY with
 #   BENCH_QUERY=1: it makes its own data set (~3 min), installs and loads ClickHouse (~1.5 min)
 #   and then times every query on both sides: 15.5 minutes in all on this machine with
@@ -91,6 +92,7 @@ fi
 if [ "${BENCH_SKIP_HTTP:-0}" != 1 ]; then
     run http_ingest sh bench/http_ingest.sh
     run consumer_lag sh bench/consumer_lag.sh
+    run cluster sh bench/cluster.sh
 fi
 if [ "${BENCH_QUERY:-0}" = 1 ]; then
     TIMEOUT_S=${BENCH_QUERY_TIMEOUT_S:-3600}

@@ -144,6 +144,21 @@ struct pending {
 };
 
 /* On the log writer thread: short, non-blocking (http_exchange_complete only queues). */
+/* The 503 text for a failed append: names the backend (JetStream: a publish timeout means no
+ * acknowledgement within publish_timeout_ms). */
+static void log_failure_text(const struct app *app, int err, char *msg, size_t cap)
+{
+    if (app->js && err == TALLY_ETIMEDOUT)
+        snprintf(msg, cap, "JetStream did not acknowledge the events within publish_timeout_ms "
+                 "(no quorum or overloaded); retry later");
+    else if (app->js)
+        snprintf(msg, cap, "JetStream cannot take the events: %s; retry later",
+                 tally_strerror(err));
+    else
+        snprintf(msg, cap, "the event log cannot take writes: %s; retry later",
+                 tally_strerror(err));
+}
+
 static void ingest_done(void *arg, int err, uint64_t first_offset)
 {
     struct pending *p = arg;
@@ -155,9 +170,8 @@ static void ingest_done(void *arg, int err, uint64_t first_offset)
         live_publish(p->app->live, p->live); /* committed: push to live sockets */
         p->ans.ok(p->ans.arg, p->ex, p->count);
     } else {
-        char msg[160];
-        snprintf(msg, sizeof msg, "the event log cannot take writes: %s; retry later",
-                 tally_strerror(err));
+        char msg[200];
+        log_failure_text(p->app, err, msg, sizeof msg);
         drop(p->app, DROP_UNAVAILABLE, p->count);
         p->ans.error(p->ans.arg, p->ex, 503, msg, -1,
                      err == TALLY_ENOSPC ? "Retry-After: 5\r\n" : "Retry-After: 1\r\n");
@@ -186,9 +200,8 @@ static void refuse_append(struct app *app, struct http_exchange *ex, int rc, uin
         a->error(a->arg, ex, 413, "request too large for one log append", -1, NULL);
         return;
     default: {
-        char msg[160];
-        snprintf(msg, sizeof msg, "the event log cannot take writes: %s; retry later",
-                 tally_strerror(rc));
+        char msg[200];
+        log_failure_text(app, rc, msg, sizeof msg);
         a->error(a->arg, ex, 503, msg, -1, "Retry-After: 1\r\n");
     }
     }

@@ -19,6 +19,14 @@ int node_jslog_open(const struct tally_config *cfg, struct jslog **out)
             if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
                   (*p >= '0' && *p <= '9') || *p == '-' || *p == '_'))
                 *p = '_';
+        /* two nodes on one host must not share durable consumer names: add the port */
+        char lh[256];
+        int port = 0;
+        if (config_parse_listen(cfg->listen, lh, &port) == 0 && port > 0) {
+            size_t hl = strlen(host);
+            if (hl > sizeof host - 8) hl = sizeof host - 8;
+            snprintf(host + hl, sizeof host - hl, "_%d", port);
+        }
         node = host;
     }
     struct jslog_options o;

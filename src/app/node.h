@@ -14,7 +14,8 @@
 #include "rollup/rollup.h"
 
 /* Opens the JetStream backend configured in cfg (the node name: node_name, else the host
- * name). 0, or an error after printing why on stderr. */
+ * name and the listen port, so that two nodes on one host never share durable consumers).
+ * 0, or an error after printing why on stderr. */
 int node_jslog_open(const struct tally_config *cfg, struct jslog **out);
 
 /* The sources this node consumes: the local log as one source "" (local != NULL), or one

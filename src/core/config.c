@@ -144,7 +144,7 @@ static const struct key_def g_keys[] = {
      "JetStream replicas of each stream; an event is acknowledged once a quorum stored it",
      NULL},
     {"cluster", "node_name", KT_STR, CO(node_name), 0, 0, "", "name",
-     "this node's name in durable consumer names; empty = the host name", NULL},
+     "this node's name in durable consumer names; empty = the host name and the listen port", NULL},
     {"cluster", "owned_partitions", KT_LIST, CO(owned_partitions), 0, 0, "", "range list",
      "partitions this node consumes (role process or all), e.g. 0-7,12; empty = all", NULL},
     {"cluster", "partition_owners", KT_LIST, CO(partition_owners), 0, 0, "",

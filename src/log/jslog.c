@@ -19,7 +19,8 @@
  * The table is open addressing keyed by the message pointer, grown (rehashed under the mutex)
  * up to 2 x pending_max slots, so memory follows load.
  *
- * READING. A reader owns a private inbox subscription and pulls by hand: a request
+ * READING. A reader owns a private inbox subscription (a new inbox per consumer creation, so
+ * an old consumer's late deliveries never reach it) and pulls by hand: a request
  * {"batch":256,"max_bytes":1048576,"no_wait":true} to $JS.API.CONSUMER.MSG.NEXT.<stream>.<c>
  * with reply subject <inbox>.<request number>. The server answers at once with what it has, then
  * ends the request with a status (404 nothing, 408 partial batch, 409 max bytes) unless the
@@ -34,9 +35,10 @@
  *   - higher, later: deliveries were lost (ack policy none delivers once: to a connection that
  *     died, or the consumer was taken over); the consumer is re-created at the position.
  * So a reader returns each stored record exactly once, in order, whatever happens to its
- * consumer. A consumer is also re-created after 3 fetches in a row without an answer (deleted
- * consumer, lost leader) and after JSLOG_STALL_MS without progress while the stream is known to
- * hold more (a consumer that stopped delivering). Re-creation failures back off (100 ms doubling
+ * consumer. A consumer is also re-created when a fetch goes unanswered and the consumer is
+ * gone (deleted, an expired ephemeral), after 3 unanswered fetches in a row (a lost leader),
+ * and after JSLOG_STALL_MS of "nothing" while the stream is known to hold more (a consumer that
+ * stopped delivering). Re-creation failures back off (100 ms doubling
  * to JSLOG_RETRY_MS_MAX); reader_next sleeps that backoff rather than let a caller spin on
  * TALLY_EAGAIN while committed_offset says there is more.
  *
@@ -46,7 +48,8 @@
  * last JSLOG_ACTIVE_MS; the others round-robin, JSLOG_IDLE_REFRESH_PER_TICK per tick), this
  * process's publish acks (their sequence) and fetched messages (sequence + pending).
  *
- * CLOSING. Appends are refused (TALLY_ECLOSED), waiters wake (TALLY_ECLOSED),
+ * CLOSING. Appends are refused (TALLY_ECLOSED), waiters wake (TALLY_ECLOSED) and close waits
+ * until they have left,
  * js_PublishAsyncComplete waits for the library's last ack callback (every message has a
  * MaxWait, so at most publish_timeout_ms); the refresh thread runs the deferred callbacks and
  * stops; the connection is closed and its closed callback awaited (the library's last
@@ -70,26 +73,26 @@
 #include "core/diag.h"
 #include "tally/error.h"
 
-#define JSLOG_FETCH_BYTES_MAX (1u << 20)    /* per pull request */
-#define JSLOG_FETCH_TIMEOUT_MS 1000         /* an unanswered pull request is given up */
-#define JSLOG_FETCH_TIMEOUTS_MAX 3          /* in a row: re-create the consumer */
-#define JSLOG_REFRESH_MS 50                 /* stream info of partitions in use */
-#define JSLOG_ACTIVE_MS 2000                /* "in use" after an offsets call */
-#define JSLOG_IDLE_REFRESH_PER_TICK 8       /* partitions not in use, round-robin */
-#define JSLOG_API_WAIT_MS 2000              /* JetStream API requests (consumers, streams) */
-#define JSLOG_INFO_WAIT_MS 500              /* the refresh thread's stream info requests */
-#define JSLOG_STALL_MS 5000                 /* no progress while more is committed */
+#define JSLOG_FETCH_BYTES_MAX (1u << 20) /* per pull request */
+#define JSLOG_FETCH_TIMEOUT_MS 1000      /* an unanswered pull request is given up */
+#define JSLOG_FETCH_TIMEOUTS_MAX 3       /* in a row: re-create the consumer */
+#define JSLOG_REFRESH_MS 50              /* stream info of partitions in use */
+#define JSLOG_ACTIVE_MS 2000             /* "in use" after an offsets call */
+#define JSLOG_IDLE_REFRESH_PER_TICK 8    /* partitions not in use, round-robin */
+#define JSLOG_API_WAIT_MS 2000           /* JetStream API requests (consumers, streams) */
+#define JSLOG_INFO_WAIT_MS 500           /* the refresh thread's stream info requests */
+#define JSLOG_STALL_MS 5000              /* no progress while more is committed */
 #define JSLOG_RETRY_MS_MIN 100
 #define JSLOG_RETRY_MS_MAX 1000
-#define JSLOG_EPHEMERAL_INACTIVE_MS 60000   /* server removes an idle ephemeral consumer */
-#define JSLOG_CLOSE_GRACE_MS 2000           /* beyond publish_timeout_ms, at close */
-#define JSLOG_CONSUMERS_MAX 32              /* registered names per partition */
+#define JSLOG_EPHEMERAL_INACTIVE_MS 60000 /* server removes an idle ephemeral consumer */
+#define JSLOG_CLOSE_GRACE_MS 2000         /* beyond publish_timeout_ms, at close */
+#define JSLOG_CONSUMERS_MAX 32            /* registered names per partition */
 #define JSLOG_CONSUMER_NAME_MAX 32
-#define JSLOG_NAME_BYTES 160                /* stream, subject, consumer names */
+#define JSLOG_NAME_BYTES 160 /* stream, subject, consumer names */
 #define JSLOG_TS_HEADER "Tally-Ts"
 #define JSLOG_HIST_BUCKETS 16
 #define JSLOG_MAP_MIN 1024
-#define JSLOG_TL_REGS 8                     /* a thread's recent registrations */
+#define JSLOG_TL_REGS 8 /* a thread's recent registrations */
 
 struct jslog;
 
@@ -169,7 +172,7 @@ struct jsreader {
     struct evlog_reader base; /* first */
     struct jspart *part;
     bool durable;
-    int reg_id; /* the registration whose durable this reader uses, or -1 */
+    int reg_id;                      /* the registration whose durable this reader uses, or -1 */
     char consumer[JSLOG_NAME_BYTES]; /* durable name, or the ephemeral's name once created */
     char next_subject[2 * JSLOG_NAME_BYTES];
     natsInbox *inbox;
@@ -180,13 +183,13 @@ struct jsreader {
     int req_left, req_msgs;
     int64_t req_deadline_ms;
     bool no_max_bytes; /* one message larger than max bytes: next request without */
-    uint64_t position;  /* next offset */
+    uint64_t position; /* next offset */
     bool have_consumer, fresh, erange;
     int timeouts;
     int64_t retry_at_ms;
     int retry_ms;
     int64_t stall_since_ms; /* first "nothing" answer while the stream had more; 0: none */
-    natsMsg *cur; /* the message the last returned record points into */
+    natsMsg *cur;           /* the message the last returned record points into */
 };
 
 static const struct evlog_ops sink_ops, part_ops;
@@ -208,7 +211,10 @@ static int64_t mono_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-static int64_t mono_ms(void) { return mono_us() / 1000; }
+static int64_t mono_ms(void)
+{
+    return mono_us() / 1000;
+}
 
 static void sleep_ms(int64_t ms)
 {
@@ -347,7 +353,8 @@ static size_t map_slot(const struct jslog *js, const natsMsg *m)
 static void map_put_raw(struct jslog *js, const struct pubent *e)
 {
     size_t i = map_slot(js, e->msg);
-    while (js->map[i].msg) i = (i + 1) & (js->map_cap - 1);
+    while (js->map[i].msg)
+        i = (i + 1) & (js->map_cap - 1);
     js->map[i] = *e;
     js->map_count++;
 }
@@ -358,7 +365,8 @@ static int map_reserve(struct jslog *js, size_t more)
     size_t need = (js->map_count + more) * 2;
     if (need <= js->map_cap) return TALLY_OK;
     size_t cap = js->map_cap ? js->map_cap : JSLOG_MAP_MIN;
-    while (cap < need) cap *= 2;
+    while (cap < need)
+        cap *= 2;
     struct pubent *nm = calloc(cap, sizeof *nm);
     if (!nm) return TALLY_ENOMEM;
     struct pubent *old = js->map;
@@ -378,7 +386,8 @@ static struct pubent map_take(struct jslog *js, const natsMsg *m)
     struct pubent out = {0};
     if (!js->map_cap) return out;
     size_t mask = js->map_cap - 1, i = map_slot(js, m);
-    while (js->map[i].msg && js->map[i].msg != m) i = (i + 1) & mask;
+    while (js->map[i].msg && js->map[i].msg != m)
+        i = (i + 1) & mask;
     if (!js->map[i].msg) return out;
     out = js->map[i];
     js->map[i].msg = NULL;
@@ -403,7 +412,8 @@ static struct pubent map_take(struct jslog *js, const natsMsg *m)
 static void hist_add(struct jslog *js, int64_t us)
 {
     int i = 0;
-    while (i < JSLOG_HIST_BUCKETS - 1 && us > (int64_t)100 << i) i++;
+    while (i < JSLOG_HIST_BUCKETS - 1 && us > (int64_t)100 << i)
+        i++;
     atomic_fetch_add(&js->hist[i], 1);
 }
 
@@ -468,8 +478,10 @@ static void defer_done(struct jslog *js, struct jsappend *ap)
 {
     ap->refs++;
     ap->next_deferred = NULL;
-    if (js->deferred_tail) js->deferred_tail->next_deferred = ap;
-    else js->deferred_head = ap;
+    if (js->deferred_tail)
+        js->deferred_tail->next_deferred = ap;
+    else
+        js->deferred_head = ap;
     js->deferred_tail = ap;
     pthread_cond_broadcast(&js->cv);
 }
@@ -498,8 +510,8 @@ static int make_msg(struct jslog *js, const struct seglog_rec *r, uint32_t p, na
     char ts[24];
     snprintf(ts, sizeof ts, "%" PRId64, r->ts_ms);
     natsMsg *m = NULL;
-    natsStatus s = natsMsg_Create(&m, js->parts[p].subject, NULL, (const char *)r->data,
-                                  (int)r->len);
+    natsStatus s =
+        natsMsg_Create(&m, js->parts[p].subject, NULL, (const char *)r->data, (int)r->len);
     if (s == NATS_OK) s = natsMsgHeader_Set(m, JSLOG_TS_HEADER, ts);
     if (s != NATS_OK) {
         natsMsg_Destroy(m);
@@ -545,8 +557,10 @@ static int sink_append(void *impl, const struct seglog_rec *recs, const uint32_t
     }
     if (!rc) {
         pthread_mutex_lock(&js->mu);
-        if (js->pending + n > js->pending_max) rc = TALLY_EFULL;
-        else rc = map_reserve(js, n);
+        if (js->pending + n > js->pending_max)
+            rc = TALLY_EFULL;
+        else
+            rc = map_reserve(js, n);
         if (!rc) {
             int64_t t0 = mono_us();
             js->pending += n;
@@ -558,7 +572,8 @@ static int sink_append(void *impl, const struct seglog_rec *recs, const uint32_t
         pthread_mutex_unlock(&js->mu);
     }
     if (rc) {
-        for (uint32_t i = 0; i < made; i++) natsMsg_Destroy(msgs[i]);
+        for (uint32_t i = 0; i < made; i++)
+            natsMsg_Destroy(msgs[i]);
         if (msgs != stackv) free(msgs);
         free(ap);
         return rc;
@@ -578,12 +593,14 @@ static int sink_append(void *impl, const struct seglog_rec *recs, const uint32_t
     pthread_mutex_lock(&js->mu);
     if (sent < n) {
         /* The unsent messages never get a callback: take them back. */
-        for (uint32_t i = sent; i < n; i++) map_take(js, msgs[i]);
+        for (uint32_t i = sent; i < n; i++)
+            map_take(js, msgs[i]);
         js->pending -= n - sent;
         ap->refs -= n - sent;
         if (sent == 0) {
             pthread_mutex_unlock(&js->mu);
-            for (uint32_t i = 0; i < n; i++) natsMsg_Destroy(msgs[i]);
+            for (uint32_t i = 0; i < n; i++)
+                natsMsg_Destroy(msgs[i]);
             if (msgs != stackv) free(msgs);
             free(ap);
             diag_warn("jslog: publish failed: %s", nats_err_text(s));
@@ -597,7 +614,8 @@ static int sink_append(void *impl, const struct seglog_rec *recs, const uint32_t
     }
     bool fr = --ap->refs == 0;
     pthread_mutex_unlock(&js->mu);
-    for (uint32_t i = sent; i < n; i++) natsMsg_Destroy(msgs[i]);
+    for (uint32_t i = sent; i < n; i++)
+        natsMsg_Destroy(msgs[i]);
     if (msgs != stackv) free(msgs);
     if (fr) free(ap);
     return TALLY_OK;
@@ -702,7 +720,8 @@ static int connect_nats(struct jslog *js, int64_t deadline_ms, char *err)
     if (s == NATS_OK) s = natsOptions_SetPingInterval(o, 2000);
     if (s == NATS_OK) s = natsOptions_SetMaxPingsOut(o, 3);
     if (s == NATS_OK) s = natsOptions_SetFailRequestsOnDisconnect(o, true);
-    if (s == NATS_OK && getenv("JSLOG_ASAP")) s = natsOptions_SetSendAsap(o, true);
+    /* each message is written at once: the library would otherwise wait 1 ms to coalesce */
+    if (s == NATS_OK) s = natsOptions_SetSendAsap(o, true);
     if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(o, on_disconnected, js);
     if (s == NATS_OK) s = natsOptions_SetReconnectedCB(o, on_reconnected, js);
     if (s == NATS_OK) s = natsOptions_SetClosedCB(o, on_closed, js);
@@ -757,8 +776,7 @@ static int connect_nats(struct jslog *js, int64_t deadline_ms, char *err)
 static bool stream_err_permanent(jsErrCode e)
 {
     return e == JSStreamReplicasNotSupportedErr || e == JSNotEnabledErr ||
-           e == JSStreamInvalidConfig || e == JSStreamSubjectOverlapErr ||
-           e == JSStreamMismatchErr;
+           e == JSStreamInvalidConfig || e == JSStreamSubjectOverlapErr || e == JSStreamMismatchErr;
 }
 
 static int ensure_stream(struct jslog *js, struct jspart *pt, int64_t deadline_ms, char *err)
@@ -793,7 +811,8 @@ static int ensure_stream(struct jslog *js, struct jspart *pt, int64_t deadline_m
                 /* refused for good (e.g. replicas the cluster cannot place): use it as it is
                  * when it holds our subject */
                 diag_warn("jslog: stream %s exists with other settings and the update was "
-                          "refused (%s); using it as it is", pt->stream, nats_err_text(s));
+                          "refused (%s); using it as it is",
+                          pt->stream, nats_err_text(s));
                 jerr = 0;
                 s = js_GetStreamInfo(&si, js->jsc, pt->stream, &o, &jerr);
                 bool ours = false;
@@ -836,7 +855,9 @@ static void js_free(struct jslog *js)
         }
     }
     free(js->parts);
-    for (int i = 0; i < js->url_count; i++) free(js->urls[i]);
+    for (int i = 0; i < js->url_count; i++)
+        free(js->urls[i]);
+    natsOptions_Destroy(js->nopts);
     free(js->map);
     pthread_mutex_destroy(&js->mu);
     pthread_cond_destroy(&js->cv);
@@ -860,8 +881,6 @@ static bool close_conn(struct jslog *js)
     pthread_mutex_unlock(&js->mu);
     natsConnection_Destroy(js->nc);
     js->nc = NULL;
-    natsOptions_Destroy(js->nopts);
-    js->nopts = NULL;
     return closed;
 }
 
@@ -918,8 +937,10 @@ int jslog_open(const struct jslog_options *opt, struct jslog **out, char *err)
     for (uint32_t p = 0; !rc && p < js->partitions; p++)
         rc = ensure_stream(js, &js->parts[p], deadline, err);
     if (!rc) {
-        if (pthread_create(&js->thread, NULL, refresh_main, js) != 0) rc = TALLY_ENOMEM;
-        else js->thread_started = true;
+        if (pthread_create(&js->thread, NULL, refresh_main, js) != 0)
+            rc = TALLY_ENOMEM;
+        else
+            js->thread_started = true;
     }
     if (rc) {
         atomic_store(&js->closing, 1);
@@ -939,6 +960,22 @@ void jslog_close(struct jslog *js)
         pthread_mutex_lock(&js->parts[p].mu);
         pthread_cond_broadcast(&js->parts[p].cv);
         pthread_mutex_unlock(&js->parts[p].mu);
+    }
+    /* Woken waiters leave (TALLY_ECLOSED) before their mutex goes away. */
+    bool waiters_left = false;
+    for (uint32_t p = 0; p < js->partitions; p++) {
+        struct jspart *pt = &js->parts[p];
+        for (int64_t end = mono_ms() + JSLOG_CLOSE_GRACE_MS;;) {
+            pthread_mutex_lock(&pt->mu);
+            int w = atomic_load(&pt->waiters);
+            pthread_mutex_unlock(&pt->mu);
+            if (w == 0) break;
+            if (mono_ms() > end) {
+                waiters_left = true;
+                break;
+            }
+            sleep_ms(1);
+        }
     }
     /* Every message has a MaxWait: the library answers each within publish_timeout_ms. */
     jsPubOptions po;
@@ -985,9 +1022,10 @@ void jslog_close(struct jslog *js)
         pthread_mutex_unlock(&js->mu);
         if (fr) free(ap);
     }
-    if (!close_conn(js)) leak = true;
+    if (!close_conn(js) || waiters_left) leak = true;
     if (leak) {
-        diag_error("jslog: the NATS library did not finish in time; its state is kept");
+        diag_error("jslog: the NATS library or a waiter did not finish in time at close; the "
+                   "handle is left allocated");
         return;
     }
     js_free(js);
@@ -1054,7 +1092,10 @@ static int part_append(void *impl, const struct seglog_rec *recs, const uint32_t
     return TALLY_ENOTSUP;
 }
 
-static int part_poisoned(void *impl) { return js_poisoned(((struct jspart *)impl)->js); }
+static int part_poisoned(void *impl)
+{
+    return js_poisoned(((struct jspart *)impl)->js);
+}
 
 static uint64_t part_start_offset(void *impl)
 {
@@ -1256,8 +1297,10 @@ static int reader_create(struct jsreader *r)
     r->have_consumer = false;
     jsConsumerConfig cc;
     jsConsumerConfig_Init(&cc);
-    if (r->durable) cc.Durable = r->consumer;
-    else cc.InactiveThreshold = (int64_t)JSLOG_EPHEMERAL_INACTIVE_MS * 1000000;
+    if (r->durable)
+        cc.Durable = r->consumer;
+    else
+        cc.InactiveThreshold = (int64_t)JSLOG_EPHEMERAL_INACTIVE_MS * 1000000;
     cc.DeliverPolicy = js_DeliverByStartSequence;
     cc.OptStartSeq = r->position + 1;
     cc.AckPolicy = js_AckNone;
@@ -1275,8 +1318,13 @@ static int reader_create(struct jsreader *r)
     snprintf(r->consumer, sizeof r->consumer, "%s", ci->Name);
     jsConsumerInfo_Destroy(ci);
     r->have_consumer = true;
-    snprintf(r->next_subject, sizeof r->next_subject, "$JS.API.CONSUMER.MSG.NEXT.%s.%s",
-             pt->stream, r->consumer);
+    snprintf(r->next_subject, sizeof r->next_subject, "$JS.API.CONSUMER.MSG.NEXT.%s.%s", pt->stream,
+             r->consumer);
+    /* a new inbox: late deliveries of the old consumer cannot reach the new subscription */
+    natsInbox *inbox = NULL;
+    if (natsInbox_Create(&inbox) != NATS_OK) return TALLY_ENOMEM;
+    natsInbox_Destroy(r->inbox);
+    r->inbox = inbox;
     if (reader_subscribe(r) != 0) return TALLY_EIO;
     r->fresh = true;
     r->timeouts = 0;
@@ -1306,8 +1354,8 @@ static int reader_send(struct jsreader *r)
                  JSLOG_FETCH_BATCH, JSLOG_FETCH_BYTES_MAX);
     r->reqno++;
     snprintf(r->reply, sizeof r->reply, "%s.%" PRIu64, r->inbox, r->reqno);
-    natsStatus s = natsConnection_PublishRequest(js->nc, r->next_subject, r->reply, body,
-                                                 (int)strlen(body));
+    natsStatus s =
+        natsConnection_PublishRequest(js->nc, r->next_subject, r->reply, body, (int)strlen(body));
     if (s != NATS_OK) return TALLY_EIO;
     r->req_open = true;
     r->req_left = r->no_max_bytes ? 1 : JSLOG_FETCH_BATCH;
@@ -1340,6 +1388,21 @@ static int64_t header_ts(natsMsg *m)
     const char *v = NULL;
     if (natsMsgHeader_Get(m, JSLOG_TS_HEADER, &v) != NATS_OK || !v) return 0;
     return strtoll(v, NULL, 10);
+}
+
+/* An unanswered pull request: is the consumer gone (deleted, an ephemeral expired)? */
+static bool reader_consumer_gone(struct jsreader *r)
+{
+    struct jspart *pt = r->part;
+    struct jslog *js = pt->js;
+    if (!conn_is_up(js)) return false;
+    jsOptions o;
+    api_opts(&o, JSLOG_API_WAIT_MS);
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetConsumerInfo(&ci, js->jsc, pt->stream, r->consumer, &o, &jerr);
+    jsConsumerInfo_Destroy(ci);
+    return s != NATS_OK && jerr == JSConsumerNotFoundErr;
 }
 
 /* The end of a pull request (or an older one's): READ_ON to go on reading, else the code
@@ -1413,13 +1476,14 @@ static int reader_on_msg(struct jsreader *r, natsMsg *m, struct seglog_record *r
             return TALLY_ERANGE;
         }
         if (k == 1) {
-            diag_warn("jslog: %s: sequence %" PRIu64 " was deleted; skipping it", pt->stream,
-                      exp);
+            diag_warn("jslog: %s: sequence %" PRIu64 " was deleted; skipping it", pt->stream, exp);
             r->position = exp; /* and ask again from the next one: the consumer says */
         } else {
             diag_info("jslog: %s: consumer %s jumped from %" PRIu64 " to %" PRIu64
                       " (deleted, or deliveries lost); re-creating it at %" PRIu64,
                       pt->stream, r->consumer, exp, seq, exp);
+            /* again right after a re-creation, unexplained: do not loop at full speed */
+            if (r->fresh) reader_backoff(r);
         }
         r->have_consumer = false;
         return READ_ON;
@@ -1460,7 +1524,8 @@ static int r_next(struct evlog_reader *base, struct seglog_record *rec)
         natsStatus s = left > 0 ? natsSubscription_NextMsg(&m, r->sub, left) : NATS_TIMEOUT;
         if (s == NATS_TIMEOUT) {
             r->req_open = false;
-            if (++r->timeouts >= JSLOG_FETCH_TIMEOUTS_MAX) r->have_consumer = false;
+            if (++r->timeouts >= JSLOG_FETCH_TIMEOUTS_MAX || reader_consumer_gone(r))
+                r->have_consumer = false;
             return reader_backoff(r);
         }
         if (s != NATS_OK) { /* closed/invalid subscription, slow consumer, no responders */
@@ -1471,8 +1536,8 @@ static int r_next(struct evlog_reader *base, struct seglog_record *rec)
         r->timeouts = 0;
         const char *status = NULL;
         int rc;
-        if (natsMsg_GetDataLength(m) == 0 &&
-            natsMsgHeader_Get(m, "Status", &status) == NATS_OK && status)
+        if (natsMsg_GetDataLength(m) == 0 && natsMsgHeader_Get(m, "Status", &status) == NATS_OK &&
+            status)
             rc = reader_on_status(r, m, status);
         else
             rc = reader_on_msg(r, m, rec);
@@ -1528,10 +1593,6 @@ static int part_reader_open(void *impl, uint64_t from, struct evlog_reader **out
     r->part = pt;
     r->position = from;
     char name[JSLOG_CONSUMER_NAME_MAX + 1];
-    if (natsInbox_Create(&r->inbox) != NATS_OK) {
-        free(r);
-        return TALLY_ENOMEM;
-    }
     r->reg_id = tl_claim(pt, name, sizeof name);
     if (r->reg_id >= 0) {
         r->durable = true;

@@ -232,3 +232,181 @@ def run_all():
                 print("    --- server on port %d (exit %s), last stderr:\n%s" %
                       (inst.port, rc, inst.stderr_text()[-int(os.environ.get("TALLY_STDERR_TAIL", "3000")):]), flush=True)
     sys.exit(1 if failed else 0)
+
+
+# --- JetStream cluster helpers (issue 10: test_cluster.py, bench/cluster.sh) ------------------
+
+NATS_BIN = os.environ.get("NATS_SERVER_BIN", "/usr/sbin/nats-server")
+_M64 = (1 << 64) - 1
+_P1, _P2, _P3, _P4, _P5 = (11400714785074694791, 14029467366897019727, 1609587929392839161,
+                           9650029242287828579, 2870177450012600261)
+
+
+def _rotl64(x, r):
+    return ((x << r) | (x >> (64 - r))) & _M64
+
+
+def _xxh_round(acc, v):
+    return (_rotl64((acc + v * _P2) & _M64, 31) * _P1) & _M64
+
+
+def xxh64(data, seed=0):
+    """XXH64 of bytes (pure Python; the value xxhash.h's XXH64 returns)."""
+    n = len(data)
+    i = 0
+    if n >= 32:
+        v = [(seed + _P1 + _P2) & _M64, (seed + _P2) & _M64, seed, (seed - _P1) & _M64]
+        while i + 32 <= n:
+            for k in range(4):
+                v[k] = _xxh_round(v[k], int.from_bytes(data[i + 8 * k:i + 8 * k + 8], "little"))
+            i += 32
+        h = (_rotl64(v[0], 1) + _rotl64(v[1], 7) + _rotl64(v[2], 12) + _rotl64(v[3], 18)) & _M64
+        for k in range(4):
+            h = ((h ^ _xxh_round(0, v[k])) * _P1 + _P4) & _M64
+    else:
+        h = (seed + _P5) & _M64
+    h = (h + n) & _M64
+    while i + 8 <= n:
+        h ^= _xxh_round(0, int.from_bytes(data[i:i + 8], "little"))
+        h = (_rotl64(h, 27) * _P1 + _P4) & _M64
+        i += 8
+    if i + 4 <= n:
+        h ^= (int.from_bytes(data[i:i + 4], "little") * _P1) & _M64
+        h = (_rotl64(h, 23) * _P2 + _P3) & _M64
+        i += 4
+    while i < n:
+        h ^= (data[i] * _P5) & _M64
+        h = (_rotl64(h, 11) * _P1) & _M64
+        i += 1
+    h ^= h >> 33
+    h = (h * _P2) & _M64
+    h ^= h >> 29
+    h = (h * _P3) & _M64
+    return h ^ (h >> 32)
+
+
+def partition_of(site, partitions):
+    """The partition of a site as cluster.h computes it: xxh64(name, seed 0) % partitions."""
+    return xxh64(site.encode()) % partitions
+
+
+class NatsCluster:
+    """n nats-server processes with JetStream as one cluster on loopback: each has its own
+    client, route and monitoring ports and its own store directory (kept across restarts).
+    Stopped by PID only (cleanup)."""
+
+    def __init__(self, n=3, name="tally"):
+        self.tmp = tempfile.mkdtemp(prefix="tally-nats-")
+        self.name = name
+        self.servers = []
+        for i in range(n):
+            d = os.path.join(self.tmp, "n%d" % i)
+            os.makedirs(d)
+            self.servers.append({"name": "n%d" % i, "port": free_port(), "route": free_port(),
+                                 "mon": free_port(), "store": os.path.join(d, "js"),
+                                 "log": os.path.join(d, "server.log"), "proc": None})
+
+    def urls(self):
+        return ["nats://127.0.0.1:%d" % s["port"] for s in self.servers]
+
+    def start(self, i=None):
+        for k in ([i] if i is not None else range(len(self.servers))):
+            s = self.servers[k]
+            if s["proc"] and s["proc"].poll() is None:
+                continue
+            routes = ",".join("nats://127.0.0.1:%d" % o["route"] for o in self.servers
+                              if o is not s)
+            log = open(s["log"], "ab")
+            s["proc"] = subprocess.Popen(
+                [NATS_BIN, "-js", "-sd", s["store"], "-a", "127.0.0.1", "-p", str(s["port"]),
+                 "-n", s["name"], "-m", str(s["mon"]), "--cluster_name", self.name,
+                 "--cluster", "nats://127.0.0.1:%d" % s["route"], "--routes", routes],
+                stdout=log, stderr=log)
+            log.close()
+        return self
+
+    def running(self):
+        return [k for k, s in enumerate(self.servers) if s["proc"] and s["proc"].poll() is None]
+
+    def monitor(self, i, path, timeout=2):
+        conn = http.client.HTTPConnection("127.0.0.1", self.servers[i]["mon"], timeout=timeout)
+        try:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+
+    def wait_ready(self, timeout_s=30, health=True):
+        """Until every running server agrees on a JetStream meta leader (one of them) and,
+        with health, answers /healthz 200 (every stream and consumer it holds is current:
+        after a restart under load that can take long; without health only the meta group
+        and the routes are waited for)."""
+        deadline = time.time() + timeout_s
+        last = ""
+        while time.time() < deadline:
+            try:
+                leaders = set()
+                ok = True
+                for k in self.running():
+                    st, body = self.monitor(k, "/varz")
+                    routes = json.loads(body).get("routes", 0) if st == 200 else 0
+                    if routes < len(self.running()) - 1:
+                        ok = False
+                        last = "server %s has %d routes" % (self.servers[k]["name"], routes)
+                        break
+                    st = self.monitor(k, "/healthz")[0] if health else 200
+                    if st != 200:
+                        ok = False
+                        last = "server %s healthz %d" % (self.servers[k]["name"], st)
+                        break
+                    st, body = self.monitor(k, "/jsz")
+                    meta = json.loads(body).get("meta_cluster") or {}
+                    leaders.add(meta.get("leader", ""))
+                names = {self.servers[k]["name"] for k in self.running()}
+                if ok and len(leaders) == 1 and leaders <= names:
+                    return
+                if ok:
+                    last = "meta leaders %s" % leaders
+            except (OSError, ValueError) as e:
+                last = str(e)
+            time.sleep(0.1)
+        raise AssertionError("NATS cluster not ready after %ss: %s\n%s" %
+                             (timeout_s, last, self.log_tail()))
+
+    def kill9(self, i):
+        p = self.servers[i]["proc"]
+        if p and p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+
+    def log_tail(self, n=1500):
+        out = []
+        for s in self.servers:
+            try:
+                with open(s["log"], "rb") as f:
+                    out.append("--- nats %s:\n%s" % (s["name"], f.read()[-n:].decode("utf-8",
+                                                                                     "replace")))
+            except OSError:
+                pass
+        return "\n".join(out)
+
+    def cleanup(self):
+        for k in range(len(self.servers)):
+            self.kill9(k)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def nats_stream_leaders(nats, prefix="TALLY_P"):
+    """{stream name: leader server name} of the streams whose name starts with prefix, as the
+    first running server reports them (empty when it cannot say)."""
+    try:
+        st, body = nats.monitor(nats.running()[0], "/jsz?accounts=true&streams=true")
+        out = {}
+        for acc in json.loads(body).get("account_details") or []:
+            for sd in acc.get("stream_detail") or []:
+                if sd["name"].startswith(prefix):
+                    out[sd["name"]] = (sd.get("cluster") or {}).get("leader", "")
+        return out
+    except (OSError, ValueError, IndexError, KeyError):
+        return {}
