@@ -1305,6 +1305,11 @@ static int reader_create(struct jsreader *r)
     cc.OptStartSeq = r->position + 1;
     cc.AckPolicy = js_AckNone;
     cc.FilterSubject = pt->subject;
+    /* The position that counts is the caller's cursor (kept with its output), and the
+     * consumer is re-created at it whenever it vanishes: its own state needs no replication.
+     * One in-memory replica spares the servers a Raft group per consumer. */
+    cc.Replicas = 1;
+    cc.MemoryStorage = true;
     jsConsumerInfo *ci = NULL;
     jerr = 0;
     natsStatus s = js_AddConsumer(&ci, js->jsc, pt->stream, &cc, &o, &jerr);

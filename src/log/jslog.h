@@ -32,7 +32,8 @@
  * coalescing): the idle publish -> ack latency is one round trip.
  *
  * READING (jslog_partition). Each partition is an evlog whose reader is a JetStream pull
- * consumer, ack policy none, filtered to the partition's subject, replicas as the stream,
+ * consumer, ack policy none, filtered to the partition's subject, one in-memory replica
+ * (re-created when lost),
  * created (or re-created: deleted first) at reader_open to deliver from stream sequence
  * from_offset + 1. Its name:
  *   - "<node>_<consumer>_P<p>", durable, when the THREAD opening the reader registered
