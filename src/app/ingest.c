@@ -481,7 +481,9 @@ void ingest_submit(struct app *app, const struct http_request *req, struct http_
     p->ex = ex;
     p->ans = *ans;
     p->count = (uint32_t)n;
-    if (live_active(app->live)) p->live = live_batch_new(evs, devices, (uint32_t)n);
+    /* With JetStream the live view is fed from the streams (live_publish_record), so that it
+     * also shows what other nodes ingested. */
+    if (!app->js && live_active(app->live)) p->live = live_batch_new(evs, devices, (uint32_t)n);
     int rc = evlog_append(&app->sink, t->recs, t->parts, (uint32_t)n, ingest_done, p);
     if (rc != 0) {
         live_batch_free(p->live);

@@ -229,6 +229,29 @@ struct live_batch *live_batch_new(const struct native_event *evs, const uint8_t 
     return b;
 }
 
+void live_publish_record(struct live *lv, const void *data, size_t len)
+{
+    if (!live_active(lv)) return;
+    struct event_scratch *sc = malloc(sizeof *sc);
+    struct native_event ne;
+    memset(&ne, 0, sizeof ne);
+    if (!sc || event_decode(data, len, &ne.ev, sc) != 0) {
+        free(sc);
+        return;
+    }
+    char ua[EVENT_USER_AGENT_BYTES_MAX + 1];
+    size_t ul = ne.ev.user_agent.len < sizeof ua - 1 ? ne.ev.user_agent.len : sizeof ua - 1;
+    memcpy(ua, ne.ev.user_agent.ptr ? ne.ev.user_agent.ptr : "", ul);
+    ua[ul] = 0;
+    ua_info ui;
+    ua_classify(ua, &ui);
+    uint8_t device = (uint8_t)ui.device;
+    struct live_batch *b = live_batch_new(&ne, &device, 1);
+    live_publish(lv, b);
+    live_batch_free(b);
+    free(sc);
+}
+
 void live_batch_free(struct live_batch *b)
 {
     if (!b) return;

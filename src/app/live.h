@@ -10,6 +10,7 @@
 #define TALLY_LIVE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct live;
@@ -34,6 +35,11 @@ void live_batch_free(struct live_batch *b);
 /* Pushes a batch whose events were committed to the subscribed sockets (any thread; called
  * on the log writer: never blocks on a client, only takes the hub's mutex briefly). */
 void live_publish(struct live *lv, const struct live_batch *b);
+
+/* One encoded log record (event.h), as JetStream's tap delivers it on a processing node
+ * (jslog_tap): decoded, summarised and pushed as live_publish does. Cheap when no socket is
+ * open. Any thread. */
+void live_publish_record(struct live *lv, const void *data, size_t len);
 
 /* Closes every socket (1001), joins the ticker, frees. NULL is a no-op. Main thread. */
 void live_free(struct live *lv);

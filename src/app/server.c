@@ -519,6 +519,11 @@ static bool upgrade(struct app *app)
     return true;
 }
 
+static void live_tap(void *arg, const void *data, uint32_t len)
+{
+    live_publish_record(arg, data, len);
+}
+
 /* The processing side (role all or process): the store and the consumers of this node's
  * sources (node.h). 0, or an error after printing why. */
 static int start_processing(struct app *app, const struct datadir *dd,
@@ -644,6 +649,11 @@ int app_serve(const struct tally_config *cfg, const struct app_options *opt)
         start_processing(&app, dd, &sources, &nsources) != 0)
         goto out;
     if (make_http(&app, listen_fd) != 0) goto out;
+    for (size_t i = 0; app.js && app.live && i < nsources; i++) {
+        uint32_t p = (uint32_t)strtoul(sources[i].name + 1, NULL, 10); /* "p<N>" */
+        if (jslog_tap(app.js, p, live_tap, app.live) != 0)
+            diag_warn("live view: cannot subscribe to partition %u; it shows no events", p);
+    }
     init_keys(&app, dd);
     if ((rc = query_api_start(&app, &app.queries)) != 0) {
         fprintf(stderr, "tally: cannot start the query workers: %s\n", tally_strerror(rc));

@@ -81,6 +81,8 @@
 #define JSLOG_IDLE_REFRESH_PER_TICK 8    /* partitions not in use, round-robin */
 #define JSLOG_API_WAIT_MS 2000           /* JetStream API requests (consumers, streams) */
 #define JSLOG_INFO_WAIT_MS 500           /* the refresh thread's stream info requests */
+#define JSLOG_TAP_PENDING_MSGS 65536        /* a tap's undelivered messages; more are dropped */
+#define JSLOG_TAP_PENDING_BYTES (64 << 20)
 #define JSLOG_STALL_MS 5000              /* no progress while more is committed */
 #define JSLOG_RETRY_MS_MIN 100
 #define JSLOG_RETRY_MS_MAX 1000
@@ -116,6 +118,9 @@ struct jspart {
     pthread_cond_t cv;
     struct jsreg regs[JSLOG_CONSUMERS_MAX];
     int nregs;
+    natsSubscription *tap; /* jslog_tap: a plain subscription to the subject */
+    jslog_tap_fn tap_fn;
+    void *tap_arg;
 };
 
 struct jsappend {
@@ -952,10 +957,44 @@ int jslog_open(const struct jslog_options *opt, struct jslog **out, char *err)
     return TALLY_OK;
 }
 
+static void on_tap(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    struct jspart *pt = closure;
+    if (!atomic_load(&pt->js->closing))
+        pt->tap_fn(pt->tap_arg, natsMsg_GetData(msg), (uint32_t)natsMsg_GetDataLength(msg));
+    natsMsg_Destroy(msg);
+}
+
+int jslog_tap(struct jslog *js, uint32_t p, jslog_tap_fn fn, void *arg)
+{
+    if (!js || p >= js->partitions || !fn || js->parts[p].tap) return TALLY_EINVAL;
+    struct jspart *pt = &js->parts[p];
+    pt->tap_fn = fn;
+    pt->tap_arg = arg;
+    natsStatus s = natsConnection_Subscribe(&pt->tap, js->nc, pt->subject, on_tap, pt);
+    if (s == NATS_OK)
+        s = natsSubscription_SetPendingLimits(pt->tap, JSLOG_TAP_PENDING_MSGS,
+                                              JSLOG_TAP_PENDING_BYTES);
+    if (s != NATS_OK) {
+        natsSubscription_Destroy(pt->tap);
+        pt->tap = NULL;
+        return s == NATS_NO_MEMORY ? TALLY_ENOMEM : TALLY_EIO;
+    }
+    return TALLY_OK;
+}
+
 void jslog_close(struct jslog *js)
 {
     if (!js) return;
     atomic_store(&js->closing, 1);
+    for (uint32_t p = 0; p < js->partitions; p++) {
+        if (!js->parts[p].tap) continue;
+        natsSubscription_Unsubscribe(js->parts[p].tap); /* no new tap callbacks */
+        natsSubscription_Destroy(js->parts[p].tap);
+        js->parts[p].tap = NULL;
+    }
     for (uint32_t p = 0; p < js->partitions; p++) {
         pthread_mutex_lock(&js->parts[p].mu);
         pthread_cond_broadcast(&js->parts[p].cv);

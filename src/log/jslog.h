@@ -118,6 +118,15 @@ void jslog_sink(struct jslog *js, struct evlog *out);
 /* Partition p's stream as a readable evlog (append returns TALLY_ENOTSUP). */
 void jslog_partition(struct jslog *js, uint32_t p, struct evlog *out);
 
+/* TAP: fn(arg, data, len) for every record published to partition p from now on, by any
+ * node, as it is published (a plain NATS subscription to the subject: best effort, at most
+ * once, possibly before or without the stream's acknowledgement; for the live view, never for
+ * counting). fn runs on a NATS library thread and must be short; it gets no calls once
+ * jslog_close starts. Undelivered messages beyond 65,536 (64 MiB) are dropped. Main thread,
+ * after open; one tap per partition. 0, TALLY_EINVAL, TALLY_EIO, TALLY_ENOMEM. */
+typedef void (*jslog_tap_fn)(void *arg, const void *data, uint32_t len);
+int jslog_tap(struct jslog *js, uint32_t p, jslog_tap_fn fn, void *arg);
+
 /* Counters for /metrics. Any thread. */
 struct jslog_stats {
     uint64_t published, acked, failed; /* records */

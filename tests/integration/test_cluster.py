@@ -621,6 +621,30 @@ def forwarding_checks_keys_and_sites_first():
 
 
 @test
+def live_on_the_owner_shows_events_from_every_ingest_node():
+    # The owner's live feed comes from the stream's subject, not from its own ingest.
+    registered = list(harness._TESTS)
+    from test_live import WS  # (importing registers test_live's tests: undo that)
+    harness._TESTS[:] = registered
+    c = STATE.get("cluster")
+    check(c is not None, "needs the first test's cluster")
+    s = SITES[0]
+    owner = c.owner_of(s)
+    ws = WS(owner, path="/api/v1/live?site_id=%s" % s, key=c.read)
+    eq(ws.status, 101, "live upgrade on the owner")
+    ws.recv_json("visitors", timeout=5)
+    h = {"User-Agent": UA % 120}
+    for n, node in enumerate(c.ingest + [owner]):
+        path = "/live-%d-%d" % (n, ARGS.seed)
+        st, _, b = node.post_json("/v1/events", [{"site": s, "url": "https://%s%s" % (s, path),
+                                                  "visitor_id": "live%d" % n}], h)
+        eq(st, 202, b)
+        m = ws.recv_json("event", timeout=5)
+        eq(m["path"], path, "live event ingested through node %d" % n)
+        eq(m["site"], s, "live event's site")
+
+
+@test
 def rebuild_from_stream_gives_same_answers():
     c = STATE.get("cluster")
     check(c is not None and "reference" in STATE, "needs the first test's cluster")
