@@ -513,6 +513,7 @@ static void conn_write_now(struct conn *c)
 /* Writes every finished response at the head of the queue, then sends. */
 void http_conn_flush(struct conn *c)
 {
+again:
     while (!c->dead && c->q_head && c->q_head != c->cur) {
         struct http_exchange *ex = c->q_head;
         if (ex->phase == EX_STREAMING) {
@@ -544,6 +545,12 @@ void http_conn_flush(struct conn *c)
         cur->continue_sent = true;
     }
     if (c->out_len > c->out_off) conn_write_now(c);
+    /* The socket took everything at once (no write event armed): a stream the window had
+     * stopped would wait for a wake-up that never comes. Each round sends its bytes or arms
+     * the write event, so this ends. */
+    if (!c->dead && c->out_len == c->out_off && c->q_head && c->q_head != c->cur &&
+        c->q_head->phase == EX_STREAMING && http_stream_ready(c->q_head->stream))
+        goto again;
 }
 
 /* ---- connection lifecycle ---- */

@@ -268,6 +268,8 @@ void http_conn_pop(struct conn *c, struct http_exchange *ex, bool close); /* fre
 
 /* http_stream.c (worker thread unless said otherwise) */
 bool http_stream_pump(struct conn *c, struct http_exchange *ex); /* true: done and popped */
+/* The producer left bytes (or the end) that the last pump did not take. */
+bool http_stream_ready(struct http_stream *st);
 void http_stream_detach(struct http_stream *st); /* the exchange is being freed */
 void http_stream_wake(struct worker *w, struct qnode *n); /* a Q_STREAM node */
 

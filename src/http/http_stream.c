@@ -14,7 +14,9 @@
  * whenever it took bytes. http_stream_write waits while more than `window` bytes are pending.
  * So a stream holds at most about 2 x window + one write in memory, whatever the client does.
  *
- * WAKE-UPS. The producer posts the stream's own queue node (Q_STREAM) to the worker when it
+ * WAKE-UPS. The worker pumps when the producer posted, when the socket becomes writable, and
+ * again after a flush that sent everything at once (http_conn_flush): a pump stopped only by
+ * the window must not wait for a wake-up that no one will send. The producer posts the stream's own queue node (Q_STREAM) to the worker when it
  * added bytes or finished and no wake-up is pending (`posted`); so a fast producer costs one
  * wake-up per batch of writes, not per write, and no allocation.
  *
@@ -235,6 +237,14 @@ void http_stream_wake(struct worker *w, struct qnode *n)
         http_conn_release(c);
     }
     stream_unref(st);
+}
+
+bool http_stream_ready(struct http_stream *st)
+{
+    pthread_mutex_lock(&st->mu);
+    bool r = !st->aborted && (st->len > st->off || st->finished);
+    pthread_mutex_unlock(&st->mu);
+    return r;
 }
 
 bool http_stream_pump(struct conn *c, struct http_exchange *ex)
