@@ -216,8 +216,12 @@ int store_reopen(struct store *s)
      * it would only fail, and a failed LOG write is fatal in RocksDB 7.8. */
     struct statvfs vfs;
     if (statvfs(s->dir, &vfs) == 0 &&
-        (uint64_t)vfs.f_bavail * vfs.f_frsize < STORE_REOPEN_FREE_BYTES_MIN)
+        (uint64_t)vfs.f_bavail * vfs.f_frsize < STORE_REOPEN_FREE_BYTES_MIN) {
+        diag_info("store: %llu bytes free in %s, reopening needs %llu",
+                  (unsigned long long)vfs.f_bavail * vfs.f_frsize, s->dir,
+                  (unsigned long long)STORE_REOPEN_FREE_BYTES_MIN);
         return TALLY_ENOSPC;
+    }
     pthread_rwlock_wrlock(&s->life);
     db_close(s);
     int rc = db_open(s);

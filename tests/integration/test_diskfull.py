@@ -60,7 +60,14 @@ def enospc_gives_503_then_recovers_without_loss():
             time.sleep(0.2)
         eq(t.request("GET", "/healthz")[0], 200)
         # The consumers' store hit the full disk too: it recovers by itself and catches up.
-        t.wait_consumers(30)
+        try:
+            t.wait_consumers(30)
+        except AssertionError:
+            du = subprocess.run(["du", "-ab", mnt], capture_output=True, text=True).stdout
+            df = subprocess.run(["df", "-B1", mnt], capture_output=True, text=True).stdout
+            print("disk use at the failure:\n%s\n%s" % (df, "\n".join(
+                l for l in du.splitlines() if int(l.split()[0]) > 100000)))
+            raise
         health = json.loads(t.request("GET", "/healthz")[2])
         eq(health["consumers"]["raw"]["error"], 0, health)
         eq(health["consumers"]["rollup"]["error"], 0, health)
