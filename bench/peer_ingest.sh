@@ -5,19 +5,26 @@
 # cost (decode, map, answer) and not the disk; target ratio >= 0.80.
 #
 # The native endpoint is measured before, between and after the formats (3 runs) and the
-# median is the reference: this machine is shared and noisy.
+# median is the reference: this machine is shared and noisy. ROUNDS=K repeats that whole
+# sequence K times against the same tally; each figure printed is then the median over the
+# rounds (a format's ratio is taken within its round, against that round's native runs, so a
+# load change between rounds does not move it).
 #
 # Output, one line per format on stdout (progress on stderr):
 #   bench=peer_ingest format=NAME req_s=R native_req_s=N ratio=R/N native_same_event_req_s=S
 #               ratio_same_event=R/S non2xx=K target=0.80
 # N: the minimal native event (site, url, name); S: a native event with the content the peers'
 # bodies carry (UTM landing page, referrer, two props).
-# Environment: BENCH_SECONDS (default 10) per run, TALLY (./tally, else build/rel/tally),
-# WRK (wrk), TMPDIR. Only 127.0.0.1; stops only the tally it started, by PID.
+# Environment: BENCH_SECONDS (default 10) per run, ROUNDS (default 1), FORMATS (default all
+# eight, in the order below), TALLY (./tally, else build/rel/tally), WRK (wrk), TMPDIR. Each
+# native run's req/s is shown on stderr. Only 127.0.0.1; stops only the tally it started, by
+# PID.
 
 set -u
 cd "$(dirname "$0")/.." || exit 1
 DUR=${BENCH_SECONDS:-10}
+ROUNDS=${ROUNDS:-1}
+FORMATS=${FORMATS:-plausible pixel goatcounter segment posthog ga4 matomo umami}
 TALLY=${TALLY:-./tally}
 [ -x "$TALLY" ] || TALLY=build/rel/tally
 WRK=${WRK:-wrk}
@@ -79,25 +86,47 @@ wrk_run() {
 }
 
 native() {
-    wrk_run bench/wrk_post.lua /v1/events | cut -d' ' -f1 >>"$T/native"
-    wrk_run bench/wrk_post.lua /v1/events "$T/rich.json" | cut -d' ' -f1 >>"$T/rich"
+    a=$(wrk_run bench/wrk_post.lua /v1/events | cut -d' ' -f1)
+    b=$(wrk_run bench/wrk_post.lua /v1/events "$T/rich.json" | cut -d' ' -f1)
+    say "native req_s=$a native_same_event req_s=$b"
+    echo "$a" >>"$T/native.$round"
+    echo "$b" >>"$T/rich.$round"
 }
-med() { grep -v '^na$' "$1" | sort -n | awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)]; else print "na" }'; }
+med() { grep -v '^na$' "$@" | sort -n | awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)]; else print "na" }'; }
+div() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "na" || b == "na" || b == 0) print "na"; else printf "%.2f\n", a / b }'; }
 
-say "native (1/3)"; native
-for f in plausible pixel goatcounter segment posthog ga4 matomo umami; do
-    say "$f"
-    path=/ # the scripts set their own paths, except GA4's (its query holds the credentials)
-    [ "$f" = ga4 ] && path='/mp/collect?measurement_id=G-BENCH&api_secret=bench-secret'
-    wrk_run "bench/wrk_$f.lua" "$path" >"$T/res.$f"
-    [ "$f" = segment ] && { say "native (2/3)"; native; }
+nf=$(echo $FORMATS | wc -w)
+round=1
+while [ "$round" -le "$ROUNDS" ]; do
+    say "round $round/$ROUNDS: native (1/3)"; native
+    k=0
+    for f in $FORMATS; do
+        say "$f"
+        path=/ # the scripts set their own paths, except GA4's (its query holds the credentials)
+        [ "$f" = ga4 ] && path='/mp/collect?measurement_id=G-BENCH&api_secret=bench-secret'
+        wrk_run "bench/wrk_$f.lua" "$path" >"$T/res.$f.$round"
+        k=$((k + 1))
+        [ "$k" -eq $(((nf + 1) / 2)) ] && { say "native (2/3)"; native; }
+    done
+    say "native (3/3)"; native
+    N=$(med "$T/native.$round")
+    R=$(med "$T/rich.$round")
+    for f in $FORMATS; do
+        read -r rps bad <"$T/res.$f.$round"
+        echo "$rps" >>"$T/rps.$f"
+        echo "$bad" >>"$T/bad.$f"
+        div "$rps" "$N" >>"$T/ratio.$f"
+        div "$rps" "$R" >>"$T/ratio_same.$f"
+    done
+    echo "$N" >>"$T/native.all"
+    echo "$R" >>"$T/rich.all"
+    round=$((round + 1))
 done
-say "native (3/3)"; native
-N=$(med "$T/native")
-R=$(med "$T/rich")
-div() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "na" || b == "na" || b == 0) print "na"; else printf "%.2f", a / b }'; }
-for f in plausible pixel goatcounter segment posthog ga4 matomo umami; do
-    read -r rps bad <"$T/res.$f"
-    echo "bench=peer_ingest format=$f req_s=$rps native_req_s=$N ratio=$(div "$rps" "$N")" \
-         "native_same_event_req_s=$R ratio_same_event=$(div "$rps" "$R") non2xx=$bad target=0.80"
+N=$(med "$T/native.all")
+R=$(med "$T/rich.all")
+for f in $FORMATS; do
+    bad=$(sort -n "$T/bad.$f" | tail -n 1)
+    echo "bench=peer_ingest format=$f req_s=$(med "$T/rps.$f") native_req_s=$N" \
+         "ratio=$(med "$T/ratio.$f") native_same_event_req_s=$R" \
+         "ratio_same_event=$(med "$T/ratio_same.$f") non2xx=$bad target=0.80"
 done

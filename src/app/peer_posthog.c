@@ -337,16 +337,58 @@ static int bad(struct ph_req *r, const char *code, const char *fmt, ...)
     return TALLY_EINVAL;
 }
 
+/* The members of a body or event object the decoder reads, found in one pass over it (a lookup
+ * per name walked the members a dozen times). Each is the first member of that name, as
+ * cJSON_GetObjectItemCaseSensitive would return, or NULL (also when obj is not an object). */
+struct ph_obj {
+    const cJSON *api_key, *token, *dollar_token, *sent_at, *batch, *data, *event, *properties;
+    const cJSON *distinct_id, *dollar_distinct_id, *uuid, *timestamp, *offset;
+};
+
+static const cJSON **obj_slot(struct ph_obj *o, const char *k)
+{
+    switch (k[0]) {
+    case '$':
+        if (strcmp(k, "$token") == 0) return &o->dollar_token;
+        return strcmp(k, "$distinct_id") == 0 ? &o->dollar_distinct_id : NULL;
+    case 'a': return strcmp(k, "api_key") == 0 ? &o->api_key : NULL;
+    case 'b': return strcmp(k, "batch") == 0 ? &o->batch : NULL;
+    case 'd':
+        if (strcmp(k, "distinct_id") == 0) return &o->distinct_id;
+        return strcmp(k, "data") == 0 ? &o->data : NULL;
+    case 'e': return strcmp(k, "event") == 0 ? &o->event : NULL;
+    case 'o': return strcmp(k, "offset") == 0 ? &o->offset : NULL;
+    case 'p': return strcmp(k, "properties") == 0 ? &o->properties : NULL;
+    case 's': return strcmp(k, "sent_at") == 0 ? &o->sent_at : NULL;
+    case 't':
+        if (strcmp(k, "token") == 0) return &o->token;
+        return strcmp(k, "timestamp") == 0 ? &o->timestamp : NULL;
+    case 'u': return strcmp(k, "uuid") == 0 ? &o->uuid : NULL;
+    default: return NULL;
+    }
+}
+
+static void obj_scan(const cJSON *obj, struct ph_obj *o)
+{
+    memset(o, 0, sizeof *o);
+    if (!cJSON_IsObject(obj)) return;
+    for (const cJSON *c = obj->child; c; c = c->next) {
+        const cJSON **slot = c->string ? obj_slot(o, c->string) : NULL;
+        if (slot && !*slot) *slot = c;
+    }
+}
+
 /* The token an event carries, or NULL. */
 static const char *event_token(const cJSON *ev)
 {
-    static const char *const names[] = {"token", "api_key", "$token"};
+    struct ph_obj o;
+    obj_scan(ev, &o);
+    const cJSON *names[] = {o.token, o.api_key, o.dollar_token};
     for (size_t i = 0; i < 3; i++) {
-        const cJSON *it = cJSON_GetObjectItemCaseSensitive(ev, names[i]);
+        const cJSON *it = names[i];
         if (cJSON_IsString(it) && it->valuestring && it->valuestring[0]) return it->valuestring;
     }
-    const cJSON *p = cJSON_GetObjectItemCaseSensitive(ev, "properties");
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(p, "token");
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o.properties, "token");
     if (cJSON_IsString(it) && it->valuestring && it->valuestring[0]) return it->valuestring;
     return NULL;
 }
@@ -415,13 +457,12 @@ static void props_scan(const cJSON *props, struct ph_props *pp)
 
 /* distinct_id: top-level distinct_id / $distinct_id, else properties.distinct_id; at most
  * PH_DISTINCT_ID_CHARS_MAX characters. NULL when absent or empty. */
-static const char *distinct_id(struct ph_req *r, const cJSON *ev, const struct ph_props *pp,
-                               size_t *len)
+static const char *distinct_id(struct ph_req *r, const struct ph_obj *eo,
+                               const struct ph_props *pp, size_t *len)
 {
-    const char *id = peer_id_text(r->arena, cJSON_GetObjectItemCaseSensitive(ev, "distinct_id"),
-                                  len);
+    const char *id = peer_id_text(r->arena, eo->distinct_id, len);
     if (!id)
-        id = peer_id_text(r->arena, cJSON_GetObjectItemCaseSensitive(ev, "$distinct_id"), len);
+        id = peer_id_text(r->arena, eo->dollar_distinct_id, len);
     if (!id)
         id = peer_id_text(r->arena, pp->distinct_id, len);
     if (!id) return NULL;
@@ -433,14 +474,14 @@ static const char *distinct_id(struct ph_req *r, const cJSON *ev, const struct p
     return id;
 }
 
-static int event_time(struct ph_req *r, const cJSON *ev, const struct ph_props *pp, int i,
-                      int64_t *ts)
+static int event_time(struct ph_req *r, const struct ph_obj *eo, const struct ph_props *pp,
+                      int i, int64_t *ts)
 {
     int64_t t;
-    int rc = peer_time(cJSON_GetObjectItemCaseSensitive(ev, "timestamp"), &t);
+    int rc = peer_time(eo->timestamp, &t);
     if (rc == TALLY_EINVAL)
         return bad(r, "invalid_payload", "Invalid payload: event %d has an invalid timestamp", i);
-    const cJSON *off = cJSON_GetObjectItemCaseSensitive(ev, "offset");
+    const cJSON *off = eo->offset;
     bool skew = r->has_sent_at && !cJSON_IsTrue(pp->ignore_sent_at);
     if (rc == 0)
         *ts = skew ? r->now_ms + (t - r->sent_at_ms) : t;
@@ -468,7 +509,7 @@ static const char *const ph_skip_revenue_keys[] = {"token", "distinct_id", "reve
 static int view_url(struct ph_req *r, const struct ph_props *pp, bool screen, struct event *ev)
 {
     ev->url = peer_url(pp->current_url);
-    if (ev->url.len > 0) return peer_keep(r->arena, &ev->url);
+    if (ev->url.len > 0) return 0;
     if (!r->site_name) r->site_name = peer_site_name(r->app, r->token);
     if (!r->site_name) return 0; /* ingest_submit answers the unknown token */
     struct event_str p = peer_str(screen ? pp->screen_name : pp->pathname, 1024);
@@ -485,25 +526,27 @@ static int decode_event(struct ph_req *r, const cJSON *e, int i, struct native_e
     *store = false;
     if (!cJSON_IsObject(e)) return bad(r, "invalid_payload", "Invalid payload: event %d is not "
                                        "an object", i);
-    const cJSON *name = cJSON_GetObjectItemCaseSensitive(e, "event");
+    struct ph_obj eo;
+    obj_scan(e, &eo);
+    const cJSON *name = eo.event;
     if (!cJSON_IsString(name) || !name->valuestring || !name->valuestring[0])
         return bad(r, "invalid_event", "Invalid payload: All events must have the event name "
                    "field 'event'! (event %d)", i);
     const char *nm = name->valuestring;
     if (!event_text_valid(nm, strlen(nm)))
         return bad(r, "invalid_event", "Invalid payload: event %d: 'event' is not valid UTF-8", i);
-    const cJSON *props = cJSON_GetObjectItemCaseSensitive(e, "properties");
+    const cJSON *props = eo.properties;
     if (props && !cJSON_IsNull(props) && !cJSON_IsObject(props))
         return bad(r, "invalid_payload", "Invalid payload: event %d: 'properties' must be an "
                    "object", i);
     struct ph_props pp;
     props_scan(props, &pp);
     size_t vlen = 0;
-    const char *vid = distinct_id(r, e, &pp, &vlen);
+    const char *vid = distinct_id(r, &eo, &pp, &vlen);
     if (!vid)
         return bad(r, "invalid_payload", "Invalid payload: All events must have the event field "
                    "'distinct_id'! (event %d)", i);
-    const cJSON *uuid = cJSON_GetObjectItemCaseSensitive(e, "uuid");
+    const cJSON *uuid = eo.uuid;
     const char *uuid_s = cJSON_IsString(uuid) && uuid->valuestring && uuid->valuestring[0]
                              ? uuid->valuestring
                              : NULL;
@@ -514,7 +557,7 @@ static int decode_event(struct ph_req *r, const cJSON *e, int i, struct native_e
     struct event *ev = &ne->ev;
     memset(ne, 0, sizeof *ne);
     event_init(ev);
-    int rc = event_time(r, e, &pp, i, &ev->ts_ms);
+    int rc = event_time(r, &eo, &pp, i, &ev->ts_ms);
     if (rc) return rc;
 
     bool pageview = strcmp(nm, "$pageview") == 0, screen = strcmp(nm, "$screen") == 0;
@@ -525,23 +568,17 @@ static int decode_event(struct ph_req *r, const cJSON *e, int i, struct native_e
     ev->site.ptr = r->token;
     ev->site.len = strlen(r->token);
     ne->visitor_id = (struct event_str){vid, vlen};
-    if (uuid_s) {
-        ev->client_id = (struct event_str){uuid_s, strlen(uuid_s)};
-        if ((rc = peer_keep(r->arena, &ev->client_id))) return rc;
-    }
+    if (uuid_s) ev->client_id = (struct event_str){uuid_s, strlen(uuid_s)};
     if (pageview || screen) {
         rc = view_url(r, &pp, screen, ev);
     } else {
         ev->name = peer_str(name, EVENT_NAME_BYTES_MAX);
-        if ((rc = peer_keep(r->arena, &ev->name))) return rc;
         ev->url = peer_url(pp.current_url);
-        rc = peer_keep(r->arena, &ev->url);
     }
     if (rc) return rc;
     const cJSON *ref = pp.referrer;
     if (!(cJSON_IsString(ref) && ref->valuestring && strcmp(ref->valuestring, "$direct") == 0))
         ev->referrer = peer_str(ref, EVENT_REFERRER_BYTES_MAX);
-    if ((rc = peer_keep(r->arena, &ev->referrer))) return rc;
 
     struct event_prop *pa = peer_props_new(r->arena);
     if (!pa) return TALLY_ENOMEM;
@@ -553,11 +590,10 @@ static int decode_event(struct ph_req *r, const cJSON *e, int i, struct native_e
     ev->props_count = np;
 
     ev->user_agent = peer_str(pp.raw_user_agent, EVENT_USER_AGENT_BYTES_MAX);
-    if ((rc = peer_keep(r->arena, &ev->user_agent))) return rc;
     ev->screen_width_px = peer_pixels(pp.screen_width);
     ev->screen_height_px = peer_pixels(pp.screen_height);
     ev->language = peer_language(r->arena, pp.browser_language);
-    ne->ip = peer_ip(r->arena, pp.ip);
+    ne->ip = peer_ip(pp.ip);
     if (ne->ip.len == 0 &&
         (r->server_sdk || cJSON_IsTrue(pp.geoip_disable)))
         ne->ip = (struct event_str){"0.0.0.0", 7}; /* no visitor address: no geo */
@@ -572,13 +608,15 @@ static const cJSON *events_of(const cJSON *root, const cJSON **req_token, const 
     *single = false;
     if (cJSON_IsArray(root)) return root;
     if (!cJSON_IsObject(root)) return NULL;
-    *req_token = cJSON_GetObjectItemCaseSensitive(root, "api_key");
-    if (!*req_token) *req_token = cJSON_GetObjectItemCaseSensitive(root, "token");
-    *sent_at = cJSON_GetObjectItemCaseSensitive(root, "sent_at");
-    const cJSON *batch = cJSON_GetObjectItemCaseSensitive(root, "batch");
+    struct ph_obj ro;
+    obj_scan(root, &ro);
+    *req_token = ro.api_key;
+    if (!*req_token) *req_token = ro.token;
+    *sent_at = ro.sent_at;
+    const cJSON *batch = ro.batch;
     if (batch) return cJSON_IsArray(batch) ? batch : NULL;
-    const cJSON *data = cJSON_GetObjectItemCaseSensitive(root, "data");
-    if (data && !cJSON_GetObjectItemCaseSensitive(root, "event")) {
+    const cJSON *data = ro.data;
+    if (data && !ro.event) {
         if (cJSON_IsArray(data)) return data;
         if (cJSON_IsObject(data)) {
             *single = true;
@@ -619,7 +657,7 @@ static void on_capture(struct http_request *req, struct http_exchange *ex, void 
     int b = peer_bearer(app, req, &bearer_tok, &bearer_len, &key_site);
     r.privileged = b > 0;
     const char *ua = http_request_header(req, "user-agent");
-    r.server_sdk = ua && ua_is_server_sdk(ua);
+    r.server_sdk = peer_server_sdk(ua);
 
     struct ph_body body = {0};
     if (decode_body(t, app, req, ex, &body) != 0) {
@@ -635,8 +673,8 @@ static void on_capture(struct http_request *req, struct http_exchange *ex, void 
     bool single;
     const cJSON *evs_json = root ? events_of(root, &req_token, &sent_at, &extra, &single) : NULL;
     if (!evs_json) {
-        cJSON_Delete(extra);
-        cJSON_Delete(root);
+        json_arena_delete(extra);
+        json_arena_delete(root);
         metrics_counter_add(app->events_dropped[DROP_INVALID], 1);
         ph_invalid(ex, "invalid_payload", "Malformed request data: invalid JSON");
         return;
@@ -666,8 +704,8 @@ static void on_capture(struct http_request *req, struct http_exchange *ex, void 
     }
     if (!token || several || strlen(token) > PH_TOKEN_BYTES_MAX ||
         !peer_key_acceptable(app, token)) {
-        cJSON_Delete(extra);
-        cJSON_Delete(root);
+        json_arena_delete(extra);
+        json_arena_delete(root);
         metrics_counter_add(app->events_dropped[DROP_INVALID], 1);
         if (!token)
             ph_fail(ex, 401, "authentication_error", "missing_api_key", MISSING_KEY, NULL);
@@ -695,8 +733,8 @@ static void on_capture(struct http_request *req, struct http_exchange *ex, void 
     }
 
     if (n > app->cfg->events_per_request_max) {
-        cJSON_Delete(extra);
-        cJSON_Delete(root);
+        json_arena_delete(extra);
+        json_arena_delete(root);
         metrics_counter_add(app->events_dropped[DROP_INVALID], 1);
         char msg[96];
         snprintf(msg, sizeof msg, "a request holds at most %lld events",
@@ -714,30 +752,26 @@ static void on_capture(struct http_request *req, struct http_exchange *ex, void 
         rc = decode_event(&r, e, i, &evs[count], &store);
         if (rc == 0 && store) count++;
     }
-    cJSON_Delete(extra);
-    cJSON_Delete(root);
     if (rc == TALLY_ENOMEM) {
         ph_fail(ex, 503, "server_error", "unavailable", "out of memory; retry later",
                 "Retry-After: 1\r\n");
-        return;
-    }
-    if (rc != 0) {
+    } else if (rc != 0) {
         metrics_counter_add(app->events_dropped[DROP_INVALID], (uint64_t)(n > 0 ? n : 1));
         ph_invalid(ex, r.err_code, r.err);
-        return;
-    }
-    if (count == 0) {
+    } else if (count == 0) {
         /* Only PostHog-internal events: nothing to store, but the token must name a site. */
         const struct site *s;
-        if (sites_resolve(app->sites, r.token, &s) != 0 || (key_site && s->config != key_site)) {
+        if (sites_resolve(app->sites, r.token, &s) != 0 || (key_site && s->config != key_site))
             ph_fail(ex, 401, "authentication_error", "invalid_api_key", INVALID_KEY, NULL);
-            return;
-        }
-        ph_success(ex);
-        return;
+        else
+            ph_success(ex);
+    } else {
+        struct ingest_opts o = {.privileged = r.privileged, .key_site = key_site};
+        ingest_submit(app, req, ex, evs, (uint32_t)count, &o, &ph_answer);
     }
-    struct ingest_opts o = {.privileged = r.privileged, .key_site = key_site};
-    ingest_submit(app, req, ex, evs, (uint32_t)count, &o, &ph_answer);
+    /* Only now: the events point into the trees until ingest_submit has encoded them. */
+    json_arena_delete(extra);
+    json_arena_delete(root);
 }
 
 int peer_posthog_routes(struct app *app)

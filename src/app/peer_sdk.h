@@ -15,6 +15,11 @@
  *   - the first EVENT_PROPS_MAX props in document order are kept, the rest dropped.
  * Nothing here fails a request: the peers accept any JSON there, so Tally keeps what fits.
  *
+ * OWNERSHIP. The strings these helpers put into an event point into the request's cJSON tree
+ * where they can (values, top-level keys, URLs) and into the caller's arena otherwise (number
+ * texts, flattened keys, normalised languages): the caller deletes the tree only after
+ * ingest_submit has returned (which encodes the events before it returns).
+ *
  * THREADS. Everything runs on the HTTP worker thread of the request; the arena passed in is
  * the caller's per-thread arena, reset per request.
  */
@@ -34,6 +39,7 @@
 #include "http/http_server.h"
 #include "ingest/event.h"
 #include "ingest/timefmt.h"
+#include "ingest/ua.h"
 #include "ingest/url.h"
 #include "tally/error.h"
 
@@ -42,28 +48,48 @@
 #define PEER_FN static __attribute__((unused))
 #define PEER_NUMBER_BYTES 32
 
-/* The shortest text that reads back as v ("19.5", "1000"); -0 is "0". */
+/* u in decimal at out, with a '.' before the last `point` digits (0: none; at least one digit
+ * before the point). Returns the length; out is NUL-terminated. */
+PEER_FN size_t peer_decimal_text(uint64_t u, unsigned point, bool neg, char *out)
+{
+    char rev[24];
+    size_t k = 0, n = 0;
+    do {
+        rev[k++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u || k <= point);
+    if (neg) out[n++] = '-';
+    while (k) {
+        if (k == point) out[n++] = '.';
+        out[n++] = rev[--k];
+    }
+    out[n] = 0;
+    return n;
+}
+
+/* The shortest text that reads back as v ("19.5", "1000"); -0 is "0". What the printf loop at
+ * the end prints, sooner for integers below 10^15 ("%.0f") and for decimals of at most 15
+ * digits between 10^-4 and 10^15: when m / 10^k == v for an integer m < 10^15 and the smallest
+ * such k (both operands exact, one correctly rounded division, so v is the double nearest
+ * the decimal), that decimal is v rounded to 15 significant digits (v lies within half an ulp
+ * of it, far less than half a unit of its 15th digit), which is what "%.15g" prints in plain
+ * notation for an exponent of -4 to 14, without trailing zeros; strtod reads it back as v. */
 PEER_FN size_t peer_number_text(double v, char out[PEER_NUMBER_BYTES])
 {
+    static const double p10[16] = {1e0, 1e1, 1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                   1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15};
     if (v == 0) {
         memcpy(out, "0", 2);
         return 1;
     }
-    if (fabs(v) < 1e15 && v == floor(v)) {
-        /* What "%.0f" prints for an integer below 10^15, without snprintf's cost. */
-        int64_t i = (int64_t)v;
-        uint64_t u = i < 0 ? (uint64_t)-i : (uint64_t)i;
-        char rev[20];
-        size_t k = 0, n = 0;
-        do {
-            rev[k++] = (char)('0' + u % 10);
-            u /= 10;
-        } while (u);
-        if (i < 0) out[n++] = '-';
-        while (k)
-            out[n++] = rev[--k];
-        out[n] = 0;
-        return n;
+    double a = fabs(v);
+    if (a < 1e15 && v == floor(v)) return peer_decimal_text((uint64_t)a, 0, v < 0, out);
+    if (a >= 1e-4 && a < 1e15) {
+        for (unsigned k = 1; k <= 15; k++) {
+            double m = nearbyint(a * p10[k]);
+            if (m >= 1e15) break;
+            if (m / p10[k] == a) return peer_decimal_text((uint64_t)m, k, v < 0, out);
+        }
     }
     int n = 0;
     for (int prec = 15; prec <= 17; prec++) {
@@ -73,24 +99,21 @@ PEER_FN size_t peer_number_text(double v, char out[PEER_NUMBER_BYTES])
     return (size_t)n;
 }
 
-/* A JSON string or number as text (ids may be numbers): the arena copy, or NULL when absent,
- * empty or of another type. *len is set. */
+/* A JSON string or number as text (ids may be numbers): the tree's string or an arena copy of
+ * the number's text, or NULL when absent, empty, of another type (or on OOM). *len is set. */
 PEER_FN const char *peer_id_text(struct event_arena *a, const cJSON *it, size_t *len)
 {
     char num[PEER_NUMBER_BYTES];
-    const char *s;
     size_t n;
     if (cJSON_IsString(it) && it->valuestring) {
-        s = it->valuestring;
-        n = strlen(s);
-    } else if (cJSON_IsNumber(it) && isfinite(it->valuedouble)) {
-        n = peer_number_text(it->valuedouble, num);
-        s = num;
-    } else {
-        return NULL;
+        n = strlen(it->valuestring);
+        if (n == 0 || !event_text_valid(it->valuestring, n)) return NULL;
+        *len = n;
+        return it->valuestring;
     }
-    if (n == 0 || !event_text_valid(s, n)) return NULL;
-    char *p = event_arena_strdup(a, s, n);
+    if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble)) return NULL;
+    n = peer_number_text(it->valuedouble, num);
+    char *p = event_arena_strdup(a, num, n);
     if (p) *len = n;
     return p;
 }
@@ -106,17 +129,6 @@ PEER_FN struct event_str peer_str(const cJSON *it, size_t max)
     s.ptr = it->valuestring;
     s.len = event_text_prefix(it->valuestring, n, max);
     return s;
-}
-
-/* Copies s into the arena (events must not point into the cJSON tree, which is freed before
- * ingest_submit). 0 or TALLY_ENOMEM. */
-PEER_FN int peer_keep(struct event_arena *a, struct event_str *s)
-{
-    if (s->len == 0) return 0;
-    char *p = event_arena_strdup(a, s->ptr, s->len);
-    if (!p) return TALLY_ENOMEM;
-    s->ptr = p;
-    return 0;
 }
 
 /* A URL field: kept when it is an absolute http(s) URL of at most EVENT_URL_BYTES_MAX bytes. */
@@ -204,14 +216,16 @@ PEER_FN bool peer_prop_taken(const struct event_prop *props, uint32_t n, const c
     return false;
 }
 
-/* Adds one scalar prop (key already complete). 0, or TALLY_ENOMEM. */
+/* Adds one scalar prop (key already complete). key_stable: key outlives the event (a key of
+ * the tree), else it is copied into the arena. 0, or TALLY_ENOMEM. */
 PEER_FN int peer_prop_put(struct event_arena *a, struct event_prop *props, uint32_t *count,
-                         const char *key, size_t klen, const cJSON *c)
+                         const char *key, size_t klen, bool key_stable, const cJSON *c)
 {
     char num[PEER_NUMBER_BYTES];
     const char *val;
     size_t vlen;
     uint8_t type;
+    bool val_stable = true;
     if (cJSON_IsString(c) && c->valuestring) {
         val = c->valuestring;
         vlen = strlen(val);
@@ -222,17 +236,18 @@ PEER_FN int peer_prop_put(struct event_arena *a, struct event_prop *props, uint3
         if (!isfinite(c->valuedouble)) return 0;
         vlen = peer_number_text(c->valuedouble, num);
         val = num;
+        val_stable = false;
         type = EVENT_PROP_NUMBER;
     } else if (cJSON_IsBool(c)) {
         val = cJSON_IsTrue(c) ? "true" : "false";
-        vlen = strlen(val);
+        vlen = cJSON_IsTrue(c) ? 4 : 5;
         type = EVENT_PROP_BOOL;
     } else {
         return 0; /* null, arrays */
     }
     if (peer_prop_taken(props, *count, key, klen)) return 0;
-    char *k = event_arena_strdup(a, key, klen);
-    char *v = event_arena_strdup(a, val, vlen);
+    const char *k = key_stable ? key : event_arena_strdup(a, key, klen);
+    const char *v = val_stable ? val : event_arena_strdup(a, val, vlen);
     if (!k || !v) return TALLY_ENOMEM;
     props[*count] = (struct event_prop){{k, klen}, {v, vlen}, type};
     (*count)++;
@@ -254,6 +269,12 @@ PEER_FN int peer_props_add(struct event_arena *a, struct event_prop *props, uint
         if (!event_text_valid(k, klen)) continue;
         size_t full = prefix_len + (prefix_len ? 1 : 0) + klen;
         if (full > EVENT_PROP_KEY_BYTES_MAX) continue;
+        if (prefix_len == 0 && !cJSON_IsObject(c)) {
+            /* A top-level scalar: the tree's key as it is, no copy. */
+            int rc = peer_prop_put(a, props, count, k, klen, true, c);
+            if (rc) return rc;
+            continue;
+        }
         char key[EVENT_PROP_KEY_BYTES_MAX + 1];
         size_t n = 0;
         if (prefix_len) {
@@ -269,7 +290,7 @@ PEER_FN int peer_props_add(struct event_arena *a, struct event_prop *props, uint
                      ? peer_props_add(a, props, count, key, full, c, depth + 1, sk)
                      : 0;
         else
-            rc = peer_prop_put(a, props, count, key, full, c);
+            rc = peer_prop_put(a, props, count, key, full, false, c);
         if (rc) return rc;
     }
     return 0;
@@ -348,32 +369,29 @@ PEER_FN uint16_t peer_pixels(const cJSON *it)
     return v >= 1 && v <= 65535 ? (uint16_t)v : 0;
 }
 
-/* An IP literal (IPv4 or IPv6) copied into the arena, else empty. */
-PEER_FN struct event_str peer_ip(struct event_arena *a, const cJSON *it)
+/* An IP literal (IPv4 or IPv6) in the tree, else empty. */
+PEER_FN struct event_str peer_ip(const cJSON *it)
 {
     struct event_str s = {"", 0};
     uint8_t ip16[16];
     if (!cJSON_IsString(it) || !it->valuestring) return s;
     size_t n = strlen(it->valuestring);
     if (n == 0 || n > 45 || cidr_parse_ip(it->valuestring, ip16) != 0) return s;
-    char *p = event_arena_strdup(a, it->valuestring, n);
-    if (!p) return s;
-    s.ptr = p;
+    s.ptr = it->valuestring;
     s.len = n;
     return s;
 }
 
-/* "Authorization: Bearer KEY" with KEY a Tally write or admin key: returns 1 and sets
- * *key_site (the key's site restriction, or NULL). 0 when there is no Bearer header; -1 when
- * the Bearer value is not such a key (*token and *token_len then point at it, for peers that take
- * their own tokens that way). */
-PEER_FN int peer_bearer(struct app *app, const struct http_request *req, const char **token,
-                       size_t *token_len, const struct config_site **key_site)
+/* auth (an Authorization header value, or NULL) is "Bearer KEY" with KEY a Tally write or
+ * admin key: returns 1 and sets *key_site (the key's site restriction, or NULL). 0 when there
+ * is no Bearer header; -1 when the Bearer value is not such a key (*token and *token_len then
+ * point at it, for peers that take their own tokens that way). */
+PEER_FN int peer_bearer_value(struct app *app, const char *auth, const char **token,
+                             size_t *token_len, const struct config_site **key_site)
 {
     *key_site = NULL;
     *token = NULL;
     *token_len = 0;
-    const char *auth = http_request_header(req, "authorization");
     if (!auth || strncasecmp(auth, "Bearer ", 7) != 0) return 0;
     const char *key = auth + 7;
     while (*key == ' ') key++;
@@ -396,6 +414,14 @@ PEER_FN int peer_bearer(struct app *app, const struct http_request *req, const c
     return 1;
 }
 
+/* peer_bearer_value of the request's Authorization header. */
+PEER_FN int peer_bearer(struct app *app, const struct http_request *req, const char **token,
+                       size_t *token_len, const struct config_site **key_site)
+{
+    return peer_bearer_value(app, http_request_header(req, "authorization"), token, token_len,
+                             key_site);
+}
+
 /* Whether a peer's write key / project token may name a site: one of a configured site's ids
  * or its name, or a domain-like name (with a dot) that auto_sites may create. A bare token that
  * is configured nowhere ("phc_...", a Segment key) is refused (401) rather than auto-creating a
@@ -410,6 +436,19 @@ PEER_FN const char *peer_site_name(struct app *app, const char *id)
 {
     const struct site *s;
     return sites_resolve(app->sites, id, &s) == 0 ? s->name : NULL;
+}
+
+/* ua_is_server_sdk(ua), answered at once for the usual browser User-Agent: every prefix it
+ * knows starts with one of "pPaAnNuU@" (after spaces), "Mozilla/..." does not. */
+PEER_FN bool peer_server_sdk(const char *ua)
+{
+    if (!ua) return false;
+    const char *p = ua;
+    while (*p == ' ')
+        p++;
+    char c = (char)(*p | 0x20);
+    if (c != 'p' && c != 'a' && c != 'n' && c != 'u' && *p != '@') return false;
+    return ua_is_server_sdk(ua);
 }
 
 /* True when s[0..len) is valid UTF-8 without NUL bytes; a JSON body must be, before cJSON reads

@@ -183,10 +183,16 @@ static const struct ingest_answer seg_answer = {answer_ok, answer_error, NULL};
 
 /* ---- decoding ------------------------------------------------------------------------------- */
 
+/* The context members the decoder reads, found in one pass (first member of each name, as
+ * cJSON_GetObjectItemCaseSensitive would return, or NULL; all NULL when ctx is not an object). */
+struct seg_ctx {
+    const cJSON *page, *screen, *userAgent, *locale, *ip, *direct;
+};
+
 struct seg_req {
     struct app *app;
     struct event_arena *arena;
-    const cJSON *batch_context; /* or NULL */
+    struct seg_ctx batch_ctx;   /* the batch's context members (all NULL: none) */
     const cJSON *batch_sent_at; /* or NULL */
     const char *write_key;
     const char *site_name;      /* resolved lazily, for synthesized URLs */
@@ -210,12 +216,31 @@ static int bad(struct seg_req *r, int index, const char *fmt, ...)
     return TALLY_EINVAL;
 }
 
-/* context.NAME of the message, else of the batch. */
-static const cJSON *ctx_get(const struct seg_req *r, const cJSON *ctx, const char *name)
+static void ctx_scan(const cJSON *ctx, struct seg_ctx *c)
 {
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(ctx, name);
-    if (!it || cJSON_IsNull(it)) it = cJSON_GetObjectItemCaseSensitive(r->batch_context, name);
-    return it;
+    memset(c, 0, sizeof *c);
+    if (!cJSON_IsObject(ctx)) return;
+    for (const cJSON *it = ctx->child; it; it = it->next) {
+        const char *k = it->string;
+        const cJSON **slot = NULL;
+        if (!k) continue;
+        switch (k[0]) {
+        case 'd': slot = strcmp(k, "direct") == 0 ? &c->direct : NULL; break;
+        case 'i': slot = strcmp(k, "ip") == 0 ? &c->ip : NULL; break;
+        case 'l': slot = strcmp(k, "locale") == 0 ? &c->locale : NULL; break;
+        case 'p': slot = strcmp(k, "page") == 0 ? &c->page : NULL; break;
+        case 's': slot = strcmp(k, "screen") == 0 ? &c->screen : NULL; break;
+        case 'u': slot = strcmp(k, "userAgent") == 0 ? &c->userAgent : NULL; break;
+        default: break;
+        }
+        if (slot && !*slot) *slot = it;
+    }
+}
+
+/* context.NAME of the message (it), else of the batch (b). */
+static const cJSON *ctx_pick(const cJSON *it, const cJSON *b)
+{
+    return !it || cJSON_IsNull(it) ? b : it;
 }
 
 /* The members of a message the decoder reads, found in one pass over it (a lookup per field
@@ -336,7 +361,7 @@ static int page_url(struct seg_req *r, const struct seg_msg *m, const cJSON *pro
 {
     ev->url = peer_url(cJSON_GetObjectItemCaseSensitive(props, "url"));
     if (ev->url.len == 0) ev->url = peer_url(cJSON_GetObjectItemCaseSensitive(page, "url"));
-    if (ev->url.len > 0) return peer_keep(r->arena, &ev->url);
+    if (ev->url.len > 0) return 0;
     if (!r->site_name) r->site_name = peer_site_name(r->app, r->write_key);
     if (!r->site_name) return 0; /* ingest_submit answers the unknown key */
     struct event_str path = peer_str(cJSON_GetObjectItemCaseSensitive(props, "path"), 1024);
@@ -357,7 +382,7 @@ static int add_prop_str(struct seg_req *r, struct event_prop *props, uint32_t *c
                         const char *key, const cJSON *it)
 {
     if (*count >= EVENT_PROPS_MAX || !cJSON_IsString(it)) return 0;
-    return peer_prop_put(r->arena, props, count, key, strlen(key), it);
+    return peer_prop_put(r->arena, props, count, key, strlen(key), true, it);
 }
 
 /* One track/page/screen message -> *ne. */
@@ -376,8 +401,11 @@ static int decode_event(struct seg_req *r, const struct seg_msg *m, enum seg_typ
 
     const cJSON *ctx = m->context;
     const cJSON *props = m->properties;
-    const cJSON *page = ctx_get(r, ctx, "page");
-    const cJSON *screen = ctx_get(r, ctx, "screen");
+    struct seg_ctx mc;
+    ctx_scan(ctx, &mc);
+    const struct seg_ctx *bc = &r->batch_ctx;
+    const cJSON *page = ctx_pick(mc.page, bc->page);
+    const cJSON *screen = ctx_pick(mc.screen, bc->screen);
     struct event_prop *pa = peer_props_new(r->arena);
     if (!pa) return TALLY_ENOMEM;
     uint32_t np = 0;
@@ -385,9 +413,7 @@ static int decode_event(struct seg_req *r, const struct seg_msg *m, enum seg_typ
     if (type == T_TRACK) {
         const cJSON *e = m->event;
         ev->name = peer_str(e, EVENT_NAME_BYTES_MAX);
-        if ((rc = peer_keep(r->arena, &ev->name))) return rc;
         ev->url = peer_url(cJSON_GetObjectItemCaseSensitive(page, "url"));
-        if ((rc = peer_keep(r->arena, &ev->url))) return rc;
         ev->referrer = peer_str(cJSON_GetObjectItemCaseSensitive(page, "referrer"),
                                 EVENT_REFERRER_BYTES_MAX);
         struct peer_skip sk = {false, NULL};
@@ -408,31 +434,37 @@ static int decode_event(struct seg_req *r, const struct seg_msg *m, enum seg_typ
             rc = add_prop_str(r, pa, &np, "category", m->category);
     }
     if (rc) return rc;
-    if ((rc = peer_keep(r->arena, &ev->referrer))) return rc;
     ev->props = pa;
     ev->props_count = np;
 
-    ev->user_agent = peer_str(ctx_get(r, ctx, "userAgent"), EVENT_USER_AGENT_BYTES_MAX);
-    if ((rc = peer_keep(r->arena, &ev->user_agent))) return rc;
+    ev->user_agent = peer_str(ctx_pick(mc.userAgent, bc->userAgent), EVENT_USER_AGENT_BYTES_MAX);
     ev->screen_width_px = peer_pixels(cJSON_GetObjectItemCaseSensitive(screen, "width"));
     ev->screen_height_px = peer_pixels(cJSON_GetObjectItemCaseSensitive(screen, "height"));
-    ev->language = peer_language(r->arena, ctx_get(r, ctx, "locale"));
+    ev->language = peer_language(r->arena, ctx_pick(mc.locale, bc->locale));
 
     const cJSON *mid = m->messageId;
     struct event_str id = peer_str(mid, EVENT_CLIENT_ID_BYTES_MAX + 1);
-    if (id.len > 0 && id.len <= EVENT_CLIENT_ID_BYTES_MAX) {
-        ev->client_id = id;
-        if ((rc = peer_keep(r->arena, &ev->client_id))) return rc;
-    }
+    if (id.len > 0 && id.len <= EVENT_CLIENT_ID_BYTES_MAX) ev->client_id = id;
     size_t vlen = 0;
     const char *vid = peer_id_text(r->arena, m->anonymousId, &vlen);
     if (!vid) vid = peer_id_text(r->arena, m->userId, &vlen);
     ne->visitor_id = (struct event_str){vid ? vid : "", vid ? vlen : 0};
 
-    ne->ip = peer_ip(r->arena, ctx_get(r, ctx, "ip"));
-    if (ne->ip.len == 0 && r->server_sdk && !cJSON_IsTrue(ctx_get(r, ctx, "direct")))
+    ne->ip = peer_ip(ctx_pick(mc.ip, bc->ip));
+    if (ne->ip.len == 0 && r->server_sdk && !cJSON_IsTrue(ctx_pick(mc.direct, bc->direct)))
         ne->ip = (struct event_str){"0.0.0.0", 7}; /* no visitor address: no geo */
     return 0;
+}
+
+/* The value of a standard base64 digit, else -1. */
+static int b64_digit(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
 }
 
 /* "Basic base64(KEY:)" -> KEY into out (cap bytes). 0, or -1 when malformed or too long. */
@@ -444,10 +476,9 @@ static int basic_user(const char *auth, char *out, size_t cap)
     unsigned acc = 0;
     int bits = 0;
     for (; *p && *p != ' ' && *p != '='; p++) {
-        const char *alpha = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        const char *q = strchr(alpha, *p);
-        if (!q) return -1;
-        acc = (acc << 6) | (unsigned)(q - alpha);
+        int d = b64_digit((unsigned char)*p);
+        if (d < 0) return -1;
+        acc = (acc << 6) | (unsigned)d;
         bits += 6;
         if (bits >= 8) {
             bits -= 8;
@@ -493,21 +524,21 @@ static void on_segment(struct http_request *req, struct http_exchange *ex, void 
     const struct config_site *key_site = NULL;
     const char *tok;
     size_t tok_len;
-    int b = peer_bearer(app, req, &tok, &tok_len, &key_site);
+    const char *auth = http_request_header(req, "authorization");
+    int b = peer_bearer_value(app, auth, &tok, &tok_len, &key_site);
     if (b < 0) {
         seg_fail(ex, 401, "invalid_write_key", "invalid Bearer token (a Tally write key)", NULL);
         return;
     }
     r.privileged = b > 0;
     char basic_key[SEG_WRITE_KEY_BYTES_MAX + 1] = "";
-    const char *auth = http_request_header(req, "authorization");
     if (auth && strncasecmp(auth, "Basic ", 6) == 0 &&
         basic_user(auth, basic_key, sizeof basic_key) != 0) {
         seg_fail(ex, 401, "invalid_write_key", "Invalid write key", NULL);
         return;
     }
     const char *ua = http_request_header(req, "user-agent");
-    r.server_sdk = ua && ua_is_server_sdk(ua);
+    r.server_sdk = peer_server_sdk(ua);
 
     if (!peer_body_text_valid(req->body, req->body_len)) {
         metrics_counter_add(app->events_dropped[DROP_INVALID], 1);
@@ -516,7 +547,7 @@ static void on_segment(struct http_request *req, struct http_exchange *ex, void 
     }
     cJSON *root = json_arena_parse(req->body, req->body_len);
     if (!cJSON_IsObject(root)) {
-        cJSON_Delete(root);
+        json_arena_delete(root);
         metrics_counter_add(app->events_dropped[DROP_INVALID], 1);
         seg_fail(ex, 400, "invalid_request", "Invalid JSON", NULL);
         return;
@@ -530,7 +561,7 @@ static void on_segment(struct http_request *req, struct http_exchange *ex, void 
     }
     if (!r.write_key || !r.write_key[0] || !peer_key_acceptable(app, r.write_key)) {
         bool missing = !r.write_key || !r.write_key[0];
-        cJSON_Delete(root);
+        json_arena_delete(root);
         metrics_counter_add(app->events_dropped[missing ? DROP_INVALID : DROP_UNKNOWN_SITE], 1);
         seg_fail(ex, 401, "invalid_write_key", missing ? "Missing write key" : "Invalid write key",
                  NULL);
@@ -543,20 +574,20 @@ static void on_segment(struct http_request *req, struct http_exchange *ex, void 
     if (ra->type == T_BATCH) {
         items = cJSON_GetObjectItemCaseSensitive(root, "batch");
         if (!cJSON_IsArray(items)) {
-            cJSON_Delete(root);
+            json_arena_delete(root);
             metrics_counter_add(app->events_dropped[DROP_INVALID], 1);
             seg_fail(ex, 400, "invalid_request", "batch must be an array of messages", NULL);
             return;
         }
         n = cJSON_GetArraySize(items);
-        r.batch_context = cJSON_GetObjectItemCaseSensitive(root, "context");
+        ctx_scan(cJSON_GetObjectItemCaseSensitive(root, "context"), &r.batch_ctx);
     }
     r.batch_sent_at = cJSON_GetObjectItemCaseSensitive(root, "sentAt");
     int limit = SEG_BATCH_EVENTS_MAX < app->cfg->events_per_request_max
                     ? SEG_BATCH_EVENTS_MAX
                     : (int)app->cfg->events_per_request_max;
     if (n > limit) {
-        cJSON_Delete(root);
+        json_arena_delete(root);
         metrics_counter_add(app->events_dropped[DROP_INVALID], 1);
         char msg[96];
         snprintf(msg, sizeof msg, "a batch holds at most %d messages", limit);
@@ -565,7 +596,7 @@ static void on_segment(struct http_request *req, struct http_exchange *ex, void 
     }
     struct native_event *evs = n > 0 ? event_arena_alloc(t->arena, (size_t)n * sizeof *evs) : NULL;
     if (n > 0 && !evs) {
-        cJSON_Delete(root);
+        json_arena_delete(root);
         seg_fail(ex, 503, "unavailable", "out of memory; retry later", "Retry-After: 1\r\n");
         return;
     }
@@ -588,30 +619,26 @@ static void on_segment(struct http_request *req, struct http_exchange *ex, void 
             rc = decode_event(&r, &m, type, i, &evs[count++]);
         msg = items ? msg->next : NULL;
     }
-    cJSON_Delete(root);
     if (rc == TALLY_ENOMEM) {
         seg_fail(ex, 503, "unavailable", "out of memory; retry later", "Retry-After: 1\r\n");
-        return;
-    }
-    if (rc != 0) {
+    } else if (rc != 0) {
         metrics_counter_add(app->events_dropped[DROP_INVALID], (uint64_t)(n > 0 ? n : 1));
         seg_fail(ex, 400, "invalid_request", r.err, NULL);
-        return;
-    }
-    if (count == 0) {
+    } else if (count == 0) {
         /* identify/group/alias only (or an empty batch): nothing to store, but the key must
          * still name a site, as it would for events. */
         const struct site *s;
         if (sites_resolve(app->sites, r.write_key, &s) != 0 ||
-            (key_site && s->config != key_site)) {
+            (key_site && s->config != key_site))
             seg_fail(ex, 401, "invalid_write_key", "Invalid write key", NULL);
-            return;
-        }
-        seg_success(ex);
-        return;
+        else
+            seg_success(ex);
+    } else {
+        struct ingest_opts o = {.privileged = r.privileged, .key_site = key_site};
+        ingest_submit(app, req, ex, evs, (uint32_t)count, &o, &seg_answer);
     }
-    struct ingest_opts o = {.privileged = r.privileged, .key_site = key_site};
-    ingest_submit(app, req, ex, evs, (uint32_t)count, &o, &seg_answer);
+    /* Only now: the events point into the tree until ingest_submit has encoded them. */
+    json_arena_delete(root);
 }
 
 int peer_segment_routes(struct app *app)

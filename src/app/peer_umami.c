@@ -151,58 +151,118 @@ static size_t chars(const char *s)
     return n;
 }
 
-struct sfield {
-    const char *name;
-    int max_chars; /* 0: no limit */
+/* The payload members the schema names, in the order they are checked: the string fields, the
+ * three ids, data, timestamp, the web vitals. */
+enum pfield {
+    P_HOSTNAME, P_LANGUAGE, P_REFERRER, P_SCREEN, P_TITLE, P_URL, P_NAME, P_TAG, P_IP,
+    P_USER_AGENT, P_ID, P_BROWSER, P_OS, P_DEVICE, /* string fields */
+    P_WEBSITE, P_LINK, P_PIXEL,                    /* ids */
+    P_DATA, P_TIMESTAMP,
+    P_LCP, P_INP, P_CLS, P_FCP, P_TTFB,            /* vitals */
+    P_COUNT
+};
+#define P_STRINGS_END P_WEBSITE
+#define P_VITALS_START P_LCP
+
+static const char *const pfield_names[P_COUNT] = {
+    "hostname", "language", "referrer", "screen",  "title", "url", "name", "tag",
+    "ip",       "userAgent", "id",      "browser", "os",    "device", "website", "link",
+    "pixel",    "data",      "timestamp", "lcp",   "inp",   "cls", "fcp", "ttfb",
 };
 
-static const struct sfield string_fields[] = {
-    {"hostname", 100}, {"language", 35}, {"referrer", 0}, {"screen", 11}, {"title", 0},
-    {"url", 0},        {"name", 50},     {"tag", 50},     {"ip", 0},      {"userAgent", 0},
-    {"id", 0},         {"browser", 0},   {"os", 0},       {"device", 0},
+static const int string_max_chars[P_STRINGS_END] = {
+    [P_HOSTNAME] = 100, [P_LANGUAGE] = 35, [P_SCREEN] = 11, [P_NAME] = 50, [P_TAG] = 50,
 };
 
-static const struct {
-    const char *name;
-    double max;
-} vitals[] = {{"lcp", 60000}, {"inp", 60000}, {"cls", 100}, {"fcp", 60000}, {"ttfb", 60000}};
+static const double vital_max[P_COUNT - P_VITALS_START] = {60000, 60000, 100, 60000, 60000};
+
+/* Each field's first member in the payload, as cJSON_GetObjectItemCaseSensitive would return
+ * it, or NULL; found in one pass over the members (a lookup per field walked them 24 times). */
+struct pmembers {
+    const cJSON *f[P_COUNT];
+};
+
+/* f when k is that field's name, else -1. */
+static int pfield_is(const char *k, enum pfield f)
+{
+    return strcmp(k, pfield_names[f]) == 0 ? (int)f : -1;
+}
+
+/* The field a member name is, or -1: a switch on the first byte, then the names with it. */
+static int pfield_of(const char *k)
+{
+    int f;
+    switch (k[0]) {
+    case 'b': return pfield_is(k, P_BROWSER);
+    case 'c': return pfield_is(k, P_CLS);
+    case 'd': return (f = pfield_is(k, P_DATA)) >= 0 ? f : pfield_is(k, P_DEVICE);
+    case 'f': return pfield_is(k, P_FCP);
+    case 'h': return pfield_is(k, P_HOSTNAME);
+    case 'i':
+        if ((f = pfield_is(k, P_ID)) >= 0 || (f = pfield_is(k, P_IP)) >= 0) return f;
+        return pfield_is(k, P_INP);
+    case 'l':
+        if ((f = pfield_is(k, P_LANGUAGE)) >= 0 || (f = pfield_is(k, P_LINK)) >= 0) return f;
+        return pfield_is(k, P_LCP);
+    case 'n': return pfield_is(k, P_NAME);
+    case 'o': return pfield_is(k, P_OS);
+    case 'p': return pfield_is(k, P_PIXEL);
+    case 'r': return pfield_is(k, P_REFERRER);
+    case 's': return pfield_is(k, P_SCREEN);
+    case 't':
+        if ((f = pfield_is(k, P_TITLE)) >= 0 || (f = pfield_is(k, P_TAG)) >= 0 ||
+            (f = pfield_is(k, P_TIMESTAMP)) >= 0)
+            return f;
+        return pfield_is(k, P_TTFB);
+    case 'u': return (f = pfield_is(k, P_URL)) >= 0 ? f : pfield_is(k, P_USER_AGENT);
+    case 'w': return pfield_is(k, P_WEBSITE);
+    default: return -1;
+    }
+}
+
+static void pmembers_scan(const cJSON *pl, struct pmembers *pm)
+{
+    memset(pm, 0, sizeof *pm);
+    for (const cJSON *c = pl->child; c; c = c->next) {
+        int f = c->string ? pfield_of(c->string) : -1;
+        if (f >= 0 && !pm->f[f]) pm->f[f] = c;
+    }
+}
 
 /* Checks the payload against Umami's schema. */
-static enum uresult check_payload(struct udec *d, const cJSON *pl)
+static enum uresult check_payload(struct udec *d, const struct pmembers *pm)
 {
-    for (size_t i = 0; i < TALLY_ARRAY_LEN(string_fields); i++) {
-        const cJSON *it = cJSON_GetObjectItemCaseSensitive(pl, string_fields[i].name);
+    for (int i = 0; i < P_STRINGS_END; i++) {
+        const cJSON *it = pm->f[i];
         if (!it) continue;
+        const char *name = pfield_names[i];
         if (!cJSON_IsString(it))
-            return bad(d, "payload", string_fields[i].name,
-                       "Invalid input: expected string, received %s", json_type(it));
-        if (!event_text_valid(it->valuestring, strlen(it->valuestring)))
-            return bad(d, "payload", string_fields[i].name, "Invalid input: not valid UTF-8");
-        if (string_fields[i].max_chars &&
-            chars(it->valuestring) > (size_t)string_fields[i].max_chars)
-            return bad(d, "payload", string_fields[i].name,
-                       "Too big: expected string to have <=%d characters",
-                       string_fields[i].max_chars);
-    }
-    static const char *const ids[] = {"website", "link", "pixel"};
-    int given = 0;
-    for (size_t i = 0; i < 3; i++) {
-        const cJSON *it = cJSON_GetObjectItemCaseSensitive(pl, ids[i]);
-        if (!it) continue;
-        if (!cJSON_IsString(it))
-            return bad(d, "payload", ids[i], "Invalid input: expected string, received %s",
+            return bad(d, "payload", name, "Invalid input: expected string, received %s",
                        json_type(it));
-        if (!is_uuid(it->valuestring)) return bad(d, "payload", ids[i], "Invalid UUID");
+        if (!event_text_valid(it->valuestring, strlen(it->valuestring)))
+            return bad(d, "payload", name, "Invalid input: not valid UTF-8");
+        if (string_max_chars[i] && chars(it->valuestring) > (size_t)string_max_chars[i])
+            return bad(d, "payload", name, "Too big: expected string to have <=%d characters",
+                       string_max_chars[i]);
+    }
+    int given = 0;
+    for (int i = P_WEBSITE; i <= P_PIXEL; i++) {
+        const cJSON *it = pm->f[i];
+        if (!it) continue;
+        if (!cJSON_IsString(it))
+            return bad(d, "payload", pfield_names[i],
+                       "Invalid input: expected string, received %s", json_type(it));
+        if (!is_uuid(it->valuestring)) return bad(d, "payload", pfield_names[i], "Invalid UUID");
         given++;
     }
     if (given != 1)
         return bad(d, "payload", "website",
                    "Exactly one of website, link, or pixel must be provided");
-    const cJSON *data = cJSON_GetObjectItemCaseSensitive(pl, "data");
+    const cJSON *data = pm->f[P_DATA];
     if (data && !cJSON_IsObject(data))
         return bad(d, "payload", "data", "Invalid input: expected record, received %s",
                    json_type(data));
-    const cJSON *ts = cJSON_GetObjectItemCaseSensitive(pl, "timestamp");
+    const cJSON *ts = pm->f[P_TIMESTAMP];
     if (ts) {
         double v = NAN;
         if (cJSON_IsNumber(ts)) v = ts->valuedouble;
@@ -215,27 +275,50 @@ static enum uresult check_payload(struct udec *d, const cJSON *pl)
         if (!isfinite(v) || v != floor(v))
             return bad(d, "payload", "timestamp", "Invalid input: expected int, received number");
     }
-    for (size_t i = 0; i < TALLY_ARRAY_LEN(vitals); i++) {
-        const cJSON *it = cJSON_GetObjectItemCaseSensitive(pl, vitals[i].name);
+    for (int i = P_VITALS_START; i < P_COUNT; i++) {
+        const cJSON *it = pm->f[i];
+        double max = vital_max[i - P_VITALS_START];
         if (!it) continue;
         if (!cJSON_IsNumber(it))
-            return bad(d, "payload", vitals[i].name,
+            return bad(d, "payload", pfield_names[i],
                        "Invalid input: expected number, received %s", json_type(it));
         if (it->valuedouble < 0)
-            return bad(d, "payload", vitals[i].name, "Too small: expected number to be >=0");
-        if (it->valuedouble > vitals[i].max)
-            return bad(d, "payload", vitals[i].name, "Too big: expected number to be <=%g",
-                       vitals[i].max);
+            return bad(d, "payload", pfield_names[i], "Too small: expected number to be >=0");
+        if (it->valuedouble > max)
+            return bad(d, "payload", pfield_names[i], "Too big: expected number to be <=%g",
+                       max);
     }
     return U_EVENT;
 }
 
 /* ---- mapping ------------------------------------------------------------------------------- */
 
-static const char *str_of(const cJSON *obj, const char *key)
+/* A member's string ("" when absent or not a string). */
+static const char *str_of(const struct pmembers *pm, enum pfield f)
 {
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+    const cJSON *it = pm->f[f];
     return cJSON_IsString(it) ? it->valuestring : "";
+}
+
+/* sscanf(s, "%ux%u%c", w, h, &tail) == 2, sooner for the usual "1920x1080" (1 to 5 digits each
+ * side, nothing else), where sscanf gives exactly those numbers. */
+static bool screen_size(const char *s, unsigned *w, unsigned *h)
+{
+    unsigned v[2] = {0, 0};
+    const char *p = s;
+    for (int i = 0; i < 2; i++) {
+        const char *start = p;
+        while (*p >= '0' && *p <= '9' && p - start < 5)
+            v[i] = v[i] * 10 + (unsigned)(*p++ - '0');
+        if (p == start || (*p >= '0' && *p <= '9') || *p != (i == 0 ? 'x' : 0)) {
+            char tail;
+            return sscanf(s, "%ux%u%c", w, h, &tail) == 2;
+        }
+        p++;
+    }
+    *w = v[0];
+    *h = v[1];
+    return true;
 }
 
 static size_t format_number(double v, char out[EVENT_PROP_NUMBER_BYTES_MAX])
@@ -380,12 +463,14 @@ static enum uresult decode_one(struct udec *d, const cJSON *root, struct native_
     if (!cJSON_IsObject(pl))
         return bad(d, "payload", NULL, "Invalid input: expected object, received %s",
                    json_type(pl));
-    enum uresult r = check_payload(d, pl);
+    struct pmembers pm;
+    pmembers_scan(pl, &pm);
+    enum uresult r = check_payload(d, &pm);
     if (r != U_EVENT) return r;
 
-    const char *source = str_of(pl, "website");
-    if (!*source) source = str_of(pl, "link");
-    if (!*source) source = str_of(pl, "pixel");
+    const char *source = str_of(&pm, P_WEBSITE);
+    if (!*source) source = str_of(&pm, P_LINK);
+    if (!*source) source = str_of(&pm, P_PIXEL);
     const struct site *site;
     if (!config_site_find(d->app->cfg, source) || sites_resolve(d->app->sites, source, &site) != 0)
         return website_not_found(d);
@@ -398,7 +483,7 @@ static enum uresult decode_one(struct udec *d, const cJSON *root, struct native_
     ev->ts_ms = d->now_ms;
     ev->site = (struct event_str){site->name, strlen(site->name)};
 
-    const cJSON *ts = cJSON_GetObjectItemCaseSensitive(pl, "timestamp");
+    const cJSON *ts = pm.f[P_TIMESTAMP];
     if (ts) {
         double s = cJSON_IsNumber(ts) ? ts->valuedouble : strtod(ts->valuestring, NULL);
         if (s != 0) {
@@ -412,36 +497,34 @@ static enum uresult decode_one(struct udec *d, const cJSON *root, struct native_
     }
     if (!is_event) return U_NONE;
 
-    const char *name = str_of(pl, "name");
+    const char *name = str_of(&pm, P_NAME);
     if (*name) ev->name = (struct event_str){name, strlen(name)};
-    const char *host = str_of(pl, "hostname");
-    ev->url = event_url(d, str_of(pl, "url"), *host ? host : site->name);
-    const char *ref = str_of(pl, "referrer");
+    const char *host = str_of(&pm, P_HOSTNAME);
+    ev->url = event_url(d, str_of(&pm, P_URL), *host ? host : site->name);
+    const char *ref = str_of(&pm, P_REFERRER);
     ev->referrer = (struct event_str){ref, event_text_prefix(ref, strlen(ref),
                                                              EVENT_REFERRER_BYTES_MAX)};
-    const char *ua = str_of(pl, "userAgent");
+    const char *ua = str_of(&pm, P_USER_AGENT);
     ev->user_agent = (struct event_str){ua, event_text_prefix(ua, strlen(ua),
                                                               EVENT_USER_AGENT_BYTES_MAX)};
-    const char *id = str_of(pl, "id");
+    const char *id = str_of(&pm, P_ID);
     ne->visitor_id = (struct event_str){id, event_text_prefix(id, strlen(id),
                                                               NATIVE_VISITOR_ID_BYTES_MAX)};
     unsigned w = 0, h = 0;
-    char tail;
-    if (sscanf(str_of(pl, "screen"), "%ux%u%c", &w, &h, &tail) == 2 && w <= 65535 &&
-        h <= 65535) {
+    if (screen_size(str_of(&pm, P_SCREEN), &w, &h) && w <= 65535 && h <= 65535) {
         ev->screen_width_px = (uint16_t)w;
         ev->screen_height_px = (uint16_t)h;
     }
-    const char *lang = str_of(pl, "language");
+    const char *lang = str_of(&pm, P_LANGUAGE);
     size_t ln = strspn(lang, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-");
     if (ln > 0 && lang[ln] == 0) ev->language = (struct event_str){lang, ln};
 
     struct flat f = {d, event_arena_alloc(d->arena, EVENT_PROPS_MAX * sizeof(struct event_prop)),
                      0, U_EVENT};
     if (!f.props) return bad(d, NULL, NULL, "out of memory");
-    const cJSON *data = cJSON_GetObjectItemCaseSensitive(pl, "data");
+    const cJSON *data = pm.f[P_DATA];
     if (data) flatten(&f, data, "", 0, 1);
-    const cJSON *tag = cJSON_GetObjectItemCaseSensitive(pl, "tag");
+    const cJSON *tag = pm.f[P_TAG];
     if (cJSON_IsString(tag) && tag->valuestring[0]) add_prop(&f, "tag", 3, tag);
     if (f.r != U_EVENT) return f.r;
     ev->props = f.props;
@@ -461,42 +544,61 @@ static void random_bytes(unsigned char *b, size_t n)
         randombytes_buf(&g_rng, sizeof g_rng);
         g_rng |= 1;
     }
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i += 8) { /* 8 bytes per step: the states never repeat */
         g_rng ^= g_rng << 13;
         g_rng ^= g_rng >> 7;
         g_rng ^= g_rng << 17;
-        b[i] = (unsigned char)(g_rng >> 32);
+        memcpy(b + i, &g_rng, n - i < 8 ? n - i : 8);
     }
 }
 
+/* A version 4 UUID in lower-case hex, NUL-terminated (what "%02x" per byte prints). */
 static void random_uuid(char out[37])
 {
+    static const char hex[] = "0123456789abcdef";
     unsigned char b[16];
     random_bytes(b, sizeof b);
     b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
     b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
-    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
-             b[13], b[14], b[15]);
+    size_t k = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) out[k++] = '-';
+        out[k++] = hex[b[i] >> 4];
+        out[k++] = hex[b[i] & 15];
+    }
+    out[k] = 0;
 }
 
-static void random_token(char out[48])
+#define UMAMI_TOKEN_BYTES 48 /* 32 random bytes as unpadded URL-safe base64 (43) + NUL */
+
+static void random_token(char out[UMAMI_TOKEN_BYTES])
 {
     unsigned char b[32];
     random_bytes(b, sizeof b);
-    sodium_bin2base64(out, 48, b, sizeof b, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    sodium_bin2base64(out, UMAMI_TOKEN_BYTES, b, sizeof b,
+                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
 }
+
+#define UMAMI_SUCCESS_BYTES 160
 
 static char *success_body(void)
 {
-    char token[48], sid[37], vid[37];
+    char token[UMAMI_TOKEN_BYTES], sid[37], vid[37];
     random_token(token);
     random_uuid(sid);
     random_uuid(vid);
-    char *body = malloc(160);
-    if (body)
-        snprintf(body, 160, "{\"cache\":\"%s\",\"sessionId\":\"%s\",\"visitId\":\"%s\"}", token,
-                 sid, vid);
+    char *body = malloc(UMAMI_SUCCESS_BYTES);
+    if (!body) return NULL;
+    /* {"cache":"TOKEN","sessionId":"UUID","visitId":"UUID"}: 43 + 36 + 36 + 40 bytes < 160. */
+    char *p = body;
+    const char *parts[] = {"{\"cache\":\"", token, "\",\"sessionId\":\"", sid,
+                           "\",\"visitId\":\"", vid, "\"}"};
+    for (size_t i = 0; i < TALLY_ARRAY_LEN(parts); i++) {
+        size_t n = strlen(parts[i]);
+        memcpy(p, parts[i], n);
+        p += n;
+    }
+    *p = 0;
     return body;
 }
 
@@ -606,7 +708,7 @@ static void on_send(struct http_request *req, struct http_exchange *ex, void *ar
         }
     }
     cJSON_Delete(d.error);
-    cJSON_Delete(root);
+    json_arena_delete(root);
 }
 
 static void on_batch(struct http_request *req, struct http_exchange *ex, void *arg)
@@ -690,7 +792,7 @@ static void on_batch(struct http_request *req, struct http_exchange *ex, void *a
 done:
     cJSON_Delete(out);
     cJSON_Delete(d.error);
-    cJSON_Delete(root);
+    json_arena_delete(root);
 }
 
 int peer_umami_routes(struct app *app)
