@@ -17,6 +17,7 @@
  */
 #include "log/jslog.h"
 #include "tally/error.h"
+#include "../tests/unit/nats_test.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -35,7 +36,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define NATS_BIN "/usr/sbin/nats-server"
 #define RECORD_BYTES 200
 #define PARTITIONS 4
 #define WINDOW 2048
@@ -51,82 +51,6 @@ static int64_t now_us(void)
 
 /* ------------------------------------------------------------------ servers */
 
-struct srv {
-    pid_t pid;
-    int port, cport;
-    char dir[512], name[16];
-};
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    int port = -1;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0) close(fd);
-    return port;
-}
-
-static int port_accepts(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons((uint16_t)port);
-    int ok = fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
-    if (fd >= 0) close(fd);
-    return ok;
-}
-
-static int srv_start(struct srv *s, const struct srv *all, int n)
-{
-    char port[16], cl[64], routes[512] = "", log[600];
-    snprintf(port, sizeof port, "%d", s->port);
-    snprintf(cl, sizeof cl, "nats://127.0.0.1:%d", s->cport);
-    for (int i = 0; i < n; i++) {
-        if (&all[i] == s) continue;
-        size_t l = strlen(routes);
-        snprintf(routes + l, sizeof routes - l, "%snats://127.0.0.1:%d", l ? "," : "",
-                 all[i].cport);
-    }
-    snprintf(log, sizeof log, "%s/server.log", s->dir);
-    pid_t pid = fork();
-    if (pid < 0) return -1;
-    if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        const char *argv[20] = {NATS_BIN, "-js", "-a",   "127.0.0.1", "-p",
-                                port,     "-sd", s->dir, "-n",        s->name};
-        int k = 10;
-        if (n > 1) {
-            argv[k++] = "--cluster_name";
-            argv[k++] = "bench";
-            argv[k++] = "--cluster";
-            argv[k++] = cl;
-            argv[k++] = "--routes";
-            argv[k++] = routes;
-        }
-        argv[k] = NULL;
-        execv(NATS_BIN, (char *const *)argv);
-        _exit(127);
-    }
-    s->pid = pid;
-    for (int i = 0; i < 500; i++) {
-        if (port_accepts(s->port)) return 0;
-        usleep(20000);
-    }
-    return -1;
-}
-
 static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
     (void)sb;
@@ -135,7 +59,7 @@ static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *
     return remove(path);
 }
 
-static void srv_stop(struct srv *s)
+static void srv_stop(struct nats_srv *s)
 {
     if (s->pid > 0) {
         kill(s->pid, SIGKILL);
@@ -254,14 +178,14 @@ static int run_phase(struct evlog *sink, int window, double seconds, struct resu
 static int run_config(int nodes, double seconds, const char *base, struct result *sat,
                       struct result *mid, struct result *idle)
 {
-    struct srv s[3];
+    struct nats_srv s[3];
     const char *urls[3];
     char ub[3][64];
     memset(s, 0, sizeof s);
     int rc = 0;
     for (int i = 0; i < nodes; i++) {
-        s[i].port = free_port();
-        s[i].cport = free_port();
+        s[i].port = nats_free_port();
+        s[i].cport = nats_free_port();
         snprintf(s[i].name, sizeof s[i].name, "b%d", i);
         snprintf(s[i].dir, sizeof s[i].dir, "%s/jslog-bench-XXXXXX", base);
         if (!mkdtemp(s[i].dir)) return TALLY_EIO;
@@ -269,7 +193,7 @@ static int run_config(int nodes, double seconds, const char *base, struct result
         urls[i] = ub[i];
     }
     for (int i = 0; i < nodes && !rc; i++)
-        if (srv_start(&s[i], s, nodes) != 0) rc = TALLY_EIO;
+        if (nats_srv_start(&s[i], s, nodes, "bench") != 0) rc = TALLY_EIO;
     struct jslog *js = NULL;
     char err[256] = "";
     if (!rc) {

@@ -1,5 +1,6 @@
 /* cluster: partitions, ownership, forwarding to a tiny HTTP server, adopted salts, and the
  * shared salts bucket on a real nats-server (when /usr/sbin/nats-server exists). */
+#include "nats_test.h"
 #include "test.h"
 
 #include <arpa/inet.h>
@@ -629,7 +630,6 @@ TEST(query_api_forwards_to_the_owner)
 
 /* ---- shared salts on nats-server ----------------------------------------------------------- */
 
-#define NATS_SERVER "/usr/sbin/nats-server"
 static pid_t g_nats_pid = -1;
 static uint16_t g_nats_port;
 
@@ -644,35 +644,16 @@ static void nats_stop(void)
 
 static bool nats_start(void)
 {
-    const char *dir = test_tmpdir();
-    g_nats_port = free_port();
-    char port[16], log[512];
-    snprintf(port, sizeof port, "%u", (unsigned)g_nats_port);
-    snprintf(log, sizeof log, "%s/nats.log", dir);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        execl(NATS_SERVER, NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", port, "-sd", dir,
-              (char *)NULL);
-        _exit(127);
+    struct nats_srv srv = {.port = free_port()};
+    g_nats_port = (uint16_t)srv.port;
+    snprintf(srv.dir, sizeof srv.dir, "%s", test_tmpdir());
+    snprintf(srv.name, sizeof srv.name, "salts");
+    int rc = nats_srv_start(&srv, &srv, 1, "");
+    if (srv.pid > 0) {
+        g_nats_pid = srv.pid;
+        atexit(nats_stop);
     }
-    if (pid < 0) return false;
-    g_nats_pid = pid;
-    atexit(nats_stop);
-    for (int i = 0; i < 200; i++) { /* up to 10 s */
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(g_nats_port),
-                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-        int ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
-        close(fd);
-        if (ok) return true;
-        sleep_ms(50);
-    }
-    return false;
+    return rc == 0;
 }
 
 /* The bucket's day numbers (sorted) through an independent connection; -1 on error. */
@@ -763,8 +744,8 @@ static void expect_same_ids(const struct visitor_salts *a, const struct visitor_
 
 TEST(shared_salts_on_nats)
 {
-    if (access(NATS_SERVER, X_OK) != 0) {
-        printf("SKIP %s: no %s\n", test_current_, NATS_SERVER);
+    if (access(NATS_BIN, X_OK) != 0) {
+        printf("SKIP %s: no %s\n", test_current_, NATS_BIN);
         return;
     }
     if (!nats_start()) TEST_FAIL_("nats-server did not start");

@@ -6,6 +6,7 @@
  */
 #include "log/jslog.h"
 #include "tally/error.h"
+#include "nats_test.h"
 #include "test.h"
 
 #include <arpa/inet.h>
@@ -21,15 +22,7 @@
 #include <sys/wait.h>
 #include <time.h>
 
-#define NATS_BIN "/usr/sbin/nats-server"
 #define SRV_MAX 8
-
-struct srv {
-    pid_t pid;
-    int port, cport;
-    char dir[256];
-    char name[16];
-};
 
 static pid_t live_pids[SRV_MAX * 4];
 static int live_count;
@@ -47,88 +40,16 @@ static void msleep(int ms)
     nanosleep(&ts, NULL);
 }
 
-static int free_port(void)
+/* Starts s (nats_test.h) and remembers its PID so that kill_all can stop it. */
+static int srv_start(struct nats_srv *s, const struct nats_srv *all, int n)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = 0;
-    socklen_t len = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
-        if (fd >= 0) close(fd);
-        return -1;
-    }
-    close(fd);
-    return ntohs(a.sin_port);
+    int rc = nats_srv_start(s, all, n, "tally_test");
+    if (s->pid > 0 && live_count < (int)TALLY_ARRAY_LEN(live_pids))
+        live_pids[live_count++] = s->pid;
+    return rc;
 }
 
-static int port_accepts(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons((uint16_t)port);
-    int ok = fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
-    if (fd >= 0) close(fd);
-    return ok;
-}
-
-/* Starts server s (port, dir, name set); with peers (n > 1) as a cluster member. */
-static int srv_start(struct srv *s, const struct srv *all, int n)
-{
-    char port[16], cl[64], routes[512] = "", log[300];
-    snprintf(port, sizeof port, "%d", s->port);
-    snprintf(cl, sizeof cl, "nats://127.0.0.1:%d", s->cport);
-    for (int i = 0; i < n; i++) {
-        if (&all[i] == s) continue;
-        size_t l = strlen(routes);
-        snprintf(routes + l, sizeof routes - l, "%snats://127.0.0.1:%d", l ? "," : "",
-                 all[i].cport);
-    }
-    snprintf(log, sizeof log, "%s/server.log", s->dir);
-    pid_t pid = fork();
-    if (pid < 0) return -1;
-    if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        const char *argv[20];
-        int k = 0;
-        argv[k++] = NATS_BIN;
-        argv[k++] = "-js";
-        argv[k++] = "-a";
-        argv[k++] = "127.0.0.1";
-        argv[k++] = "-p";
-        argv[k++] = port;
-        argv[k++] = "-sd";
-        argv[k++] = s->dir;
-        argv[k++] = "-n";
-        argv[k++] = s->name;
-        if (n > 1) {
-            argv[k++] = "--cluster_name";
-            argv[k++] = "tally_test";
-            argv[k++] = "--cluster";
-            argv[k++] = cl;
-            argv[k++] = "--routes";
-            argv[k++] = routes;
-        }
-        argv[k] = NULL;
-        execv(NATS_BIN, (char *const *)argv);
-        _exit(127);
-    }
-    s->pid = pid;
-    if (live_count < (int)TALLY_ARRAY_LEN(live_pids)) live_pids[live_count++] = pid;
-    for (int64_t end = now_ms() + 10000; now_ms() < end; msleep(20))
-        if (port_accepts(s->port)) return 0;
-    return -1;
-}
-
-static void srv_kill(struct srv *s)
+static void srv_kill(struct nats_srv *s)
 {
     if (s->pid <= 0) return;
     kill(s->pid, SIGKILL);
@@ -140,7 +61,7 @@ static void srv_kill(struct srv *s)
 
 /* SIGSTOP, and wait until every thread of the server is stopped (kill() only queues it: a
  * thread running on another core could still answer a message sent right after). */
-static void srv_freeze(struct srv *s)
+static void srv_freeze(struct nats_srv *s)
 {
     kill(s->pid, SIGSTOP);
     char dir[64];
@@ -178,11 +99,11 @@ static void kill_all(void)
         }
 }
 
-static void srv_init(struct srv *s, const char *name)
+static void srv_init(struct nats_srv *s, const char *name)
 {
     memset(s, 0, sizeof *s);
-    s->port = free_port();
-    s->cport = free_port();
+    s->port = nats_free_port();
+    s->cport = nats_free_port();
     snprintf(s->dir, sizeof s->dir, "%s", test_tmpdir());
     snprintf(s->name, sizeof s->name, "%s", name);
 }
@@ -233,7 +154,7 @@ static int comp_wait(struct comp *c, int n, int timeout_ms)
 
 /* ------------------------------------------------------------------ fixtures */
 
-static struct srv S1;
+static struct nats_srv S1;
 static const char *S1_URL[1];
 static char s1_url[64];
 
@@ -784,7 +705,7 @@ TEST(deleted_message_is_skipped)
 
 TEST(cluster_r3_survives_a_server)
 {
-    struct srv c3[3];
+    struct nats_srv c3[3];
     const char *urls[3];
     char ub[3][64];
     for (int i = 0; i < 3; i++) {
