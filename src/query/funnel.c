@@ -2,12 +2,22 @@
  * funnel: funnels over the raw store (definitions in funnel.h).
  *
  * HOW. funnel_parse builds a v2 document from the request's site_id, date_range and filters
- * and hands it to query_parse_v2, so both APIs share one parser. funnel_compute asks
- * qscan_visits (qvisit.h) for the visits of the range with their name and path ids and "in
- * scope" flags, turns each visit into its step events (a bit mask of the steps each matches),
- * and keeps the best depth per visitor: with window "visit" the best over their visits; with a
- * time window, the visitor's step events of all visits are collected (visits of one visitor
- * arrive together) and judged at once.
+ * and hands it to query_parse_v2, so both APIs share one parser. Two plans (funnel.h):
+ *  - STREAM (no filters; the usual funnel). Every counted event is in scope, and an event
+ *    outside the range never lies between two inside it, so the in-range events alone decide
+ *    the visits. raw_scan_hours hands over the range hour by hour, each visitor's rows in time
+ *    order, decoded on two threads; each visitor has a few bytes of state (an open-addressing
+ *    table, prefetched a few rows ahead, on huge pages when granted) that its events update as
+ *    they go by: the last event's time (a gap of 30 minutes or more closes the visit), the
+ *    partial matches alive (see DEPTH, incremental form) and the best depth. Memory is the
+ *    table plus the hours in flight, not the events of the range.
+ *  - VISITS (filters: their visit attributes need the whole visit, from before the range too).
+ *    qscan_visits (qvisit.h) delivers the visits of the range with their name and path ids and
+ *    "in scope" flags; each visit becomes its step events (a bit mask of the steps each
+ *    matches), and the best depth per visitor is kept: with window "visit" the best over their
+ *    visits; with a time window, the visitor's step events of all visits are collected (visits
+ *    of one visitor arrive together) and judged at once by funnel_depth.
+ * test_funnel checks that both plans give the same counts on random funnels and events.
  *
  * STEP MATCHING. An event step is one dictionary id (raw_dict_find once; a name the site never
  * stored matches nothing). A page step is a pattern: each distinct path id met is resolved once
@@ -19,9 +29,16 @@
  * the window closes; a walk that was not cut by the window ends the search, since any later
  * start reaches no further. Strict: from each start, extend while the NEXT step event matches
  * the next step and lies within the window. Both stop early once all steps are reached.
+ * Incremental form (STREAM): a bit per k = "a partial match of k steps is alive" and, with a
+ * window, the latest start among those matches (a later start can use every event an earlier
+ * one can, with more room). An event matching step k+1 extends an alive k-match whose start
+ * is within the window (loose: the k-match stays alive; strict: only the extended matches
+ * survive the event); steps are visited from the last down so that one event extends a match
+ * by one step only. The highest alive k is the depth reached.
  *
  * BUDGET. The scan's deadline and memory budget (q_budget) apply; the per-visitor scratch of
- * step events is charged against the same memory budget.
+ * step events (VISITS) or state (STREAM) is charged against the same memory budget; STREAM
+ * holds at most RAW_SCAN_HOURS_HELD hours of rows, bounded to a quarter of the budget.
  */
 #include "query/funnel.h"
 
@@ -30,6 +47,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "ingest/timefmt.h"
 #include "query/qvisit.h"
@@ -39,6 +57,8 @@
 
 #define FN_MEMORY_DEFAULT ((size_t)1 << 30)
 #define FN_CACHE_DONE (1ULL << 32) /* path cache value: resolved (low bits: the mask) */
+#define FN_GAP_MS (30LL * 60 * 1000)   /* the visit gap of the scan (qscan.c QS_GAP_MS) */
+#define FN_SCAN_THREADS 1 /* decoding threads beside the query's (raw_scan_hours) */
 
 /* ---------------------------------------------------------------- parse */
 
@@ -346,6 +366,255 @@ static int on_visit(void *arg, const struct qv_visit *v)
     return TALLY_OK;
 }
 
+/* ---------------------------------------------------------------- streaming (no filters) */
+
+/* A visitor's funnel state as its events go by in time order, in an open-addressing table
+ * keyed by the visitor hash (the state lives in the entry: one cache miss per visitor run,
+ * prefetched ahead). `level` bit k-1: a partial match of k steps is alive (loose: every k
+ * reached so far in the visit or, with a window, ever; strict: the chains ending at the last
+ * step event); start[k-1] (windows only): the latest start among the alive matches of k steps
+ * (the latest start leaves the most room). */
+struct fsv {
+    uint64_t visitor;
+    int64_t last_ts; /* the visitor's last counted event (visit gaps) */
+    uint32_t slot;   /* into fstream.start (windows) */
+    uint16_t level;
+    uint8_t best; /* the most steps reached */
+    bool used;
+    uint64_t pad; /* 32 bytes: two entries per cache line */
+};
+
+struct fstream {
+    struct fctx *c;
+    int64_t window_ms, deadline_ms;
+    size_t K;
+    struct fsv *tab; /* cap entries, a power of two, at most half used */
+    size_t cap, nv;
+    int64_t *start; /* nv x K, windows only */
+    size_t capstart;
+    uint16_t *pmask; /* path id -> FS_RESOLVED | mask of page steps */
+    size_t cappmask;
+    uint16_t *nmask; /* name id -> mask of the event steps naming it */
+    size_t nnmask;
+    uint32_t eng_id;
+    bool eng_found;
+    int err;
+};
+
+#define FS_RESOLVED 0x100u
+#define FS_HUGE_BYTES (2u << 20) /* tables at least this large ask for huge pages */
+#define FS_PREFETCH_ROWS 16 /* rows between a prefetch of a visitor's entry and its use */
+
+static int fs_charge(struct fctx *c, size_t bytes)
+{
+    if (c->mem + bytes > c->mem_max) return TALLY_ETOOBIG;
+    c->mem += bytes;
+    return TALLY_OK;
+}
+
+static inline size_t fs_home(const struct fstream *fs, uint64_t visitor)
+{
+    return (size_t)u64map_hash(visitor) & (fs->cap - 1);
+}
+
+/* The table is mapped, not malloc'd: zero pages, and huge pages where the system grants them
+ * (a visitor table of 10^5..10^6 entries is random access over megabytes: with 4 KiB pages
+ * nearly every probe also missed the TLB). */
+static struct fsv *fs_table_alloc(size_t cap)
+{
+    size_t bytes = cap * sizeof(struct fsv);
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    if (bytes >= FS_HUGE_BYTES) (void)madvise(p, bytes, MADV_HUGEPAGE);
+    return p;
+}
+
+static void fs_table_free(struct fsv *t, size_t cap)
+{
+    if (t) munmap(t, cap * sizeof *t);
+}
+
+static int fs_grow(struct fstream *fs)
+{
+    size_t cap = fs->cap ? fs->cap * 2 : 65536;
+    int rc = fs_charge(fs->c, (cap - fs->cap) * sizeof *fs->tab);
+    if (rc) return rc;
+    struct fsv *t = fs_table_alloc(cap);
+    if (!t) return TALLY_ENOMEM;
+    struct fsv *old = fs->tab;
+    size_t oldcap = fs->cap;
+    fs->tab = t;
+    fs->cap = cap;
+    for (size_t i = 0; i < oldcap; i++) {
+        if (!old[i].used) continue;
+        size_t j = fs_home(fs, old[i].visitor);
+        while (t[j].used) j = (j + 1) & (cap - 1);
+        t[j] = old[i];
+    }
+    fs_table_free(old, oldcap);
+    return TALLY_OK;
+}
+
+static int fs_find(struct fstream *fs, uint64_t visitor, struct fsv **out)
+{
+    if ((fs->nv + 1) * 2 > fs->cap) {
+        int rc = fs_grow(fs);
+        if (rc) return rc;
+    }
+    size_t i = fs_home(fs, visitor);
+    while (fs->tab[i].used) {
+        if (fs->tab[i].visitor == visitor) {
+            *out = &fs->tab[i];
+            return TALLY_OK;
+        }
+        i = (i + 1) & (fs->cap - 1);
+    }
+    if (fs->window_ms && fs->nv == fs->capstart) {
+        size_t cap = fs->capstart ? fs->capstart * 2 : 4096;
+        int rc = fs_charge(fs->c, (cap - fs->capstart) * fs->K * sizeof *fs->start);
+        if (rc) return rc;
+        int64_t *st = realloc(fs->start, cap * fs->K * sizeof *st);
+        if (!st) return TALLY_ENOMEM;
+        fs->start = st;
+        fs->capstart = cap;
+    }
+    fs->tab[i] = (struct fsv){.visitor = visitor, .last_ts = INT64_MIN,
+                              .slot = (uint32_t)fs->nv++, .used = true};
+    *out = &fs->tab[i];
+    return TALLY_OK;
+}
+
+/* The page steps a path id matches (resolved once per id, through the dictionary). */
+static uint32_t fs_path_mask(struct fstream *fs, uint32_t id)
+{
+    if (id == 0 || !fs->c->page_steps) return 0;
+    if (id < fs->cappmask && fs->pmask[id]) return fs->pmask[id] & 0xffu;
+    if (id >= fs->cappmask) {
+        size_t cap = fs->cappmask ? fs->cappmask : 1024;
+        while (cap <= id) cap *= 2;
+        int rc = fs_charge(fs->c, (cap - fs->cappmask) * sizeof *fs->pmask);
+        uint16_t *p = rc ? NULL : realloc(fs->pmask, cap * sizeof *p);
+        if (!p) {
+            if (!fs->err) fs->err = rc ? rc : TALLY_ENOMEM;
+            return 0;
+        }
+        memset(p + fs->cappmask, 0, (cap - fs->cappmask) * sizeof *p);
+        fs->pmask = p;
+        fs->cappmask = cap;
+    }
+    uint32_t mask = path_mask(fs->c, id);
+    if (fs->c->err && !fs->err) fs->err = fs->c->err;
+    fs->pmask[id] = (uint16_t)(FS_RESOLVED | mask);
+    return mask;
+}
+
+/* One step event (mask m != 0) at ts for the visitor in v / start. */
+static void fs_step(const struct fstream *fs, struct fsv *v, int64_t *start, uint32_t m,
+                    int64_t ts)
+{
+    const size_t K = fs->K;
+    const int64_t w = fs->window_ms;
+    uint32_t level = v->level;
+    if (fs->c->f->strict) { /* chains extend only by the very next step event */
+        uint32_t next = 0;
+        for (size_t k = K - 1; k >= 1; k--)
+            if ((level >> (k - 1) & 1) && (m >> k & 1) && (!w || ts - start[k - 1] <= w)) {
+                next |= 1u << k;
+                if (w) start[k] = start[k - 1];
+            }
+        if (m & 1) {
+            next |= 1;
+            if (w) start[0] = ts;
+        }
+        level = next;
+    } else { /* loose: a match of k steps, once alive, stays alive */
+        for (size_t k = K - 1; k >= 1; k--)
+            if ((level >> (k - 1) & 1) && (m >> k & 1) && (!w || ts - start[k - 1] <= w)) {
+                if (w && (!(level >> k & 1) || start[k - 1] > start[k])) start[k] = start[k - 1];
+                level |= 1u << k;
+            }
+        if (m & 1) {
+            level |= 1;
+            if (w) start[0] = ts; /* the latest start */
+        }
+    }
+    v->level = (uint16_t)level;
+    if (level) {
+        uint8_t top = (uint8_t)(32 - __builtin_clz(level));
+        if (top > v->best) v->best = top;
+    }
+}
+
+static int fs_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_t n)
+{
+    (void)hour_ms;
+    struct fstream *fs = arg;
+    if (fs->deadline_ms && timefmt_mono_ms() > fs->deadline_ms) return TALLY_ETIMEDOUT;
+    /* the table does not grow during the hour: room for every row's visitor */
+    while ((fs->nv + n + 1) * 2 > fs->cap) {
+        int rc = fs_grow(fs);
+        if (rc) return rc;
+    }
+    uint64_t last = 0;
+    struct fsv *v = NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (i + FS_PREFETCH_ROWS < n)
+            __builtin_prefetch(&fs->tab[fs_home(fs, rows[i + FS_PREFETCH_ROWS].visitor)]);
+        if (i + 4 * FS_PREFETCH_ROWS < n) __builtin_prefetch(&rows[i + 4 * FS_PREFETCH_ROWS]);
+        const struct raw_row *r = &rows[i];
+        if (r->flags & RAW_F_EXCLUDED) continue;
+        if (fs->eng_found && r->val[0] == fs->eng_id) continue;
+        if (!v || r->visitor != last) {
+            int rc = fs_find(fs, r->visitor, &v);
+            if (rc) return rc;
+            last = r->visitor;
+        }
+        if (!fs->window_ms) { /* visits: a gap of FN_GAP_MS or more starts a new one */
+            if (v->last_ts != INT64_MIN && r->ts_ms - v->last_ts >= FN_GAP_MS) v->level = 0;
+            v->last_ts = r->ts_ms;
+        }
+        if (v->best >= fs->K) continue;
+        uint32_t m = r->val[0] < fs->nnmask ? fs->nmask[r->val[0]] : 0;
+        if (r->flags & RAW_F_PAGEVIEW) m |= fs_path_mask(fs, r->val[1]);
+        if (m)
+            fs_step(fs, v, fs->window_ms ? fs->start + (size_t)v->slot * fs->K : NULL, m,
+                    r->ts_ms);
+    }
+    return fs->err;
+}
+
+/* funnel_compute for a funnel without filters: every counted event is in scope, so the
+ * in-range events alone decide the visits (an event outside the range never lies between two
+ * inside it) and each visitor's events can be judged as they go by, hour by hour
+ * (raw_scan_hours), with a few bytes of state per visitor instead of every event held. */
+static int fs_compute(struct fctx *c, const struct q_budget *b)
+{
+    struct fstream fs = {.c = c, .window_ms = c->f->window_ms, .K = c->f->nsteps,
+                         .deadline_ms = b ? b->deadline_ms : 0};
+    int rc = raw_dict_find(c->s, c->site, "engagement", 10, &fs.eng_id);
+    if (rc && rc != TALLY_ENOENT) return rc;
+    fs.eng_found = rc == TALLY_OK;
+    for (size_t k = 0; k < fs.K; k++)
+        if (!c->f->steps[k].page && c->name_found[k] && c->name_id[k] >= fs.nnmask)
+            fs.nnmask = (size_t)c->name_id[k] + 1;
+    if (fs.nnmask && !(fs.nmask = calloc(fs.nnmask, sizeof *fs.nmask))) return TALLY_ENOMEM;
+    for (size_t k = 0; k < fs.K; k++)
+        if (!c->f->steps[k].page && c->name_found[k]) fs.nmask[c->name_id[k]] |= 1u << k;
+    static const int fields[] = {DE_NAME, DE_PATH};
+    /* an hour's rows are held at once: bound them by what the budget leaves */
+    size_t rows_max = (c->mem_max / 4) / RAW_SCAN_HOURS_HELD / sizeof(struct raw_row);
+    rc = raw_scan_hours(c->s, c->site, c->f->q->range.from_ms, c->f->q->range.to_ms, fields, 2,
+                        rows_max, FN_SCAN_THREADS, fs_hour, &fs);
+    for (size_t i = 0; !rc && i < fs.cap; i++)
+        for (size_t k = 0; fs.tab[i].used && k < fs.tab[i].best; k++)
+            c->r->visitors[k]++;
+    fs_table_free(fs.tab, fs.cap);
+    free(fs.start);
+    free(fs.pmask);
+    free(fs.nmask);
+    return rc;
+}
+
 int funnel_compute(struct store *s, uint32_t site_id, const struct funnel *f,
                    const struct q_budget *b, struct funnel_result *r)
 {
@@ -362,6 +631,12 @@ int funnel_compute(struct store *s, uint32_t site_id, const struct funnel *f,
                                &c.name_id[k]);
         if (rc && rc != TALLY_ENOENT) return rc;
         c.name_found[k] = rc == TALLY_OK;
+    }
+    if (f->plan == FUNNEL_PLAN_STREAM && f->q->filter) return TALLY_EINVAL;
+    if (f->plan == FUNNEL_PLAN_STREAM || (f->plan == FUNNEL_PLAN_AUTO && !f->q->filter)) {
+        int rc = fs_compute(&c, b);
+        u64map_free(&c.paths);
+        return rc;
     }
     static const int fields[] = {DE_NAME, DE_PATH};
     /* the scan's memory budget leaves room for the funnel's own scratch */

@@ -53,8 +53,15 @@ struct funnel_step {
     char *value; /* the pattern or the name */
 };
 
+/* How funnel_compute reads the raw store. AUTO: STREAM when the funnel has no filters, else
+ * VISITS. VISITS: whole visits from qscan_visits (every event of the range held; filters of
+ * any kind). STREAM: the events hour by hour (raw_scan_hours), a few bytes of state per
+ * visitor; only without filters. Both give the same counts (test_funnel checks it). */
+enum funnel_plan { FUNNEL_PLAN_AUTO = 0, FUNNEL_PLAN_VISITS, FUNNEL_PLAN_STREAM };
+
 struct funnel {
     struct query *q; /* site, zone, range, filters (parsed by query_parse_v2) */
+    enum funnel_plan plan; /* AUTO after parsing; tests and benches may force one */
     size_t nsteps;
     struct funnel_step steps[FUNNEL_STEPS_MAX];
     int64_t window_ms; /* 0: within one visit */
@@ -84,8 +91,9 @@ struct funnel_ev {
 size_t funnel_depth(const struct funnel_ev *ev, size_t n, size_t nsteps, bool strict,
                     int64_t window_ms);
 
-/* Computes f over site_id's raw events under budget b. 0, TALLY_ETIMEDOUT, TALLY_ETOOBIG,
- * TALLY_EIO, TALLY_ECORRUPT, TALLY_ENOMEM. */
+/* Computes f over site_id's raw events under budget b (f->plan). 0, TALLY_ETIMEDOUT,
+ * TALLY_ETOOBIG, TALLY_EIO, TALLY_ECORRUPT, TALLY_ENOMEM, TALLY_EINVAL (STREAM forced on a
+ * funnel with filters). */
 int funnel_compute(struct store *s, uint32_t site_id, const struct funnel *f,
                    const struct q_budget *b, struct funnel_result *r);
 

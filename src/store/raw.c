@@ -1,12 +1,17 @@
 /* raw: see raw.h for the key and block layouts and the dictionary rules. */
 #include "store/raw.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "store/codec.h"
 #include "store/strtab.h"
 #include "tally/error.h"
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the projection decoder (pvarint, pskip) reads words as little-endian"
+#endif
 
 #define MASK_VISITOR 0x1u
 #define MASK_FLAGS 0x2u
@@ -231,11 +236,11 @@ int raw_writer_add(struct raw_writer *w, uint32_t site_id, const struct devent *
     return TALLY_OK;
 }
 
-static const struct row *sort_rows;
-
-static int row_cmp(const void *a, const void *b)
+/* qsort_r: each raw consumer (one per partition in a cluster) sorts on its own thread */
+static int row_cmp(const void *a, const void *b, void *arg)
 {
-    const struct row *x = &sort_rows[*(const uint32_t *)a], *y = &sort_rows[*(const uint32_t *)b];
+    const struct row *rows = arg;
+    const struct row *x = &rows[*(const uint32_t *)a], *y = &rows[*(const uint32_t *)b];
     if (x->site != y->site) return x->site < y->site ? -1 : 1;
     if (x->hour != y->hour) return x->hour < y->hour ? -1 : 1;
     if (x->visitor != y->visitor) return x->visitor < y->visitor ? -1 : 1;
@@ -292,8 +297,7 @@ int raw_writer_flush(struct raw_writer *w, struct store_batch *b)
     uint32_t *order = malloc((w->nrows ? w->nrows : 1) * sizeof *order);
     if (!order) return TALLY_ENOMEM;
     for (size_t i = 0; i < w->nrows; i++) order[i] = (uint32_t)i;
-    sort_rows = w->rows;
-    if (w->nrows > 1) qsort(order, w->nrows, sizeof *order, row_cmp);
+    if (w->nrows > 1) qsort_r(order, w->nrows, sizeof *order, row_cmp, w->rows);
     const struct row *rows = w->rows;
     struct cbuf val = {0};
     for (size_t i = 0; i < w->nrows;) {
@@ -456,6 +460,390 @@ int raw_scan(struct store *s, uint32_t site_id, int64_t from_ms, int64_t to_ms, 
     }
     if (rc == 0) rc = store_iter_status(it);
     store_iter_free(it);
+    return rc;
+}
+
+/* ---- projection scan (raw_scan_hours) ---- */
+
+/* A varint of a block in [p, end): unrolled while ten bytes remain (a varint's most), else a
+ * checked loop. A bad one sets *bad and moves p to end. */
+static inline uint64_t pvarint(const uint8_t **pp, const uint8_t *end, bool *bad)
+{
+    const uint8_t *p = *pp;
+    if (end - p >= 10) {
+        uint64_t v = 0;
+        for (int i = 0, shift = 0; i < 10; i++, shift += 7) {
+            uint64_t b = p[i];
+            v |= (b & 0x7f) << shift;
+            if (b < 0x80) {
+                *pp = p + i + 1;
+                return v;
+            }
+        }
+        *bad = true;
+        *pp = end;
+        return 0;
+    }
+    uint64_t v = 0;
+    for (int shift = 0; p < end && shift < 64; shift += 7) {
+        uint8_t c = *p++;
+        v |= (uint64_t)(c & 0x7f) << shift;
+        if (!(c & 0x80)) {
+            *pp = p;
+            return v;
+        }
+    }
+    *bad = true;
+    *pp = end;
+    return 0;
+}
+
+/* Bits set in v (no popcnt instruction assumed: the build targets any x86-64). */
+static inline unsigned pop32(uint32_t v)
+{
+    v = v - ((v >> 1) & 0x55555555u);
+    v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
+    return (((v + (v >> 4)) & 0x0f0f0f0fu) * 0x01010101u) >> 24;
+}
+
+/* Skips k varints of [p, end): eight bytes at a time, counting the bytes that end a varint
+ * (top bit clear). Bounds-safe; overlong varints are not detected here (the block's length
+ * check still catches a decoder that went astray). */
+static inline void pskip(const uint8_t **pp, const uint8_t *end, unsigned k, bool *bad)
+{
+    const uint8_t *p = *pp;
+    while (k && end - p >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8); /* little-endian host (checked at the top of the file) */
+        uint64_t t = ~w & 0x8080808080808080ULL;
+        unsigned c = (unsigned)(((t >> 7) * 0x0101010101010101ULL) >> 56); /* bytes set */
+        if (c < k) {
+            k -= c;
+            p += 8;
+            continue;
+        }
+        while (--k) t &= t - 1;
+        p += (__builtin_ctzll(t) >> 3) + 1;
+    }
+    while (k && p < end)
+        if (!(*p++ & 0x80)) k--;
+    if (k) *bad = true;
+    *pp = p;
+}
+
+struct hour_buf {
+    struct raw_row *rows, *tmp;
+    size_t n, cap, rows_max;
+    size_t descents; /* places where a row sorts before the one before it (run starts) */
+    uint64_t *runs;  /* merge scratch: run starts */
+    size_t capruns;
+};
+
+static inline int rowcmp(const struct raw_row *x, const struct raw_row *y)
+{
+    if (x->visitor != y->visitor) return x->visitor < y->visitor ? -1 : 1;
+    if (x->ts_ms != y->ts_ms) return x->ts_ms < y->ts_ms ? -1 : 1;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+/* Decodes one block's rows of [from, to) with the chosen fields onto h. */
+static int block_rows(const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen,
+                      int64_t from, int64_t to, const int *fields, size_t nf,
+                      struct hour_buf *h)
+{
+    if (klen != 16 || vlen < 2 || val[0] != BLOCK_VERSION) return TALLY_ECORRUPT;
+    uint32_t hour = store_get_be32(key + 4);
+    const uint8_t *p = val + 1, *end = val + vlen;
+    bool bad = false;
+    uint64_t n = pvarint(&p, end, &bad);
+    if (bad || n == 0 || n > RAW_BLOCK_EVENTS_MAX) return TALLY_ECORRUPT;
+    if (h->n + n > h->rows_max) return TALLY_ETOOBIG;
+    if (h->n + n > h->cap) {
+        size_t cap = h->cap ? h->cap : 8192;
+        while (cap < h->n + n) cap *= 2;
+        struct raw_row *r = realloc(h->rows, cap * sizeof *r);
+        if (!r) return TALLY_ENOMEM;
+        h->rows = r;
+        h->cap = cap;
+    }
+    uint32_t id[DE_FIELD_COUNT] = {0};
+    uint32_t need = 0;
+    for (size_t f = 0; f < nf; f++) need |= 1u << fields[f];
+    uint64_t visitor = 0, offset = store_get_be64(key + 8);
+    uint32_t flags = 0;
+    int64_t ts = (int64_t)hour * RAW_HOUR_MS;
+    const int64_t hour_end = ts + RAW_HOUR_MS;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t mask = pvarint(&p, end, &bad);
+        if (mask >> 23) return TALLY_ECORRUPT;
+        if (mask & MASK_VISITOR) {
+            if (end - p < 8) return TALLY_ECORRUPT;
+            visitor = 0;
+            for (int b = 0; b < 8; b++) visitor |= (uint64_t)p[b] << (8 * b);
+            p += 8;
+        }
+        offset += (uint64_t)codec_unzigzag(pvarint(&p, end, &bad));
+        ts += codec_unzigzag(pvarint(&p, end, &bad));
+        pskip(&p, end, 1, &bad); /* received_ms - ts_ms */
+        if (mask & MASK_FLAGS) flags = (uint32_t)pvarint(&p, end, &bad);
+        /* field ids: the needed ones decoded, each run of others skipped at once */
+        uint32_t fm = (uint32_t)(mask >> MASK_FIELD0) & ((1u << DE_FIELD_COUNT) - 1);
+        while (fm) {
+            unsigned f = (unsigned)__builtin_ctz(fm);
+            if (need >> f & 1) {
+                id[f] = (uint32_t)pvarint(&p, end, &bad);
+                fm &= fm - 1;
+                continue;
+            }
+            uint32_t later = need & ~((2u << f) - 1); /* needed fields after f */
+            uint32_t run = later ? fm & ((1u << __builtin_ctz(later)) - 1) : fm;
+            pskip(&p, end, pop32(run), &bad);
+            fm &= ~run;
+        }
+        if (mask & MASK_PROPS) {
+            uint64_t np = pvarint(&p, end, &bad);
+            if (np == 0 || np > DE_PROPS_MAX) return TALLY_ECORRUPT;
+            pskip(&p, end, (unsigned)(2 * np), &bad);
+        }
+        if (mask & MASK_REVENUE) pskip(&p, end, 2, &bad);
+        if (bad || ts < hour_end - RAW_HOUR_MS || ts >= hour_end) return TALLY_ECORRUPT;
+        if (ts < from || ts >= to) continue;
+        struct raw_row *r = &h->rows[h->n];
+        r->ts_ms = ts;
+        r->offset = offset;
+        r->visitor = visitor;
+        r->flags = flags;
+        for (size_t f = 0; f < nf; f++) r->val[f] = id[fields[f]];
+        if (h->n && rowcmp(r - 1, r) > 0) h->descents++;
+        h->n++;
+    }
+    return p == end ? TALLY_OK : TALLY_ECORRUPT;
+}
+
+/* Sorts h's rows by (visitor, ts, offset): a natural merge sort (the runs are the blocks'
+ * rows, each sorted; `descents` + 1 of them). */
+static int hour_sort(struct hour_buf *h)
+{
+    size_t nruns = h->descents + 1;
+    if (nruns + 1 > h->capruns) {
+        uint64_t *r = realloc(h->runs, (nruns + 1) * sizeof *r);
+        if (!r) return TALLY_ENOMEM;
+        h->runs = r;
+        h->capruns = nruns + 1;
+    }
+    size_t k = 0;
+    h->runs[k++] = 0;
+    for (size_t i = 1; i < h->n; i++)
+        if (rowcmp(&h->rows[i - 1], &h->rows[i]) > 0) h->runs[k++] = i;
+    h->runs[k] = h->n;
+    struct raw_row *tmp = realloc(h->tmp, h->cap * sizeof *tmp);
+    if (!tmp) return TALLY_ENOMEM;
+    h->tmp = tmp;
+    struct raw_row *src = h->rows, *dst = tmp;
+    while (k > 1) {
+        size_t out = 0;
+        for (size_t r = 0; r < k; r += 2) {
+            size_t a = h->runs[r], m = h->runs[r + 1], b = r + 2 <= k ? h->runs[r + 2] : m;
+            size_t i = a, j = m, o = a;
+            while (i < m && j < b) dst[o++] = rowcmp(&src[j], &src[i]) < 0 ? src[j++] : src[i++];
+            while (i < m) dst[o++] = src[i++];
+            while (j < b) dst[o++] = src[j++];
+            h->runs[out++] = a;
+        }
+        h->runs[out] = h->n;
+        k = out;
+        struct raw_row *t = src;
+        src = dst;
+        dst = t;
+    }
+    if (src != h->rows) { /* the sorted rows are in tmp: swap the buffers */
+        h->tmp = h->rows;
+        h->rows = src;
+    }
+    h->descents = 0;
+    return TALLY_OK;
+}
+
+/* Parallel decoding. The range is cut into chunks of RAW_CHUNK_HOURS hours; chunk i is decoded
+ * (one seek, every block of its hours, each hour sorted) into ring slot i % RAW_CHUNK_SLOTS by
+ * whichever thread claims it, and handed to fn by the calling thread strictly in chunk order.
+ * A worker waits while its slot still holds chunk i - RAW_CHUNK_SLOTS (memory stays bounded:
+ * RAW_CHUNK_SLOTS x RAW_CHUNK_HOURS hours at most). Each worker reads through its own
+ * iterator, all created before any worker starts. */
+#define RAW_CHUNK_HOURS 8
+#define RAW_CHUNK_SLOTS 4
+
+struct chunk_slot {
+    struct hour_buf hb[RAW_CHUNK_HOURS];
+    uint32_t hour[RAW_CHUNK_HOURS];
+    size_t nh;
+    uint64_t chunk; /* the chunk it holds */
+    bool ready;
+    int rc;
+};
+
+struct hscan {
+    uint32_t site;
+    uint64_t first_hour, nchunks;
+    int64_t from, to;
+    const int *fields;
+    size_t nf;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint64_t next;     /* the next chunk to claim */
+    uint64_t consumed; /* chunks handed to fn */
+    bool stop;
+    struct chunk_slot slot[RAW_CHUNK_SLOTS];
+};
+
+static void hour_key(uint8_t *k, uint32_t site, uint64_t hour)
+{
+    if (hour > UINT32_MAX) {
+        store_put_be32(k, site + 1);
+        store_put_be32(k + 4, 0);
+    } else {
+        store_put_be32(k, site);
+        store_put_be32(k + 4, (uint32_t)hour);
+    }
+}
+
+/* Decodes chunk c into sl through it. */
+static int chunk_decode(struct hscan *x, struct store_iter *it, uint64_t c,
+                        struct chunk_slot *sl)
+{
+    uint64_t a = x->first_hour + c * RAW_CHUNK_HOURS, b = a + RAW_CHUNK_HOURS;
+    uint8_t k0[8];
+    hour_key(k0, x->site, a);
+    sl->nh = 0;
+    int rc = TALLY_OK;
+    struct hour_buf *h = NULL;
+    for (store_iter_seek(it, k0, 8); store_iter_valid(it); store_iter_next(it)) {
+        size_t kl, vl;
+        const uint8_t *k = store_iter_key(it, &kl);
+        if (kl != 16) return TALLY_ECORRUPT;
+        uint32_t hour = store_get_be32(k + 4);
+        if (store_get_be32(k) != x->site || hour >= b) break;
+        if (!h || hour != sl->hour[sl->nh - 1]) {
+            if (h && h->descents && (rc = hour_sort(h))) return rc;
+            h = &sl->hb[sl->nh];
+            h->n = h->descents = 0;
+            sl->hour[sl->nh++] = hour;
+        }
+        const uint8_t *v = store_iter_value(it, &vl);
+        if ((rc = block_rows(k, kl, v, vl, x->from, x->to, x->fields, x->nf, h))) return rc;
+    }
+    if ((rc = store_iter_status(it))) return rc;
+    if (h && h->descents) rc = hour_sort(h);
+    return rc;
+}
+
+/* With x->mu held: claims the next chunk if its ring slot is free (chunk c uses the slot of
+ * chunk c - RAW_CHUNK_SLOTS, free once that one was consumed), decodes it without the lock and
+ * publishes it. False when there was nothing to claim now. A chunk is claimed only when its
+ * slot is free, so nobody ever waits while holding a claim (the consumer decodes too). */
+static bool hscan_step_locked(struct hscan *x, struct store_iter *it)
+{
+    if (x->stop || x->next >= x->nchunks || x->next >= x->consumed + RAW_CHUNK_SLOTS) return false;
+    uint64_t c = x->next++;
+    struct chunk_slot *sl = &x->slot[c % RAW_CHUNK_SLOTS];
+    pthread_mutex_unlock(&x->mu);
+    int rc = chunk_decode(x, it, c, sl);
+    pthread_mutex_lock(&x->mu);
+    sl->chunk = c;
+    sl->rc = rc;
+    sl->ready = true;
+    pthread_cond_broadcast(&x->cv);
+    return true;
+}
+
+struct hworker {
+    struct hscan *x;
+    struct store_iter *it;
+    pthread_t tid;
+    bool started;
+};
+
+static void *hworker_main(void *arg)
+{
+    struct hworker *w = arg;
+    struct hscan *x = w->x;
+    pthread_mutex_lock(&x->mu);
+    while (!x->stop && x->next < x->nchunks)
+        if (!hscan_step_locked(x, w->it)) pthread_cond_wait(&x->cv, &x->mu);
+    pthread_mutex_unlock(&x->mu);
+    return NULL;
+}
+
+int raw_scan_hours(struct store *s, uint32_t site_id, int64_t from_ms, int64_t to_ms,
+                   const int *fields, size_t nfields, size_t rows_max, unsigned threads,
+                   raw_hour_fn fn, void *arg)
+{
+    if (nfields > RAW_ROW_FIELDS_MAX) return TALLY_EINVAL;
+    for (size_t f = 0; f < nfields; f++)
+        if (fields[f] < 0 || fields[f] >= DE_FIELD_COUNT) return TALLY_EINVAL;
+    if (from_ms < 0) from_ms = 0;
+    if (to_ms <= from_ms) return TALLY_OK;
+    if (threads > RAW_SCAN_THREADS_MAX) threads = RAW_SCAN_THREADS_MAX;
+    uint64_t h0 = (uint64_t)(from_ms / RAW_HOUR_MS), h1 = (uint64_t)((to_ms - 1) / RAW_HOUR_MS) + 1;
+    struct hscan *x = calloc(1, sizeof *x);
+    if (!x) return TALLY_ENOMEM;
+    *x = (struct hscan){.site = site_id, .first_hour = h0,
+                        .nchunks = (h1 - h0 + RAW_CHUNK_HOURS - 1) / RAW_CHUNK_HOURS,
+                        .from = from_ms, .to = to_ms, .fields = fields, .nf = nfields};
+    for (size_t i = 0; i < RAW_CHUNK_SLOTS; i++)
+        for (size_t j = 0; j < RAW_CHUNK_HOURS; j++)
+            x->slot[i].hb[j].rows_max = rows_max ? rows_max : SIZE_MAX;
+    pthread_mutex_init(&x->mu, NULL);
+    pthread_cond_init(&x->cv, NULL);
+    uint8_t lo[8], hi[8];
+    hour_key(lo, site_id, h0);
+    hour_key(hi, site_id, h1);
+    /* no worker for a scan of one or two chunks: the thread costs more than it saves */
+    if (x->nchunks < 3) threads = 0;
+    struct hworker w[RAW_SCAN_THREADS_MAX + 1] = {0};
+    int rc = TALLY_OK;
+    for (unsigned i = 0; i <= threads && !rc; i++) { /* w[threads]: the caller's own */
+        w[i].x = x;
+        w[i].it = store_iter_new(s, STORE_CF_RAW, lo, 8, hi, 8);
+        if (!w[i].it) rc = TALLY_ENOMEM;
+    }
+    for (unsigned i = 0; i < threads && !rc; i++)
+        w[i].started = pthread_create(&w[i].tid, NULL, hworker_main, &w[i]) == 0;
+    for (uint64_t c = 0; !rc && c < x->nchunks; c++) {
+        struct chunk_slot *sl = &x->slot[c % RAW_CHUNK_SLOTS];
+        pthread_mutex_lock(&x->mu);
+        /* rather than wait, decode the next unclaimed chunk (this one, when nobody has it) */
+        while (!(sl->ready && sl->chunk == c))
+            if (!hscan_step_locked(x, w[threads].it)) pthread_cond_wait(&x->cv, &x->mu);
+        pthread_mutex_unlock(&x->mu);
+        rc = sl->rc;
+        for (size_t j = 0; !rc && j < sl->nh; j++)
+            if (sl->hb[j].n) rc = fn(arg, (int64_t)sl->hour[j] * RAW_HOUR_MS, sl->hb[j].rows,
+                                     sl->hb[j].n);
+        pthread_mutex_lock(&x->mu);
+        sl->ready = false;
+        x->consumed = c + 1;
+        if (rc) x->stop = true;
+        pthread_cond_broadcast(&x->cv);
+        pthread_mutex_unlock(&x->mu);
+    }
+    pthread_mutex_lock(&x->mu);
+    x->stop = true;
+    pthread_cond_broadcast(&x->cv);
+    pthread_mutex_unlock(&x->mu);
+    for (unsigned i = 0; i <= threads; i++) {
+        if (w[i].started) pthread_join(w[i].tid, NULL);
+        if (w[i].it) store_iter_free(w[i].it);
+    }
+    for (size_t i = 0; i < RAW_CHUNK_SLOTS; i++)
+        for (size_t j = 0; j < RAW_CHUNK_HOURS; j++) {
+            free(x->slot[i].hb[j].rows);
+            free(x->slot[i].hb[j].tmp);
+            free(x->slot[i].hb[j].runs);
+        }
+    pthread_mutex_destroy(&x->mu);
+    pthread_cond_destroy(&x->cv);
+    free(x);
     return rc;
 }
 

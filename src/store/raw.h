@@ -107,6 +107,38 @@ typedef int (*raw_scan_fn)(void *arg, const struct raw_event *ev);
 int raw_scan(struct store *s, uint32_t site_id, int64_t from_ms, int64_t to_ms, raw_scan_fn fn,
              void *arg);
 
+/* ---- projection scan, hour by hour (funnels: visitor state machines over time) ----
+ * One stored event reduced to what a per-visitor pass needs: time, identity, visitor, flags and
+ * the dictionary ids of up to RAW_ROW_FIELDS_MAX chosen fields. */
+#define RAW_ROW_FIELDS_MAX 3
+struct raw_row {
+    int64_t ts_ms;
+    uint64_t offset;
+    uint64_t visitor;
+    uint32_t flags;                   /* RAW_F_* */
+    uint32_t val[RAW_ROW_FIELDS_MAX]; /* ids of fields[0..nfields) */
+};
+
+/* Calls fn once per UTC hour of [from_ms, to_ms) that holds events of site_id, with ALL of
+ * that hour's events in the range (every block of the hour) ordered by (visitor, ts, offset),
+ * hours in time order: a caller sees each visitor's events in time order, contiguous within an
+ * hour, while holding one hour. Each block is sorted; an hour written by several flushes is
+ * merged (a natural merge sort of the blocks' runs). rows_max bounds the rows held for one hour
+ * (beyond: TALLY_ETOOBIG); at most RAW_SCAN_HOURS_HELD hours are held at once. threads (at
+ * most RAW_SCAN_THREADS_MAX): decoding threads started for the call besides the caller's, which
+ * decodes too when it would otherwise wait (0: the caller alone); fn always runs on the caller's
+ * thread, hour after hour. The threads read through iterators opened one after the other, so a
+ * flush landing between two openings may be seen by some hours only. fields: enum devent_field
+ * values. 0, fn's value, TALLY_ETOOBIG, TALLY_ENOMEM, TALLY_ECORRUPT, TALLY_EIO, TALLY_EINVAL (a
+ * bad field). Any thread. */
+#define RAW_SCAN_THREADS_MAX 4
+#define RAW_SCAN_HOURS_HELD 32 /* = RAW_CHUNK_SLOTS x RAW_CHUNK_HOURS in raw.c */
+typedef int (*raw_hour_fn)(void *arg, int64_t hour_start_ms, const struct raw_row *rows,
+                           size_t n);
+int raw_scan_hours(struct store *s, uint32_t site_id, int64_t from_ms, int64_t to_ms,
+                   const int *fields, size_t nfields, size_t rows_max, unsigned threads,
+                   raw_hour_fn fn, void *arg);
+
 /* Dictionary readers (any thread). raw_dict_find: 0 with *id, TALLY_ENOENT when the site never
  * stored the string ("" is always id 0). raw_dict_string: *out malloc'd (caller frees),
  * NUL-terminated, *len its length; TALLY_ENOENT for an unknown id. raw_dict_each: fn for every

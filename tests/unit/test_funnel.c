@@ -1,6 +1,9 @@
 /* Unit tests for funnels (query/funnel.h): the depth rule on hand-made sequences (strict vs
  * loose, windows, repeated steps, an event matching two steps), then funnel_compute over a raw
- * store: steps within a visit vs within a window, visits across the range edges, filters. */
+ * store: steps within a visit vs within a window, visits across the range edges, filters (each
+ * unfiltered case under both plans), and a differential test: random events written by many
+ * flushes in shuffled order (hours of several interleaved blocks, late events, bots,
+ * engagement events) and random funnels, the streaming plan against the visits plan. */
 #include "test.h"
 
 #include "test_rollup_util.h"
@@ -109,10 +112,21 @@ static void run(struct store *s, uint32_t site, const char *json, uint64_t *out)
                           err, sizeof err);
     if (rc) fprintf(stderr, "parse: %s\n", err);
     ASSERT_EQ(rc, 0);
-    struct funnel_result r;
+    struct funnel_result r, rv;
     struct q_budget b = {timefmt_mono_ms() + 10000, 64u << 20, 1000};
     ASSERT_EQ(funnel_compute(s, site, f, &b, &r), 0);
     memcpy(out, r.visitors, f->nsteps * sizeof *out);
+    /* the other plan agrees (streaming only without filters) */
+    f->plan = FUNNEL_PLAN_VISITS;
+    ASSERT_EQ(funnel_compute(s, site, f, &b, &rv), 0);
+    ASSERT_EQ(memcmp(r.visitors, rv.visitors, sizeof r.visitors), 0);
+    f->plan = FUNNEL_PLAN_STREAM;
+    if (f->q->filter) {
+        ASSERT_EQ(funnel_compute(s, site, f, &b, &rv), TALLY_EINVAL);
+    } else {
+        ASSERT_EQ(funnel_compute(s, site, f, &b, &rv), 0);
+        ASSERT_EQ(memcmp(r.visitors, rv.visitors, sizeof r.visitors), 0);
+    }
     funnel_free(f);
 }
 
@@ -168,11 +182,124 @@ TEST(compute_visit_window_edges_filters)
     store_close(s);
 }
 
+/* ---------------------------------------------------------------- differential */
+
+#define RND_EVENTS 2500
+#define RND_VISITORS 60
+#define RND_FUNNELS 300
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
+static uint64_t rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+static const char *const rnd_paths[] = {"/", "/pricing", "/blog/a", "/blog/b/c", "/signup",
+                                        "/docs/x"};
+static const char *const rnd_names[] = {"Signup", "Download", "engagement"};
+
+TEST(differential_stream_vs_visits)
+{
+    static struct tr_event ev[RND_EVENTS];
+    const int64_t t0 = tr_ts("2026-03-01T00:00:00Z");
+    /* visitors make bursts of events (gaps of seconds to an hour, so visits split), over
+     * three days; equal timestamps happen (whole seconds) */
+    int64_t clock[RND_VISITORS];
+    for (size_t v = 0; v < RND_VISITORS; v++) clock[v] = t0 + (int64_t)(rnd() % (72 * 60)) * MIN;
+    for (size_t i = 0; i < RND_EVENTS; i++) {
+        size_t v = rnd() % RND_VISITORS;
+        uint64_t g = rnd() % 10;
+        clock[v] += g < 7 ? (int64_t)(rnd() % 300) * 1000 : g < 9 ? (int64_t)(rnd() % 40) * MIN
+                                                                   : (int64_t)(rnd() % 600) * MIN;
+        bool pv = rnd() % 4 != 0;
+        tr_init(&ev[i], SITE, i, clock[v], v == 0 ? 0 : 0x1000 + v * 0x9e3779b97f4a7c15ULL,
+                pv ? "pageview" : rnd_names[rnd() % 3],
+                rnd_paths[rnd() % (sizeof rnd_paths / sizeof *rnd_paths)]);
+        if (rnd() % 40 == 0) ev[i].ev.flags |= DE_F_BOT;
+    }
+    struct store *s = tr_open_store(test_tmpdir());
+    uint32_t site;
+    ASSERT_EQ(store_site_id(s, SITE, strlen(SITE), true, &site), 0);
+    /* many flushes of shuffled slices: an hour gets several blocks whose times interleave */
+    size_t order[RND_EVENTS];
+    for (size_t i = 0; i < RND_EVENTS; i++) order[i] = i;
+    for (size_t i = RND_EVENTS - 1; i > 0; i--) {
+        size_t j = rnd() % (i + 1), t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+    struct raw_writer *w = raw_writer_new(s);
+    for (size_t i = 0; i < RND_EVENTS;) {
+        size_t n = 1 + rnd() % 200;
+        struct store_batch *b = store_batch_new(s);
+        for (; n-- && i < RND_EVENTS; i++) {
+            struct tr_event *e = &ev[order[i]];
+            ASSERT_EQ(raw_writer_add(w, site, &e->ev, rnd() % 50 == 0 ? RAW_F_DUPLICATE : 0), 0);
+        }
+        ASSERT_EQ(raw_writer_flush(w, b), 0);
+        ASSERT_EQ(store_write(s, b), 0);
+        raw_writer_commit(w);
+        store_batch_free(b);
+    }
+    raw_writer_free(w);
+    static const char *const step_pool[] = {
+        "{\"page\":\"/\"}",       "{\"page\":\"/pricing\"}", "{\"page\":\"/blog/**\"}",
+        "{\"page\":\"/*\"}",      "{\"page\":\"/signup\"}",  "{\"event\":\"Signup\"}",
+        "{\"event\":\"Download\"}", "{\"event\":\"Nope\"}",    "{\"page\":\"/docs/*\"}"};
+    static const char *const windows[] = {"\"visit\"", "60", "\"30m\"", "\"2h\"", "\"1d\"",
+                                          "7200"};
+    size_t checked = 0, nonzero = 0;
+    for (int q = 0; q < RND_FUNNELS; q++) {
+        char json[1024];
+        int len = snprintf(json, sizeof json, "{\"site_id\":\"a.com\",\"steps\":[");
+        size_t K = 2 + rnd() % 4;
+        for (size_t k = 0; k < K; k++)
+            len += snprintf(json + len, sizeof json - (size_t)len, "%s%s", k ? "," : "",
+                            step_pool[rnd() % (sizeof step_pool / sizeof *step_pool)]);
+        int d0 = 1 + (int)(rnd() % 3), d1 = d0 + (int)(rnd() % 3);
+        if (d1 > 4) d1 = 4;
+        snprintf(json + len, sizeof json - (size_t)len,
+                 "],\"date_range\":[\"2026-03-0%d\",\"2026-03-0%d\"],\"window\":%s,"
+                 "\"order\":\"%s\"}",
+                 d0, d1, windows[rnd() % (sizeof windows / sizeof *windows)],
+                 rnd() % 2 ? "strict" : "loose");
+        struct funnel *f = NULL;
+        char err[256] = "";
+        ASSERT_EQ(funnel_parse(json, strlen(json), tr_ts("2026-03-10T00:00:00Z"), site_fn, NULL,
+                               &f, err, sizeof err),
+                  0);
+        struct funnel_result a, b;
+        struct q_budget bud = {timefmt_mono_ms() + 20000, 64u << 20, 1000};
+        f->plan = FUNNEL_PLAN_STREAM;
+        ASSERT_EQ(funnel_compute(s, site, f, &bud, &a), 0);
+        f->plan = FUNNEL_PLAN_VISITS;
+        ASSERT_EQ(funnel_compute(s, site, f, &bud, &b), 0);
+        if (memcmp(a.visitors, b.visitors, sizeof a.visitors) != 0) {
+            fprintf(stderr, "funnel %s\n stream", json);
+            for (size_t k = 0; k < f->nsteps; k++) fprintf(stderr, " %llu", (unsigned long long)a.visitors[k]);
+            fprintf(stderr, "\n visits");
+            for (size_t k = 0; k < f->nsteps; k++) fprintf(stderr, " %llu", (unsigned long long)b.visitors[k]);
+            fprintf(stderr, "\n");
+        }
+        ASSERT_EQ(memcmp(a.visitors, b.visitors, sizeof a.visitors), 0);
+        checked++;
+        nonzero += a.visitors[1] > 0;
+        funnel_free(f);
+    }
+    ASSERT_EQ(checked, RND_FUNNELS);
+    ASSERT_TRUE(nonzero > RND_FUNNELS / 4); /* the funnels are not all empty */
+    store_close(s);
+}
+
 int main(void)
 {
     RUN(depth_loose_and_strict);
     RUN(depth_window);
     RUN(repeated_steps);
     RUN(compute_visit_window_edges_filters);
+    RUN(differential_stream_vs_visits);
     return test_summary();
 }

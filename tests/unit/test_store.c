@@ -287,6 +287,113 @@ TEST(raw_exact_and_window)
     store_close(s);
 }
 
+/* ---- raw_scan_hours: the same rows as raw_scan, hour by hour, (visitor, ts, offset) ---- */
+
+struct hrow {
+    int64_t ts;
+    uint64_t off, visitor;
+    uint32_t flags, name, path, country;
+};
+
+static int hrow_by_off(const void *a, const void *b)
+{
+    const struct hrow *x = a, *y = b;
+    return x->off < y->off ? -1 : x->off > y->off;
+}
+
+struct hcollect {
+    struct hrow *r;
+    size_t n;
+    int64_t last_hour;
+    int bad;
+    int stop_at, calls;
+};
+
+static int hrow_ref(void *arg, const struct raw_event *ev)
+{
+    struct hcollect *c = arg;
+    c->r[c->n++] = (struct hrow){ev->ts_ms, ev->offset, ev->visitor, ev->flags,
+                                 ev->id[DE_NAME], ev->id[DE_PATH], ev->id[DE_COUNTRY]};
+    return 0;
+}
+
+static int hrow_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_t n)
+{
+    struct hcollect *c = arg;
+    if (++c->calls == c->stop_at) return 7;
+    if (hour_ms <= c->last_hour || hour_ms % RAW_HOUR_MS || n == 0) c->bad++;
+    c->last_hour = hour_ms;
+    for (size_t i = 0; i < n; i++) {
+        const struct raw_row *r = &rows[i];
+        if (r->ts_ms < hour_ms || r->ts_ms >= hour_ms + RAW_HOUR_MS) c->bad++;
+        if (i && (rows[i - 1].visitor > r->visitor ||
+                  (rows[i - 1].visitor == r->visitor &&
+                   (rows[i - 1].ts_ms > r->ts_ms ||
+                    (rows[i - 1].ts_ms == r->ts_ms && rows[i - 1].offset >= r->offset)))))
+            c->bad++;
+        c->r[c->n++] = (struct hrow){r->ts_ms, r->offset, r->visitor, r->flags,
+                                     r->val[0], r->val[1], r->val[2]};
+    }
+    return 0;
+}
+
+TEST(raw_scan_hours_matches_raw_scan)
+{
+    const char *dir = test_tmpdir();
+    struct store *s = open_store(dir);
+    uint32_t site;
+    ASSERT_EQ(store_site_id(s, "a.com", 5, true, &site), 0);
+    rng = 7;
+    const int64_t base = 1767225600000LL;
+    static struct gen g;
+    struct raw_writer *w = raw_writer_new(s);
+    struct store_batch *b = store_batch_new(s);
+    /* events over 80 hours arriving in random time order, flushed in small random slices:
+     * every hour is several blocks whose times interleave */
+    for (int i = 0; i < NEV; i++) {
+        gen_event(&g, 5000 + (uint64_t)i, base + (int64_t)(rnd() % 8) * 10 * 3600000LL);
+        ASSERT_EQ(raw_writer_add(w, site, &g.ev, 0), 0);
+        if (rnd() % 40 == 0 || i == NEV - 1) {
+            ASSERT_EQ(raw_writer_flush(w, b), 0);
+            ASSERT_EQ(store_write(s, b), 0);
+            raw_writer_commit(w);
+            store_batch_clear(b);
+        }
+    }
+    raw_writer_free(w);
+    store_batch_free(b);
+    static struct hrow want[NEV], got[NEV];
+    const int64_t from = base + 3 * 3600000LL + 999, to = base + 71 * 3600000LL + 5;
+    struct hcollect ref = {.r = want};
+    ASSERT_EQ(raw_scan(s, site, from, to, hrow_ref, &ref), 0);
+    ASSERT_TRUE(ref.n > NEV / 2);
+    qsort(want, ref.n, sizeof *want, hrow_by_off);
+    static const int fields[] = {DE_NAME, DE_PATH, DE_COUNTRY};
+    for (unsigned threads = 0; threads <= 2; threads++) {
+        struct hcollect c = {.r = got, .last_hour = INT64_MIN};
+        ASSERT_EQ(raw_scan_hours(s, site, from, to, fields, 3, 0, threads, hrow_hour, &c), 0);
+        ASSERT_EQ(c.bad, 0);
+        ASSERT_EQ(c.n, ref.n);
+        qsort(got, c.n, sizeof *got, hrow_by_off);
+        ASSERT_EQ(memcmp(got, want, ref.n * sizeof *want), 0);
+    }
+    /* fn's value stops the scan (workers included) */
+    struct hcollect c = {.r = got, .last_hour = INT64_MIN, .stop_at = 5};
+    ASSERT_EQ(raw_scan_hours(s, site, from, to, fields, 3, 0, 2, hrow_hour, &c), 7);
+    /* an hour beyond rows_max; bad fields; an empty range */
+    c = (struct hcollect){.r = got, .last_hour = INT64_MIN};
+    ASSERT_EQ(raw_scan_hours(s, site, from, to, fields, 3, 5, 1, hrow_hour, &c), TALLY_ETOOBIG);
+    static const int bad_field[] = {DE_FIELD_COUNT};
+    ASSERT_EQ(raw_scan_hours(s, site, from, to, bad_field, 1, 0, 0, hrow_hour, &c), TALLY_EINVAL);
+    ASSERT_EQ(raw_scan_hours(s, site, from, to, fields, RAW_ROW_FIELDS_MAX + 1, 0, 0, hrow_hour,
+                             &c),
+              TALLY_EINVAL);
+    c = (struct hcollect){.r = got, .last_hour = INT64_MIN};
+    ASSERT_EQ(raw_scan_hours(s, site, to, from, fields, 3, 0, 1, hrow_hour, &c), 0);
+    ASSERT_EQ(c.n, 0);
+    store_close(s);
+}
+
 static int count_cb(void *arg, const struct raw_event *ev)
 {
     (void)ev;
@@ -416,6 +523,7 @@ int main(void)
     RUN(basics_and_sites);
     RUN(reopen_waits_for_readers_and_keeps_data);
     RUN(raw_exact_and_window);
+    RUN(raw_scan_hours_matches_raw_scan);
     RUN(raw_abort_and_restart_keep_dictionary_consistent);
     RUN(raw_corrupt_block);
     return test_summary();
