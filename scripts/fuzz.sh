@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET=${1:-60}
 O=build/fuzz
 mkdir -p "$O/obj"
-PKGS="libevent libevent_pthreads rocksdb liblz4 libcjson libsodium inih libpcre2-8 libmaxminddb libxxhash zlib yaml-0.1 glib-2.0"
+PKGS="libevent libevent_pthreads rocksdb liblz4 libcjson libsodium inih libpcre2-8 libmaxminddb libxxhash zlib yaml-0.1 glib-2.0 libnats libcurl"
 CFLAGS="-std=c11 -D_GNU_SOURCE -pthread -g -O1 -fno-omit-frame-pointer -Iinclude -Isrc $(pkg-config --cflags $PKGS)"
 SAN="-fsanitize=address,undefined"
 LIBS="$(pkg-config --libs $PKGS) -lpthread -lm -lstdc++"
