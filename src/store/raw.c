@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <lz4.h>
+
 #include "store/codec.h"
 #include "store/strtab.h"
 #include "tally/error.h"
@@ -19,6 +21,7 @@
 #define MASK_PROPS (1u << 21)
 #define MASK_REVENUE (1u << 22)
 #define BLOCK_VERSION 1
+#define BLOCK_VERSION_COLUMNS 2
 
 struct row {
     uint64_t offset;
@@ -49,6 +52,11 @@ struct raw_writer {
     uint32_t *next_id;   /* per site, 0 = not loaded */
     uint8_t *site_dirty; /* per site: next_id changed since the last flush */
     struct cbuf buf;
+    int block_version; /* of the blocks written: 2 (columnar); 1 for tests and tools */
+    struct cbuf sec;   /* v2: one section being built */
+    struct cbuf zbuf;  /* v2: its LZ4 form */
+    uint64_t *colv;    /* v2: one column's values */
+    size_t capcolv;
 };
 
 struct raw_writer *raw_writer_new(struct store *s)
@@ -56,6 +64,7 @@ struct raw_writer *raw_writer_new(struct store *s)
     struct raw_writer *w = calloc(1, sizeof *w);
     if (!w) return NULL;
     w->s = s;
+    w->block_version = 2;
     w->dict = strtab_new();
     w->next_id = calloc(STORE_SITES_MAX, sizeof *w->next_id);
     w->site_dirty = calloc(STORE_SITES_MAX, 1);
@@ -77,6 +86,9 @@ void raw_writer_free(struct raw_writer *w)
     free(w->site_dirty);
     free(w->pending);
     cbuf_free(&w->buf);
+    cbuf_free(&w->sec);
+    cbuf_free(&w->zbuf);
+    free(w->colv);
     free(w);
 }
 
@@ -291,6 +303,158 @@ static void encode_block(struct raw_writer *w, const uint32_t *order, size_t n,
     }
 }
 
+/* ---- block version 2: columns (raw.h) ---- */
+
+enum {
+    C_VISITOR,
+    C_OFFSET,
+    C_TS,
+    C_RECEIVED,
+    C_FLAGS,
+    C_FIELD0,
+    C_PROPS = C_FIELD0 + DE_FIELD_COUNT,
+    C_REVENUE,
+    C_SECTIONS
+};
+#define UCOL_CONST 0xffu
+#define SECTION_LZ4_MIN_BYTES 64 /* shorter sections are stored as they are */
+
+/* A column of n unsigned values: none (all 0), a constant, or the narrowest fixed width. */
+static void ucol_put(struct cbuf *b, const uint64_t *v, size_t n)
+{
+    uint64_t any = 0;
+    bool same = true;
+    for (size_t i = 0; i < n; i++) {
+        any |= v[i];
+        same &= v[i] == v[0];
+    }
+    if (any == 0) {
+        cbuf_u8(b, 0);
+        return;
+    }
+    if (same) {
+        cbuf_u8(b, UCOL_CONST);
+        cbuf_varint(b, v[0]);
+        return;
+    }
+    unsigned wd = any <= 0xff ? 1 : any <= 0xffff ? 2 : any <= 0xffffff ? 3 : any <= 0xffffffffu ? 4 : 8;
+    cbuf_u8(b, (uint8_t)wd);
+    if (!cbuf_reserve(b, n * wd)) return;
+    for (size_t i = 0; i < n; i++)
+        for (unsigned k = 0; k < wd; k++) b->p[b->len++] = (uint8_t)(v[i] >> (8 * k));
+}
+
+/* Appends section sc to b: varint length, then codec 0 + the bytes, or codec 1 + varint raw
+ * length + LZ4 block when that saves a quarter or more. */
+static void section_put(struct cbuf *b, const struct cbuf *sc, struct cbuf *z)
+{
+    if (sc->len >= SECTION_LZ4_MIN_BYTES && sc->len <= RAW_SECTION_BYTES_MAX) {
+        int bound = LZ4_compressBound((int)sc->len);
+        cbuf_reset(z);
+        if (cbuf_reserve(z, (size_t)bound)) {
+            int zl = LZ4_compress_default((const char *)sc->p, (char *)z->p, (int)sc->len, bound);
+            if (zl > 0 && (size_t)zl <= sc->len - sc->len / 4) {
+                uint8_t hdr[11];
+                size_t hl = 0;
+                hdr[hl++] = 1;
+                for (uint64_t x = sc->len; ; x >>= 7) {
+                    hdr[hl++] = (uint8_t)(x >= 0x80 ? (x & 0x7f) | 0x80 : x);
+                    if (x < 0x80) break;
+                }
+                cbuf_varint(b, hl + (size_t)zl);
+                cbuf_put(b, hdr, hl);
+                cbuf_put(b, z->p, (size_t)zl);
+                return;
+            }
+        }
+    }
+    cbuf_varint(b, 1 + sc->len);
+    cbuf_u8(b, 0);
+    cbuf_put(b, sc->p, sc->len);
+}
+
+static void encode_block_v2(struct raw_writer *w, const uint32_t *order, size_t n,
+                            uint64_t first_offset, struct cbuf *b)
+{
+    const struct row *rows = w->rows;
+    cbuf_reset(b);
+    cbuf_u8(b, BLOCK_VERSION_COLUMNS);
+    cbuf_varint(b, n);
+    if (n > w->capcolv) {
+        uint64_t *v = realloc(w->colv, n * sizeof *v);
+        if (!v) {
+            b->oom = true;
+            return;
+        }
+        w->colv = v;
+        w->capcolv = n;
+    }
+    uint64_t *v = w->colv;
+    struct cbuf *sc = &w->sec;
+    for (int c = 0; c < C_SECTIONS; c++) {
+        cbuf_reset(sc);
+        if (c == C_VISITOR) { /* runs of one visitor: (u64 LE visitor, varint length) */
+            size_t runs = 0;
+            for (size_t i = 0; i < n; i++)
+                runs += i == 0 || rows[order[i]].visitor != rows[order[i - 1]].visitor;
+            cbuf_varint(sc, runs);
+            for (size_t i = 0; i < n;) {
+                size_t j = i + 1;
+                while (j < n && rows[order[j]].visitor == rows[order[i]].visitor) j++;
+                cbuf_le64(sc, rows[order[i]].visitor);
+                cbuf_varint(sc, j - i);
+                i = j;
+            }
+        } else if (c == C_OFFSET || c == C_TS) { /* from the block's first offset / hour */
+            const int64_t hour_ms = (int64_t)rows[order[0]].hour * RAW_HOUR_MS;
+            for (size_t i = 0; i < n; i++) {
+                const struct row *r = &rows[order[i]];
+                v[i] = c == C_OFFSET ? r->offset - first_offset : (uint64_t)(r->ts_ms - hour_ms);
+            }
+            ucol_put(sc, v, n);
+        } else if (c == C_RECEIVED || c == C_FLAGS) {
+            for (size_t i = 0; i < n; i++) {
+                const struct row *r = &rows[order[i]];
+                v[i] = c == C_FLAGS ? r->flags : codec_zigzag(r->received_ms - r->ts_ms);
+            }
+            ucol_put(sc, v, n);
+        } else if (c == C_PROPS || c == C_REVENUE) { /* sparse: the rows that have them */
+            size_t m = 0, prev = 0;
+            for (size_t i = 0; i < n; i++)
+                m += c == C_PROPS ? rows[order[i]].props_n != 0 : rows[order[i]].has_revenue;
+            cbuf_varint(sc, m);
+            for (size_t i = 0; i < n; i++) {
+                const struct row *r = &rows[order[i]];
+                if (c == C_PROPS ? r->props_n == 0 : !r->has_revenue) continue;
+                cbuf_varint(sc, i - prev);
+                prev = i;
+                if (c == C_PROPS) {
+                    cbuf_varint(sc, r->props_n);
+                    for (uint32_t k = 0; k < r->props_n; k++) {
+                        cbuf_varint(sc, w->props[r->props_off + k].key);
+                        cbuf_varint(sc, w->props[r->props_off + k].value);
+                    }
+                } else {
+                    cbuf_svarint(sc, r->revenue_micros);
+                    cbuf_varint(sc, r->currency_id);
+                }
+            }
+        } else {
+            for (size_t i = 0; i < n; i++) v[i] = rows[order[i]].id[c - C_FIELD0];
+            ucol_put(sc, v, n);
+        }
+        if (sc->oom) b->oom = true;
+        section_put(b, sc, &w->zbuf);
+        if (w->zbuf.oom) b->oom = true;
+    }
+}
+
+void raw_writer_set_block_version(struct raw_writer *w, int version)
+{
+    TALLY_ASSERT(version == BLOCK_VERSION || version == BLOCK_VERSION_COLUMNS);
+    w->block_version = version;
+}
+
 int raw_writer_flush(struct raw_writer *w, struct store_batch *b)
 {
     /* sort an index, not the (large) rows */
@@ -309,7 +473,10 @@ int raw_writer_flush(struct raw_writer *w, struct store_batch *b)
         uint64_t first = UINT64_MAX;
         for (size_t k = i; k < j; k++)
             if (rows[order[k]].offset < first) first = rows[order[k]].offset;
-        encode_block(w, order + i, j - i, first, &val);
+        if (w->block_version == BLOCK_VERSION_COLUMNS)
+            encode_block_v2(w, order + i, j - i, first, &val);
+        else
+            encode_block(w, order + i, j - i, first, &val);
         uint8_t key[16];
         store_put_be32(key, ri->site);
         store_put_be32(key + 4, ri->hour);
@@ -369,101 +536,12 @@ void raw_writer_abort(struct raw_writer *w)
 
 /* ---- reading ---- */
 
-int raw_block_decode(const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen,
-                     raw_scan_fn fn, void *arg)
+/* a + b with two's-complement wrap-around: a corrupt delta must give a wrong time that the
+ * range checks reject, not undefined behaviour */
+static inline int64_t wrap_add(int64_t a, int64_t b)
 {
-    if (klen != 16) return TALLY_ECORRUPT;
-    uint32_t hour = store_get_be32(key + 4);
-    uint64_t first = store_get_be64(key + 8);
-    struct creader r;
-    creader_init(&r, val, vlen);
-    if (creader_u8(&r) != BLOCK_VERSION) return TALLY_ECORRUPT;
-    uint64_t n = creader_varint(&r);
-    if (r.err || n == 0 || n > RAW_BLOCK_EVENTS_MAX) return TALLY_ECORRUPT;
-    struct raw_event ev;
-    memset(&ev, 0, sizeof ev);
-    ev.offset = first;
-    ev.ts_ms = (int64_t)hour * RAW_HOUR_MS;
-    for (uint64_t i = 0; i < n; i++) {
-        uint64_t mask = creader_varint(&r);
-        if (mask >> 23) return TALLY_ECORRUPT;
-        if (mask & MASK_VISITOR) ev.visitor = creader_le64(&r);
-        ev.offset += (uint64_t)creader_svarint(&r);
-        ev.ts_ms += creader_svarint(&r);
-        ev.received_ms = ev.ts_ms + creader_svarint(&r);
-        if (mask & MASK_FLAGS) ev.flags = (uint32_t)creader_varint(&r);
-        for (int f = 0; f < DE_FIELD_COUNT; f++)
-            if (mask & (1u << (MASK_FIELD0 + f))) ev.id[f] = (uint32_t)creader_varint(&r);
-        ev.props_count = 0;
-        if (mask & MASK_PROPS) {
-            uint64_t np = creader_varint(&r);
-            if (np == 0 || np > DE_PROPS_MAX) return TALLY_ECORRUPT;
-            for (uint64_t k = 0; k < np; k++) {
-                ev.props[k].key = (uint32_t)creader_varint(&r);
-                ev.props[k].value = (uint32_t)creader_varint(&r);
-            }
-            ev.props_count = (uint32_t)np;
-        }
-        ev.has_revenue = (mask & MASK_REVENUE) != 0;
-        ev.revenue_micros = 0;
-        ev.currency_id = 0;
-        if (ev.has_revenue) {
-            ev.revenue_micros = creader_svarint(&r);
-            ev.currency_id = (uint32_t)creader_varint(&r);
-        }
-        if (r.err) return TALLY_ECORRUPT;
-        if (ev.ts_ms / RAW_HOUR_MS != hour) return TALLY_ECORRUPT;
-        int rc = fn(arg, &ev);
-        if (rc) return rc;
-    }
-    return creader_done(&r) ? TALLY_OK : TALLY_ECORRUPT;
+    return (int64_t)((uint64_t)a + (uint64_t)b);
 }
-
-struct scan_filter {
-    int64_t from_ms, to_ms;
-    raw_scan_fn fn;
-    void *arg;
-};
-
-static int scan_cb(void *arg, const struct raw_event *ev)
-{
-    struct scan_filter *f = arg;
-    if (ev->ts_ms < f->from_ms || ev->ts_ms >= f->to_ms) return 0;
-    return f->fn(f->arg, ev);
-}
-
-int raw_scan(struct store *s, uint32_t site_id, int64_t from_ms, int64_t to_ms, raw_scan_fn fn,
-             void *arg)
-{
-    if (from_ms < 0) from_ms = 0;
-    if (to_ms <= from_ms) return TALLY_OK;
-    uint8_t lo[8], hi[8];
-    store_put_be32(lo, site_id);
-    store_put_be32(lo + 4, (uint32_t)(from_ms / RAW_HOUR_MS));
-    uint64_t end_hour = (uint64_t)((to_ms - 1) / RAW_HOUR_MS) + 1;
-    if (end_hour > UINT32_MAX) {
-        store_put_be32(hi, site_id + 1);
-        store_put_be32(hi + 4, 0);
-    } else {
-        store_put_be32(hi, site_id);
-        store_put_be32(hi + 4, (uint32_t)end_hour);
-    }
-    struct store_iter *it = store_iter_new(s, STORE_CF_RAW, lo, 8, hi, 8);
-    if (!it) return TALLY_ENOMEM;
-    struct scan_filter f = {from_ms, to_ms, fn, arg};
-    int rc = TALLY_OK;
-    for (store_iter_seek_first(it); store_iter_valid(it) && rc == 0; store_iter_next(it)) {
-        size_t kl, vl;
-        const uint8_t *k = store_iter_key(it, &kl);
-        const uint8_t *v = store_iter_value(it, &vl);
-        rc = raw_block_decode(k, kl, v, vl, scan_cb, &f);
-    }
-    if (rc == 0) rc = store_iter_status(it);
-    store_iter_free(it);
-    return rc;
-}
-
-/* ---- projection scan (raw_scan_hours) ---- */
 
 /* A varint of a block in [p, end): unrolled while ten bytes remain (a varint's most), else a
  * checked loop. A bad one sets *bad and moves p to end. */
@@ -531,12 +609,352 @@ static inline void pskip(const uint8_t **pp, const uint8_t *end, unsigned k, boo
     *pp = p;
 }
 
+/* ---- block version 2: reading ---- */
+
+struct ucol {
+    const uint8_t *p;
+    unsigned w; /* 0, 1, 2, 4, 8 or UCOL_CONST */
+    uint64_t cval;
+};
+
+/* Splits a v2 block into its sections; *n its rows. Sections in `want` (bit c: section c) are
+ * made readable: sp[c]..se[c] their raw bytes (LZ4 ones decompressed into z, which must not
+ * move while they are used: its capacity is reserved first); the others get NULL. */
+static int v2_sections(const uint8_t *val, size_t vlen, uint64_t want, struct cbuf *z,
+                       uint64_t *n, const uint8_t **sp, const uint8_t **se)
+{
+    const uint8_t *p = val + 1, *end = val + vlen;
+    bool bad = false;
+    *n = pvarint(&p, end, &bad);
+    if (bad || *n == 0 || *n > RAW_BLOCK_EVENTS_MAX) return TALLY_ECORRUPT;
+    const uint8_t *body[C_SECTIONS], *bend[C_SECTIONS];
+    uint64_t rawlen[C_SECTIONS], need = 0;
+    for (int c = 0; c < C_SECTIONS; c++) {
+        uint64_t len = pvarint(&p, end, &bad);
+        if (bad || len == 0 || len > (uint64_t)(end - p)) return TALLY_ECORRUPT;
+        const uint8_t *q = p, *qe = p + len;
+        p = qe;
+        uint8_t codec = *q++;
+        rawlen[c] = 0;
+        if (codec == 1) {
+            rawlen[c] = pvarint(&q, qe, &bad);
+            if (bad || rawlen[c] == 0 || rawlen[c] > (uint64_t)RAW_SECTION_BYTES_MAX)
+                return TALLY_ECORRUPT;
+            if (want >> c & 1) need += rawlen[c];
+        } else if (codec != 0) {
+            return TALLY_ECORRUPT;
+        }
+        body[c] = q;
+        bend[c] = qe;
+    }
+    if (p != end) return TALLY_ECORRUPT;
+    cbuf_reset(z);
+    if (need && !cbuf_reserve(z, need)) return TALLY_ENOMEM;
+    for (int c = 0; c < C_SECTIONS; c++) {
+        sp[c] = se[c] = NULL;
+        if (!(want >> c & 1)) continue;
+        if (!rawlen[c]) {
+            sp[c] = body[c];
+            se[c] = bend[c];
+            continue;
+        }
+        uint8_t *dst = z->p + z->len;
+        int got = LZ4_decompress_safe((const char *)body[c], (char *)dst, (int)(bend[c] - body[c]),
+                                      (int)rawlen[c]);
+        if (got < 0 || (uint64_t)got != rawlen[c]) return TALLY_ECORRUPT;
+        z->len += rawlen[c];
+        sp[c] = dst;
+        se[c] = dst + rawlen[c];
+    }
+    return TALLY_OK;
+}
+
+static int ucol_open(const uint8_t *p, const uint8_t *end, uint64_t n, struct ucol *u)
+{
+    if (p >= end) return TALLY_ECORRUPT;
+    u->w = *p++;
+    u->p = p;
+    u->cval = 0;
+    if (u->w == 0) return p == end ? TALLY_OK : TALLY_ECORRUPT;
+    if (u->w == UCOL_CONST) {
+        bool bad = false;
+        u->cval = pvarint(&p, end, &bad);
+        return !bad && p == end ? TALLY_OK : TALLY_ECORRUPT;
+    }
+    if (u->w != 1 && u->w != 2 && u->w != 3 && u->w != 4 && u->w != 8) return TALLY_ECORRUPT;
+    return (uint64_t)(end - p) == n * u->w ? TALLY_OK : TALLY_ECORRUPT;
+}
+
+static inline uint64_t ucol_at(const struct ucol *u, uint64_t i)
+{
+    const uint8_t *q = u->p + i * u->w;
+    switch (u->w) {
+    case 0: return 0;
+    case 1: return q[0];
+    case 2: {
+        uint16_t x;
+        memcpy(&x, q, 2);
+        return x;
+    }
+    case 3: return (uint64_t)q[0] | (uint64_t)q[1] << 8 | (uint64_t)q[2] << 16;
+    case 4: {
+        uint32_t x;
+        memcpy(&x, q, 4);
+        return x;
+    }
+    case 8: {
+        uint64_t x;
+        memcpy(&x, q, 8);
+        return x;
+    }
+    default: return u->cval;
+    }
+}
+
+/* The visitor runs of a v2 block, row by row. */
+struct vruns {
+    const uint8_t *p, *end;
+    uint64_t runs, left, visitor;
+};
+
+static int vruns_open(const uint8_t *p, const uint8_t *end, struct vruns *v)
+{
+    bool bad = false;
+    *v = (struct vruns){.end = end};
+    v->runs = pvarint(&p, end, &bad);
+    v->p = p;
+    return bad ? TALLY_ECORRUPT : TALLY_OK;
+}
+
+/* The next row's visitor; false when the runs do not cover the rows. */
+static inline bool vruns_next(struct vruns *v, uint64_t *visitor)
+{
+    if (v->left == 0) {
+        if (v->runs == 0 || v->end - v->p < 9) return false;
+        memcpy(&v->visitor, v->p, 8);
+        v->p += 8;
+        bool bad = false;
+        v->left = pvarint(&v->p, v->end, &bad);
+        if (bad || v->left == 0) return false;
+        v->runs--;
+    }
+    v->left--;
+    *visitor = v->visitor;
+    return true;
+}
+
+/* A sparse section (props, revenue): the rows that have an entry, in row order. */
+struct sparse {
+    const uint8_t *p, *end;
+    uint64_t left, next;
+    bool bad;
+};
+
+static void sparse_open(const uint8_t *p, const uint8_t *end, struct sparse *s)
+{
+    *s = (struct sparse){.p = p, .end = end};
+    s->left = pvarint(&s->p, end, &s->bad);
+    s->next = s->left ? pvarint(&s->p, end, &s->bad) : UINT64_MAX;
+}
+
+/* After row `row`'s entry was read: the next entry's row. */
+static void sparse_advance(struct sparse *s, uint64_t row)
+{
+    if (--s->left == 0) {
+        s->next = UINT64_MAX;
+        return;
+    }
+    uint64_t d = pvarint(&s->p, s->end, &s->bad);
+    if (d == 0) s->bad = true;
+    s->next = row + d;
+}
+
+static int block_decode_v2_rows(const uint8_t *key, uint64_t n, const uint8_t *const *sp,
+                                const uint8_t *const *se, raw_scan_fn fn, void *arg);
+
+static int block_decode_v2(const uint8_t *key, const uint8_t *val, size_t vlen, raw_scan_fn fn,
+                           void *arg)
+{
+    const uint8_t *sp[C_SECTIONS], *se[C_SECTIONS];
+    uint64_t n;
+    struct cbuf z = {0};
+    int rc = v2_sections(val, vlen, ~0ULL, &z, &n, sp, se);
+    if (!rc) rc = block_decode_v2_rows(key, n, sp, se, fn, arg);
+    cbuf_free(&z);
+    return rc;
+}
+
+static int block_decode_v2_rows(const uint8_t *key, uint64_t n, const uint8_t *const *sp,
+                                const uint8_t *const *se, raw_scan_fn fn, void *arg)
+{
+    uint32_t hour = store_get_be32(key + 4);
+    int rc = TALLY_OK;
+    struct ucol off, ts, rec, flags, fld[DE_FIELD_COUNT];
+    struct vruns vr;
+    if (!rc) rc = vruns_open(sp[C_VISITOR], se[C_VISITOR], &vr);
+    if (!rc) rc = ucol_open(sp[C_OFFSET], se[C_OFFSET], n, &off);
+    if (!rc) rc = ucol_open(sp[C_TS], se[C_TS], n, &ts);
+    if (!rc) rc = ucol_open(sp[C_RECEIVED], se[C_RECEIVED], n, &rec);
+    if (!rc) rc = ucol_open(sp[C_FLAGS], se[C_FLAGS], n, &flags);
+    for (int f = 0; !rc && f < DE_FIELD_COUNT; f++)
+        rc = ucol_open(sp[C_FIELD0 + f], se[C_FIELD0 + f], n, &fld[f]);
+    if (rc) return rc;
+    struct sparse pr, rv;
+    sparse_open(sp[C_PROPS], se[C_PROPS], &pr);
+    sparse_open(sp[C_REVENUE], se[C_REVENUE], &rv);
+    struct raw_event ev;
+    memset(&ev, 0, sizeof ev);
+    const uint64_t first = store_get_be64(key + 8);
+    const int64_t hour_ms = (int64_t)hour * RAW_HOUR_MS;
+    for (uint64_t i = 0; i < n; i++) {
+        if (!vruns_next(&vr, &ev.visitor)) return TALLY_ECORRUPT;
+        uint64_t dts = ucol_at(&ts, i);
+        if (dts >= (uint64_t)RAW_HOUR_MS) return TALLY_ECORRUPT;
+        ev.offset = first + ucol_at(&off, i);
+        ev.ts_ms = hour_ms + (int64_t)dts;
+        ev.received_ms = wrap_add(ev.ts_ms, codec_unzigzag(ucol_at(&rec, i)));
+        uint64_t fl = ucol_at(&flags, i);
+        if (fl > UINT32_MAX) return TALLY_ECORRUPT;
+        ev.flags = (uint32_t)fl;
+        for (int f = 0; f < DE_FIELD_COUNT; f++) {
+            uint64_t id = ucol_at(&fld[f], i);
+            if (id > UINT32_MAX) return TALLY_ECORRUPT;
+            ev.id[f] = (uint32_t)id;
+        }
+        ev.props_count = 0;
+        if (pr.next == i) {
+            uint64_t np = pvarint(&pr.p, pr.end, &pr.bad);
+            if (np == 0 || np > DE_PROPS_MAX) return TALLY_ECORRUPT;
+            for (uint64_t k = 0; k < np; k++) {
+                ev.props[k].key = (uint32_t)pvarint(&pr.p, pr.end, &pr.bad);
+                ev.props[k].value = (uint32_t)pvarint(&pr.p, pr.end, &pr.bad);
+            }
+            ev.props_count = (uint32_t)np;
+            sparse_advance(&pr, i);
+        }
+        ev.has_revenue = rv.next == i;
+        ev.revenue_micros = 0;
+        ev.currency_id = 0;
+        if (ev.has_revenue) {
+            ev.revenue_micros = codec_unzigzag(pvarint(&rv.p, rv.end, &rv.bad));
+            ev.currency_id = (uint32_t)pvarint(&rv.p, rv.end, &rv.bad);
+            sparse_advance(&rv, i);
+        }
+        if (pr.bad || rv.bad || pr.next < i || rv.next < i) return TALLY_ECORRUPT;
+        if (ev.ts_ms / RAW_HOUR_MS != hour || ev.ts_ms < 0) return TALLY_ECORRUPT;
+        rc = fn(arg, &ev);
+        if (rc) return rc;
+    }
+    if (vr.left || vr.runs || vr.p != vr.end || pr.left || rv.left || pr.p != pr.end ||
+        rv.p != rv.end)
+        return TALLY_ECORRUPT;
+    return TALLY_OK;
+}
+
+int raw_block_decode(const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen,
+                     raw_scan_fn fn, void *arg)
+{
+    if (klen != 16) return TALLY_ECORRUPT;
+    if (vlen > 0 && val[0] == BLOCK_VERSION_COLUMNS) return block_decode_v2(key, val, vlen, fn, arg);
+    uint32_t hour = store_get_be32(key + 4);
+    uint64_t first = store_get_be64(key + 8);
+    struct creader r;
+    creader_init(&r, val, vlen);
+    if (creader_u8(&r) != BLOCK_VERSION) return TALLY_ECORRUPT;
+    uint64_t n = creader_varint(&r);
+    if (r.err || n == 0 || n > RAW_BLOCK_EVENTS_MAX) return TALLY_ECORRUPT;
+    struct raw_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.offset = first;
+    ev.ts_ms = (int64_t)hour * RAW_HOUR_MS;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t mask = creader_varint(&r);
+        if (mask >> 23) return TALLY_ECORRUPT;
+        if (mask & MASK_VISITOR) ev.visitor = creader_le64(&r);
+        ev.offset += (uint64_t)creader_svarint(&r);
+        ev.ts_ms = wrap_add(ev.ts_ms, creader_svarint(&r));
+        ev.received_ms = wrap_add(ev.ts_ms, creader_svarint(&r));
+        if (mask & MASK_FLAGS) ev.flags = (uint32_t)creader_varint(&r);
+        for (int f = 0; f < DE_FIELD_COUNT; f++)
+            if (mask & (1u << (MASK_FIELD0 + f))) ev.id[f] = (uint32_t)creader_varint(&r);
+        ev.props_count = 0;
+        if (mask & MASK_PROPS) {
+            uint64_t np = creader_varint(&r);
+            if (np == 0 || np > DE_PROPS_MAX) return TALLY_ECORRUPT;
+            for (uint64_t k = 0; k < np; k++) {
+                ev.props[k].key = (uint32_t)creader_varint(&r);
+                ev.props[k].value = (uint32_t)creader_varint(&r);
+            }
+            ev.props_count = (uint32_t)np;
+        }
+        ev.has_revenue = (mask & MASK_REVENUE) != 0;
+        ev.revenue_micros = 0;
+        ev.currency_id = 0;
+        if (ev.has_revenue) {
+            ev.revenue_micros = creader_svarint(&r);
+            ev.currency_id = (uint32_t)creader_varint(&r);
+        }
+        if (r.err) return TALLY_ECORRUPT;
+        if (ev.ts_ms < 0 || ev.ts_ms / RAW_HOUR_MS != hour) return TALLY_ECORRUPT;
+        int rc = fn(arg, &ev);
+        if (rc) return rc;
+    }
+    return creader_done(&r) ? TALLY_OK : TALLY_ECORRUPT;
+}
+
+struct scan_filter {
+    int64_t from_ms, to_ms;
+    raw_scan_fn fn;
+    void *arg;
+};
+
+static int scan_cb(void *arg, const struct raw_event *ev)
+{
+    struct scan_filter *f = arg;
+    if (ev->ts_ms < f->from_ms || ev->ts_ms >= f->to_ms) return 0;
+    return f->fn(f->arg, ev);
+}
+
+int raw_scan(struct store *s, uint32_t site_id, int64_t from_ms, int64_t to_ms, raw_scan_fn fn,
+             void *arg)
+{
+    if (from_ms < 0) from_ms = 0;
+    if (to_ms <= from_ms) return TALLY_OK;
+    uint8_t lo[8], hi[8];
+    store_put_be32(lo, site_id);
+    store_put_be32(lo + 4, (uint32_t)(from_ms / RAW_HOUR_MS));
+    uint64_t end_hour = (uint64_t)((to_ms - 1) / RAW_HOUR_MS) + 1;
+    if (end_hour > UINT32_MAX) {
+        store_put_be32(hi, site_id + 1);
+        store_put_be32(hi + 4, 0);
+    } else {
+        store_put_be32(hi, site_id);
+        store_put_be32(hi + 4, (uint32_t)end_hour);
+    }
+    struct store_iter *it = store_iter_new(s, STORE_CF_RAW, lo, 8, hi, 8);
+    if (!it) return TALLY_ENOMEM;
+    struct scan_filter f = {from_ms, to_ms, fn, arg};
+    int rc = TALLY_OK;
+    for (store_iter_seek_first(it); store_iter_valid(it) && rc == 0; store_iter_next(it)) {
+        size_t kl, vl;
+        const uint8_t *k = store_iter_key(it, &kl);
+        const uint8_t *v = store_iter_value(it, &vl);
+        rc = raw_block_decode(k, kl, v, vl, scan_cb, &f);
+    }
+    if (rc == 0) rc = store_iter_status(it);
+    store_iter_free(it);
+    return rc;
+}
+
+/* ---- projection scan (raw_scan_hours) ---- */
+
 struct hour_buf {
     struct raw_row *rows, *tmp;
     size_t n, cap, rows_max;
     size_t descents; /* places where a row sorts before the one before it (run starts) */
     uint64_t *runs;  /* merge scratch: run starts */
     size_t capruns;
+    struct cbuf z;   /* v2: decompressed sections of the block being read */
 };
 
 static inline int rowcmp(const struct raw_row *x, const struct raw_row *y)
@@ -546,12 +964,100 @@ static inline int rowcmp(const struct raw_row *x, const struct raw_row *y)
     return x->offset < y->offset ? -1 : x->offset > y->offset;
 }
 
+/* block_rows for a v2 block: only the columns asked for are read (the others are skipped by
+ * their section lengths), each in one pass. */
+static int block_rows_v2(const uint8_t *key, const uint8_t *val, size_t vlen, int64_t from,
+                         int64_t to, const int *fields, size_t nf, struct hour_buf *h)
+{
+    uint32_t hour = store_get_be32(key + 4);
+    const uint8_t *sp[C_SECTIONS], *se[C_SECTIONS];
+    uint64_t n, want = 1u << C_VISITOR | 1u << C_OFFSET | 1u << C_TS | 1u << C_FLAGS;
+    for (size_t f = 0; f < nf; f++) want |= 1ULL << (C_FIELD0 + fields[f]);
+    int rc = v2_sections(val, vlen, want, &h->z, &n, sp, se);
+    struct ucol off, ts, flags, fld[RAW_ROW_FIELDS_MAX];
+    struct vruns vr;
+    if (!rc) rc = vruns_open(sp[C_VISITOR], se[C_VISITOR], &vr);
+    if (!rc) rc = ucol_open(sp[C_OFFSET], se[C_OFFSET], n, &off);
+    if (!rc) rc = ucol_open(sp[C_TS], se[C_TS], n, &ts);
+    if (!rc) rc = ucol_open(sp[C_FLAGS], se[C_FLAGS], n, &flags);
+    for (size_t f = 0; !rc && f < nf; f++)
+        rc = ucol_open(sp[C_FIELD0 + fields[f]], se[C_FIELD0 + fields[f]], n, &fld[f]);
+    if (rc) return rc;
+    if (h->n + n > h->rows_max) return TALLY_ETOOBIG;
+    if (h->n + n > h->cap) {
+        size_t cap = h->cap ? h->cap : 8192;
+        while (cap < h->n + n) cap *= 2;
+        struct raw_row *r = realloc(h->rows, cap * sizeof *r);
+        if (!r) return TALLY_ENOMEM;
+        h->rows = r;
+        h->cap = cap;
+    }
+    struct raw_row *base = h->rows + h->n;
+    /* column by column into the rows (one loop per width); visitors from their runs */
+    const uint64_t first = store_get_be64(key + 8);
+    const int64_t hour_ms = (int64_t)hour * RAW_HOUR_MS;
+    for (uint64_t i = 0; i < n;) {
+        uint64_t visitor;
+        if (!vruns_next(&vr, &visitor)) return TALLY_ECORRUPT;
+        uint64_t run = vr.left + 1;
+        if (run > n - i) return TALLY_ECORRUPT;
+        for (uint64_t e = i + run; i < e; i++) base[i].visitor = visitor;
+        vr.left = 0;
+    }
+    if (vr.runs || vr.p != vr.end) return TALLY_ECORRUPT;
+#define UCOL_FILL(u, expr_of_x)                                                                 \
+    do {                                                                                        \
+        switch ((u)->w) {                                                                       \
+        case 1:                                                                                 \
+            for (uint64_t i = 0; i < n; i++) {                                                  \
+                uint64_t x = (u)->p[i];                                                         \
+                expr_of_x;                                                                      \
+            }                                                                                   \
+            break;                                                                              \
+        case 2:                                                                                 \
+            for (uint64_t i = 0; i < n; i++) {                                                  \
+                uint16_t y;                                                                     \
+                memcpy(&y, (u)->p + 2 * i, 2);                                                  \
+                uint64_t x = y;                                                                 \
+                expr_of_x;                                                                      \
+            }                                                                                   \
+            break;                                                                              \
+        default:                                                                                \
+            for (uint64_t i = 0; i < n; i++) {                                                  \
+                uint64_t x = ucol_at((u), i);                                                   \
+                expr_of_x;                                                                      \
+            }                                                                                   \
+        }                                                                                       \
+    } while (0)
+    UCOL_FILL(&off, base[i].offset = first + x);
+    UCOL_FILL(&ts, base[i].ts_ms = wrap_add(hour_ms, (int64_t)x)); /* checked below */
+    UCOL_FILL(&flags, base[i].flags = (uint32_t)x);
+    for (size_t f = 0; f < nf; f++) UCOL_FILL(&fld[f], base[i].val[f] = (uint32_t)x);
+#undef UCOL_FILL
+    /* range, hour and order checks; rows out of [from, to) are dropped */
+    const int64_t hour_start = (int64_t)hour * RAW_HOUR_MS;
+    size_t k = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        const struct raw_row *r = &base[i];
+        if (r->ts_ms < hour_start || r->ts_ms >= hour_start + RAW_HOUR_MS) return TALLY_ECORRUPT;
+        if (r->ts_ms < from || r->ts_ms >= to) continue;
+        if (k != i) base[k] = *r;
+        if (h->n + k && rowcmp(&base[(ptrdiff_t)k - 1], &base[k]) > 0) h->descents++;
+        k++;
+    }
+    h->n += k;
+    return TALLY_OK;
+}
+
 /* Decodes one block's rows of [from, to) with the chosen fields onto h. */
 static int block_rows(const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen,
                       int64_t from, int64_t to, const int *fields, size_t nf,
                       struct hour_buf *h)
 {
-    if (klen != 16 || vlen < 2 || val[0] != BLOCK_VERSION) return TALLY_ECORRUPT;
+    if (klen != 16 || vlen < 2) return TALLY_ECORRUPT;
+    if (val[0] == BLOCK_VERSION_COLUMNS)
+        return block_rows_v2(key, val, vlen, from, to, fields, nf, h);
+    if (val[0] != BLOCK_VERSION) return TALLY_ECORRUPT;
     uint32_t hour = store_get_be32(key + 4);
     const uint8_t *p = val + 1, *end = val + vlen;
     bool bad = false;
@@ -583,7 +1089,7 @@ static int block_rows(const uint8_t *key, size_t klen, const uint8_t *val, size_
             p += 8;
         }
         offset += (uint64_t)codec_unzigzag(pvarint(&p, end, &bad));
-        ts += codec_unzigzag(pvarint(&p, end, &bad));
+        ts = wrap_add(ts, codec_unzigzag(pvarint(&p, end, &bad)));
         pskip(&p, end, 1, &bad); /* received_ms - ts_ms */
         if (mask & MASK_FLAGS) flags = (uint32_t)pvarint(&p, end, &bad);
         /* field ids: the needed ones decoded, each run of others skipped at once */
@@ -618,6 +1124,28 @@ static int block_rows(const uint8_t *key, size_t klen, const uint8_t *val, size_
         h->n++;
     }
     return p == end ? TALLY_OK : TALLY_ECORRUPT;
+}
+
+int raw_block_project(const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen,
+                      const int *fields, size_t nfields, struct raw_row **rows, size_t *n)
+{
+    *rows = NULL;
+    *n = 0;
+    if (nfields > RAW_ROW_FIELDS_MAX) return TALLY_EINVAL;
+    for (size_t f = 0; f < nfields; f++)
+        if (fields[f] < 0 || fields[f] >= DE_FIELD_COUNT) return TALLY_EINVAL;
+    struct hour_buf h = {.rows_max = RAW_BLOCK_EVENTS_MAX};
+    int rc = block_rows(key, klen, val, vlen, INT64_MIN, INT64_MAX, fields, nfields, &h);
+    free(h.tmp);
+    free(h.runs);
+    cbuf_free(&h.z);
+    if (rc) {
+        free(h.rows);
+        return rc;
+    }
+    *rows = h.rows;
+    *n = h.n;
+    return TALLY_OK;
 }
 
 /* Sorts h's rows by (visitor, ts, offset): a natural merge sort (the runs are the blocks'
@@ -840,6 +1368,7 @@ int raw_scan_hours(struct store *s, uint32_t site_id, int64_t from_ms, int64_t t
             free(x->slot[i].hb[j].rows);
             free(x->slot[i].hb[j].tmp);
             free(x->slot[i].hb[j].runs);
+            cbuf_free(&x->slot[i].hb[j].z);
         }
     pthread_mutex_destroy(&x->mu);
     pthread_cond_destroy(&x->cv);

@@ -8,8 +8,30 @@
  * collide (an offset lives in exactly one block). A site's events of [from, to) are the blocks of
  * a contiguous key range: one seek and a sequential read.
  *
- * BLOCK LAYOUT (version 1). Rows are sorted by (visitor, ts, offset) so that a visitor's rows
- * follow each other and repeat most fields; each row stores only what differs from the row
+ * A block's rows are sorted by (visitor, ts, offset), so that a visitor's rows follow each
+ * other and repeat most fields. Two layouts; readers take both, writers write version 2.
+ *
+ * BLOCK LAYOUT version 2 (columns): u8 version = 2, varint count n, then 26 SECTIONS in this
+ * order, each as varint byte length + u8 codec + payload: codec 0 = the section's bytes as
+ * they are; codec 1 = varint decompressed length (at most RAW_SECTION_BYTES_MAX) + one LZ4
+ * block (used when it saves a quarter or more). A reader skips a column it does not need in
+ * one step, decompresses only the ones it reads, and reads those as arrays:
+ *     visitor      varint r, r x (u64 LE visitor, varint run length >= 1); runs cover n rows
+ *     offset       ucol of offset - the key's first offset (the block's smallest)
+ *     ts           ucol of ts_ms - the hour's start (0 .. RAW_HOUR_MS - 1)
+ *     received     ucol of zigzag(received_ms - ts_ms)
+ *     flags        ucol of RAW_F_*
+ *     field f      ucol of dictionary ids, one section per field in devent_field order (19)
+ *     props        varint m, m x (varint row - previous entry's row (the first: row), varint
+ *                  k (1..30), k x (varint key id, varint value id)): the rows with props only
+ *     revenue      varint m, m x (varint row delta as for props, svarint micros, varint
+ *                  currency id)
+ * where a ucol is u8 w then: w = 0: every value 0 (no more bytes); w = 255: one constant,
+ * varint; w = 1, 2, 3, 4 or 8: n values of w bytes, little-endian (the narrowest that holds
+ * the column). The raw column family is not compressed by RocksDB (the sections are), so a
+ * scan decompresses only the columns it reads.
+ *
+ * BLOCK LAYOUT version 1 (rows; still read). Each row stores only what differs from the row
  * before it:
  *     u8 version = 1, varint count, then per row:
  *     varint mask   bit 0 visitor differs, bit 1 flags differ, bit 2+f string field f differs
@@ -52,6 +74,7 @@
 #define RAW_DICT_CACHE_BYTES_MAX (64u << 20) /* writer's dictionary cache, cleared beyond */
 #define RAW_STRING_BYTES_MAX 4096            /* longer strings are cut (at a UTF-8 boundary) */
 #define RAW_HOUR_MS 3600000LL
+#define RAW_SECTION_BYTES_MAX (1u << 20) /* a v2 section's decompressed size, at most */
 
 #define RAW_F_BOT 0x1u
 #define RAW_F_HOST_NOT_ALLOWED 0x2u
@@ -83,6 +106,9 @@ struct raw_writer;
 /* A writer for the store s (borrowed; must outlive the writer). NULL on OOM. */
 struct raw_writer *raw_writer_new(struct store *s);
 void raw_writer_free(struct raw_writer *w);
+
+/* The layout of the blocks w writes: 2 (the default) or 1 (tests of the version-1 reader). */
+void raw_writer_set_block_version(struct raw_writer *w, int version);
 
 /* Buffers one event of site site_id. extra_flags adds RAW_F_DUPLICATE. Assigns dictionary ids
  * (pending until raw_writer_commit). 0, TALLY_ENOMEM, TALLY_EIO (dictionary read). */
@@ -138,6 +164,13 @@ typedef int (*raw_hour_fn)(void *arg, int64_t hour_start_ms, const struct raw_ro
 int raw_scan_hours(struct store *s, uint32_t site_id, int64_t from_ms, int64_t to_ms,
                    const int *fields, size_t nfields, size_t rows_max, unsigned threads,
                    raw_hour_fn fn, void *arg);
+
+/* The projection of one block value (tools, tests, fuzzing): *rows (malloc'd, caller frees)
+ * holds its *n rows in block order. 0, TALLY_ECORRUPT, TALLY_ENOMEM, TALLY_EINVAL. The
+ * projection checks bounds and the hour but, unlike raw_block_decode, not every byte of the
+ * columns it skips. */
+int raw_block_project(const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen,
+                      const int *fields, size_t nfields, struct raw_row **rows, size_t *n);
 
 /* Dictionary readers (any thread). raw_dict_find: 0 with *id, TALLY_ENOENT when the site never
  * stored the string ("" is always id 0). raw_dict_string: *out malloc'd (caller frees),

@@ -182,7 +182,10 @@ int store_open(const struct store_options *opt, struct store **out)
         rocksdb_options_set_env(s->db_opts, store_low_priority_env());
     for (int i = 0; i < STORE_CF_COUNT; i++) {
         rocksdb_options_t *o = rocksdb_options_create();
-        rocksdb_options_set_compression(o, rocksdb_lz4_compression);
+        /* raw blocks compress their own columns (raw.h), so a scan decompresses only what
+         * it reads; the other families are LZ4-compressed by RocksDB */
+        rocksdb_options_set_compression(o, i == STORE_CF_RAW ? rocksdb_no_compression
+                                                             : rocksdb_lz4_compression);
         rocksdb_options_set_block_based_table_factory(o, s->table_opts);
         rocksdb_options_set_write_buffer_size(o, i == STORE_CF_META ? (4u << 20) : wbuf);
         rocksdb_options_set_level_compaction_dynamic_level_bytes(o, 1);

@@ -185,7 +185,7 @@ TEST(compute_visit_window_edges_filters)
 /* ---------------------------------------------------------------- differential */
 
 #define RND_EVENTS 2500
-#define RND_VISITORS 60
+#define RND_VISITORS 300
 #define RND_FUNNELS 300
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
@@ -201,6 +201,18 @@ static const char *const rnd_paths[] = {"/", "/pricing", "/blog/a", "/blog/b/c",
                                         "/docs/x"};
 static const char *const rnd_names[] = {"Signup", "Download", "engagement"};
 
+static uint64_t (*rnd_visitor)(size_t v); /* the stored visitor value of visitor number v */
+
+static uint64_t hashed_visitor(size_t v)
+{
+    return v == 0 ? 0 : 0x1000 + v * 0x9e3779b97f4a7c15ULL; /* spread like keyed hashes */
+}
+
+static uint64_t small_visitor(size_t v)
+{
+    return v; /* clustered top bits: the streaming table must switch to a mixing hash */
+}
+
 TEST(differential_stream_vs_visits)
 {
     static struct tr_event ev[RND_EVENTS];
@@ -215,7 +227,7 @@ TEST(differential_stream_vs_visits)
         clock[v] += g < 7 ? (int64_t)(rnd() % 300) * 1000 : g < 9 ? (int64_t)(rnd() % 40) * MIN
                                                                    : (int64_t)(rnd() % 600) * MIN;
         bool pv = rnd() % 4 != 0;
-        tr_init(&ev[i], SITE, i, clock[v], v == 0 ? 0 : 0x1000 + v * 0x9e3779b97f4a7c15ULL,
+        tr_init(&ev[i], SITE, i, clock[v], rnd_visitor(v),
                 pv ? "pageview" : rnd_names[rnd() % 3],
                 rnd_paths[rnd() % (sizeof rnd_paths / sizeof *rnd_paths)]);
         if (rnd() % 40 == 0) ev[i].ev.flags |= DE_F_BOT;
@@ -300,6 +312,9 @@ int main(void)
     RUN(depth_window);
     RUN(repeated_steps);
     RUN(compute_visit_window_edges_filters);
+    rnd_visitor = hashed_visitor;
+    RUN(differential_stream_vs_visits);
+    rnd_visitor = small_visitor;
     RUN(differential_stream_vs_visits);
     return test_summary();
 }
