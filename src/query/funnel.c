@@ -527,8 +527,8 @@ static uint32_t fs_path_mask(struct fstream *fs, uint32_t id)
 }
 
 /* One step event (mask m != 0) at ts for the visitor in v / start. */
-static void fs_step(const struct fstream *fs, struct fsv *v, int64_t *start, uint32_t m,
-                    int64_t ts)
+static inline void fs_step(const struct fstream *fs, struct fsv *v, int64_t *start, uint32_t m,
+                           int64_t ts)
 {
     const size_t K = fs->K;
     const int64_t w = fs->window_ms;
@@ -593,7 +593,11 @@ static int fs_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_
         }
         if (v->best >= fs->K) continue;
         uint32_t m = r->val[0] < fs->nnmask ? fs->nmask[r->val[0]] : 0;
-        if (r->flags & RAW_F_PAGEVIEW) m |= fs_path_mask(fs, r->val[1]);
+        if (r->flags & RAW_F_PAGEVIEW) { /* resolved path ids inline, the others once */
+            uint32_t id = r->val[1];
+            m |= id < fs->cappmask && fs->pmask[id] ? fs->pmask[id] & 0xffu
+                                                    : fs_path_mask(fs, id);
+        }
         if (m)
             fs_step(fs, v, fs->window_ms ? fs->start + (size_t)v->slot * fs->K : NULL, m,
                     r->ts_ms);
