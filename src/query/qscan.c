@@ -706,11 +706,20 @@ static int cmp_vis_ts_desc(const void *a, const void *b, void *arg)
 
 /* Scans [from, to) for the open visitors' chains and reports whether any grew; updates head
  * (backwards) or tail (forwards) and `open`. */
+/* raw_scan of [from, to) reading only the fields and props the query uses (raw.h). */
+static int qs_raw_scan(struct qs *c, int64_t from, int64_t to)
+{
+    uint32_t mask = 1u << DE_NAME; /* engagement events are dropped by name */
+    for (int f = 0; f < DE_FIELD_COUNT; f++)
+        if (c->fslot[f] >= 0) mask |= 1u << f;
+    return raw_scan_some(c->s, c->site, from, to, mask, c->npkeys > 0, on_event, c);
+}
+
 static int extend_window(struct qs *c, int64_t from, int64_t to, bool *grew)
 {
     size_t s0 = c->nev;
     *grew = false;
-    int rc = raw_scan(c->s, c->site, from, to, on_event, c);
+    int rc = qs_raw_scan(c, from, to);
     if (rc) return rc;
     size_t n = c->nev - s0;
     for (size_t i = 0; i < c->nvis; i++)
@@ -746,7 +755,7 @@ static int extend_window(struct qs *c, int64_t from, int64_t to, bool *grew)
 static int scan_all(struct qs *c)
 {
     c->pass = PASS_MAIN;
-    int rc = raw_scan(c->s, c->site, c->r.from_ms, c->r.to_ms, on_event, c);
+    int rc = qs_raw_scan(c, c->r.from_ms, c->r.to_ms);
     if (rc || c->nev == 0) return rc;
     bool grew = true;
     c->pass = PASS_BACK;

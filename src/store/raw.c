@@ -671,6 +671,10 @@ static int v2_sections(const uint8_t *val, size_t vlen, uint64_t want, struct cb
 
 static int ucol_open(const uint8_t *p, const uint8_t *end, uint64_t n, struct ucol *u)
 {
+    if (!p) { /* a section not read: every value 0 */
+        *u = (struct ucol){0};
+        return TALLY_OK;
+    }
     if (p >= end) return TALLY_ECORRUPT;
     u->w = *p++;
     u->p = p;
@@ -752,7 +756,8 @@ struct sparse {
 
 static void sparse_open(const uint8_t *p, const uint8_t *end, struct sparse *s)
 {
-    *s = (struct sparse){.p = p, .end = end};
+    *s = (struct sparse){.p = p, .end = end, .next = UINT64_MAX};
+    if (!p) return; /* a section not read: no entries */
     s->left = pvarint(&s->p, end, &s->bad);
     s->next = s->left ? pvarint(&s->p, end, &s->bad) : UINT64_MAX;
 }
@@ -772,15 +777,21 @@ static void sparse_advance(struct sparse *s, uint64_t row)
 static int block_decode_v2_rows(const uint8_t *key, uint64_t n, const uint8_t *const *sp,
                                 const uint8_t *const *se, raw_scan_fn fn, void *arg);
 
-static int block_decode_v2(const uint8_t *key, const uint8_t *val, size_t vlen, raw_scan_fn fn,
-                           void *arg)
+/* The sections every full-row reader needs (times, identity, flags, revenue). */
+#define V2_BASE_SECTIONS                                                                        \
+    (1ULL << C_VISITOR | 1ULL << C_OFFSET | 1ULL << C_TS | 1ULL << C_RECEIVED | 1ULL << C_FLAGS | \
+     1ULL << C_REVENUE)
+#define V2_ALL_SECTIONS ((1ULL << C_SECTIONS) - 1)
+
+/* Decodes the rows of a v2 block; sections outside `want` read as empty (ids 0, no props).
+ * z: scratch for decompressed sections (reused by the caller across blocks). */
+static int block_decode_v2(const uint8_t *key, const uint8_t *val, size_t vlen, uint64_t want,
+                           struct cbuf *z, raw_scan_fn fn, void *arg)
 {
     const uint8_t *sp[C_SECTIONS], *se[C_SECTIONS];
     uint64_t n;
-    struct cbuf z = {0};
-    int rc = v2_sections(val, vlen, ~0ULL, &z, &n, sp, se);
+    int rc = v2_sections(val, vlen, want, z, &n, sp, se);
     if (!rc) rc = block_decode_v2_rows(key, n, sp, se, fn, arg);
-    cbuf_free(&z);
     return rc;
 }
 
@@ -855,7 +866,12 @@ int raw_block_decode(const uint8_t *key, size_t klen, const uint8_t *val, size_t
                      raw_scan_fn fn, void *arg)
 {
     if (klen != 16) return TALLY_ECORRUPT;
-    if (vlen > 0 && val[0] == BLOCK_VERSION_COLUMNS) return block_decode_v2(key, val, vlen, fn, arg);
+    if (vlen > 0 && val[0] == BLOCK_VERSION_COLUMNS) {
+        struct cbuf z = {0};
+        int rc = block_decode_v2(key, val, vlen, V2_ALL_SECTIONS, &z, fn, arg);
+        cbuf_free(&z);
+        return rc;
+    }
     uint32_t hour = store_get_be32(key + 4);
     uint64_t first = store_get_be64(key + 8);
     struct creader r;
@@ -915,8 +931,8 @@ static int scan_cb(void *arg, const struct raw_event *ev)
     return f->fn(f->arg, ev);
 }
 
-int raw_scan(struct store *s, uint32_t site_id, int64_t from_ms, int64_t to_ms, raw_scan_fn fn,
-             void *arg)
+int raw_scan_some(struct store *s, uint32_t site_id, int64_t from_ms, int64_t to_ms,
+                  uint32_t field_mask, bool with_props, raw_scan_fn fn, void *arg)
 {
     if (from_ms < 0) from_ms = 0;
     if (to_ms <= from_ms) return TALLY_OK;
@@ -931,19 +947,33 @@ int raw_scan(struct store *s, uint32_t site_id, int64_t from_ms, int64_t to_ms, 
         store_put_be32(hi, site_id);
         store_put_be32(hi + 4, (uint32_t)end_hour);
     }
+    uint64_t want = V2_BASE_SECTIONS | (with_props ? 1ULL << C_PROPS : 0);
+    for (int f = 0; f < DE_FIELD_COUNT; f++)
+        if (field_mask >> f & 1) want |= 1ULL << (C_FIELD0 + f);
     struct store_iter *it = store_iter_new(s, STORE_CF_RAW, lo, 8, hi, 8);
     if (!it) return TALLY_ENOMEM;
     struct scan_filter f = {from_ms, to_ms, fn, arg};
+    struct cbuf z = {0};
     int rc = TALLY_OK;
     for (store_iter_seek_first(it); store_iter_valid(it) && rc == 0; store_iter_next(it)) {
         size_t kl, vl;
         const uint8_t *k = store_iter_key(it, &kl);
         const uint8_t *v = store_iter_value(it, &vl);
-        rc = raw_block_decode(k, kl, v, vl, scan_cb, &f);
+        if (kl == 16 && vl > 0 && v[0] == BLOCK_VERSION_COLUMNS)
+            rc = block_decode_v2(k, v, vl, want, &z, scan_cb, &f);
+        else
+            rc = raw_block_decode(k, kl, v, vl, scan_cb, &f);
     }
     if (rc == 0) rc = store_iter_status(it);
     store_iter_free(it);
+    cbuf_free(&z);
     return rc;
+}
+
+int raw_scan(struct store *s, uint32_t site_id, int64_t from_ms, int64_t to_ms, raw_scan_fn fn,
+             void *arg)
+{
+    return raw_scan_some(s, site_id, from_ms, to_ms, (1u << DE_FIELD_COUNT) - 1, true, fn, arg);
 }
 
 /* ---- projection scan (raw_scan_hours) ---- */

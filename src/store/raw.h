@@ -172,6 +172,14 @@ int raw_scan_hours(struct store *s, uint32_t site_id, int64_t from_ms, int64_t t
 int raw_block_project(const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen,
                       const int *fields, size_t nfields, struct raw_row **rows, size_t *n);
 
+/* raw_scan reading only what a caller uses: the ids of the fields in field_mask (bit f: enum
+ * devent_field f) and, with with_props, the props; times, visitor, offset, flags and revenue
+ * always. Fields outside the mask read as 0 and props as none from version-2 blocks (whose
+ * other columns are neither decompressed nor decoded); version-1 blocks give everything.
+ * Same results and threads as raw_scan. */
+int raw_scan_some(struct store *s, uint32_t site_id, int64_t from_ms, int64_t to_ms,
+                  uint32_t field_mask, bool with_props, raw_scan_fn fn, void *arg);
+
 /* Dictionary readers (any thread). raw_dict_find: 0 with *id, TALLY_ENOENT when the site never
  * stored the string ("" is always id 0). raw_dict_string: *out malloc'd (caller frees),
  * NUL-terminated, *len its length; TALLY_ENOENT for an unknown id. raw_dict_each: fn for every
