@@ -374,19 +374,22 @@ static int on_visit(void *arg, const struct qv_visit *v)
  * reached so far in the visit or, with a window, ever; strict: the chains ending at the last
  * step event); start[k-1] (windows only): the latest start among the alive matches of k steps
  * (the latest start leaves the most room). */
-struct fsv {
+struct fsv { /* 16 bytes: four entries per cache line */
     uint64_t visitor;
-    int64_t last_ts; /* the visitor's last counted event (visit gaps) */
-    uint32_t slot;   /* into fstream.start (windows) */
-    uint16_t level;
-    uint8_t best; /* the most steps reached */
-    bool used;
-    uint64_t pad; /* 32 bytes: two entries per cache line */
+    /* visits: the visitor's last counted event as ms after the range's start, + 1 (0: none
+     * yet; 48 bits hold 8,900 years); windows: the visitor's slot in fstream.start */
+    uint64_t last : 48;
+    uint64_t level : FUNNEL_STEPS_MAX;
+    uint64_t best : 4; /* the most steps reached (0 .. FUNNEL_STEPS_MAX) */
+    uint64_t used : 1;
 };
+_Static_assert(sizeof(struct fsv) == 16, "a visitor's entry is 16 bytes");
+_Static_assert(FUNNEL_STEPS_MAX <= 8 && FUNNEL_STEPS_MAX < 16, "level and best fit their bits");
 
 struct fstream {
     struct fctx *c;
     int64_t window_ms, deadline_ms;
+    int64_t from_ms; /* the range's start */
     size_t K;
     struct fsv *tab; /* cap entries, a power of two, at most half used */
     size_t cap, nv;
@@ -496,8 +499,9 @@ static int fs_find(struct fstream *fs, uint64_t visitor, struct fsv **out)
         fs->start = st;
         fs->capstart = cap;
     }
-    fs->tab[i] = (struct fsv){.visitor = visitor, .last_ts = INT64_MIN,
-                              .slot = (uint32_t)fs->nv++, .used = true};
+    fs->tab[i] = (struct fsv){.visitor = visitor, .used = 1};
+    if (fs->window_ms) fs->tab[i].last = fs->nv;
+    fs->nv++;
     *out = &fs->tab[i];
     return TALLY_OK;
 }
@@ -556,10 +560,10 @@ static inline void fs_step(const struct fstream *fs, struct fsv *v, int64_t *sta
             if (w) start[0] = ts; /* the latest start */
         }
     }
-    v->level = (uint16_t)level;
+    v->level = level;
     if (level) {
         uint8_t top = (uint8_t)(32 - __builtin_clz(level));
-        if (top > v->best) v->best = top;
+        if (top > v->best) v->best = top & 0xfu;
     }
 }
 
@@ -588,8 +592,9 @@ static int fs_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_
             last = r->visitor;
         }
         if (!fs->window_ms) { /* visits: a gap of FN_GAP_MS or more starts a new one */
-            if (v->last_ts != INT64_MIN && r->ts_ms - v->last_ts >= FN_GAP_MS) v->level = 0;
-            v->last_ts = r->ts_ms;
+            uint64_t t = (uint64_t)(r->ts_ms - fs->from_ms) + 1; /* rows are in the range */
+            if (v->last && t - v->last >= (uint64_t)FN_GAP_MS) v->level = 0;
+            v->last = t;
         }
         if (v->best >= fs->K) continue;
         uint32_t m = r->val[0] < fs->nnmask ? fs->nmask[r->val[0]] : 0;
@@ -599,7 +604,7 @@ static int fs_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_
                                                     : fs_path_mask(fs, id);
         }
         if (m)
-            fs_step(fs, v, fs->window_ms ? fs->start + (size_t)v->slot * fs->K : NULL, m,
+            fs_step(fs, v, fs->window_ms ? fs->start + (size_t)v->last * fs->K : NULL, m,
                     r->ts_ms);
     }
     return fs->err;
@@ -612,7 +617,8 @@ static int fs_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_
 static int fs_compute(struct fctx *c, const struct q_budget *b)
 {
     struct fstream fs = {.c = c, .window_ms = c->f->window_ms, .K = c->f->nsteps,
-                         .deadline_ms = b ? b->deadline_ms : 0};
+                         .deadline_ms = b ? b->deadline_ms : 0,
+                         .from_ms = c->f->q->range.from_ms};
     int rc = raw_dict_find(c->s, c->site, "engagement", 10, &fs.eng_id);
     if (rc && rc != TALLY_ENOENT) return rc;
     fs.eng_found = rc == TALLY_OK;
