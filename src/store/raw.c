@@ -1265,6 +1265,34 @@ static void hour_key(uint8_t *k, uint32_t site, uint64_t hour)
     }
 }
 
+/* Puts h's rows in an order where every visitor's rows are by (ts, offset). One descent (two
+ * runs: an hour written by two flushes, the usual case) whose runs keep each shared visitor's
+ * rows in time order (the first run's last row of the visitor before the second run's first)
+ * is left as it is, checked by one read-only walk; anything else is sorted (hour_sort). */
+static int hour_order(struct hour_buf *h)
+{
+    if (h->descents != 1) return hour_sort(h);
+    size_t m = 1;
+    while (m < h->n && rowcmp(&h->rows[m - 1], &h->rows[m]) <= 0) m++;
+    const struct raw_row *a = h->rows, *b = h->rows + m;
+    size_t na = m, nb = h->n - m, i = 0, j = 0;
+    while (i < na && j < nb) {
+        if (a[i].visitor < b[j].visitor) {
+            i++;
+        } else if (a[i].visitor > b[j].visitor) {
+            j++;
+        } else {
+            uint64_t v = a[i].visitor;
+            while (i + 1 < na && a[i + 1].visitor == v) i++;
+            if (rowcmp(&a[i], &b[j]) > 0) return hour_sort(h); /* a late event: merge */
+            i++;
+            while (j < nb && b[j].visitor == v) j++;
+        }
+    }
+    h->descents = 0;
+    return TALLY_OK;
+}
+
 /* Decodes chunk c into sl through it. */
 static int chunk_decode(struct hscan *x, struct store_iter *it, uint64_t c,
                         struct chunk_slot *sl)
@@ -1282,7 +1310,7 @@ static int chunk_decode(struct hscan *x, struct store_iter *it, uint64_t c,
         uint32_t hour = store_get_be32(k + 4);
         if (store_get_be32(k) != x->site || hour >= b) break;
         if (!h || hour != sl->hour[sl->nh - 1]) {
-            if (h && h->descents && (rc = hour_sort(h))) return rc;
+            if (h && h->descents && (rc = hour_order(h))) return rc;
             h = &sl->hb[sl->nh];
             h->n = h->descents = 0;
             sl->hour[sl->nh++] = hour;
@@ -1291,7 +1319,7 @@ static int chunk_decode(struct hscan *x, struct store_iter *it, uint64_t c,
         if ((rc = block_rows(k, kl, v, vl, x->from, x->to, x->fields, x->nf, h))) return rc;
     }
     if ((rc = store_iter_status(it))) return rc;
-    if (h && h->descents) rc = hour_sort(h);
+    if (h && h->descents) rc = hour_order(h);
     return rc;
 }
 

@@ -146,17 +146,20 @@ struct raw_row {
 };
 
 /* Calls fn once per UTC hour of [from_ms, to_ms) that holds events of site_id, with ALL of
- * that hour's events in the range (every block of the hour) ordered by (visitor, ts, offset),
- * hours in time order: a caller sees each visitor's events in time order, contiguous within an
- * hour, while holding one hour. Each block is sorted; an hour written by several flushes is
- * merged (a natural merge sort of the blocks' runs). rows_max bounds the rows held for one hour
- * (beyond: TALLY_ETOOBIG); at most RAW_SCAN_HOURS_HELD hours are held at once. threads (at
- * most RAW_SCAN_THREADS_MAX): decoding threads started for the call besides the caller's, which
- * decodes too when it would otherwise wait (0: the caller alone); fn always runs on the caller's
- * thread, hour after hour. The threads read through iterators opened one after the other, so a
- * flush landing between two openings may be seen by some hours only. fields: enum devent_field
- * values. 0, fn's value, TALLY_ETOOBIG, TALLY_ENOMEM, TALLY_ECORRUPT, TALLY_EIO, TALLY_EINVAL (a
- * bad field). Any thread. */
+ * that hour's events in the range (every block of the hour), hours in time order, such that
+ * EVERY VISITOR'S ROWS COME IN (ts, offset) ORDER: a caller sees each visitor's events in time
+ * order while holding one hour. Each block is sorted by (visitor, ts, offset), and so is an
+ * hour of one flush. An hour written by two flushes is delivered as their two runs one after
+ * the other when that keeps every visitor's rows in time order (one read-only walk checks it),
+ * so a visitor may appear in both runs; otherwise, and with more runs, the hour is merged into
+ * one (visitor, ts, offset) order (a natural merge sort of the runs). rows_max bounds the rows
+ * held for one hour (beyond: TALLY_ETOOBIG); at most RAW_SCAN_HOURS_HELD hours are held at once.
+ * threads (at most RAW_SCAN_THREADS_MAX): decoding threads started for the call besides the
+ * caller's, which decodes too when it would otherwise wait (0: the caller alone); fn always
+ * runs on the caller's thread, hour after hour. The threads read through iterators opened one
+ * after the other, so a flush landing between two openings may be seen by some hours only.
+ * fields: enum devent_field values. 0, fn's value, TALLY_ETOOBIG, TALLY_ENOMEM,
+ * TALLY_ECORRUPT, TALLY_EIO, TALLY_EINVAL (a bad field). Any thread. */
 #define RAW_SCAN_THREADS_MAX 4
 #define RAW_SCAN_HOURS_HELD 32 /* = RAW_CHUNK_SLOTS x RAW_CHUNK_HOURS in raw.c */
 typedef int (*raw_hour_fn)(void *arg, int64_t hour_start_ms, const struct raw_row *rows,

@@ -342,11 +342,14 @@ static int hrow_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, siz
     for (size_t i = 0; i < n; i++) {
         const struct raw_row *r = &rows[i];
         if (r->ts_ms < hour_ms || r->ts_ms >= hour_ms + RAW_HOUR_MS) c->bad++;
-        if (i && (rows[i - 1].visitor > r->visitor ||
-                  (rows[i - 1].visitor == r->visitor &&
-                   (rows[i - 1].ts_ms > r->ts_ms ||
-                    (rows[i - 1].ts_ms == r->ts_ms && rows[i - 1].offset >= r->offset)))))
-            c->bad++;
+        /* each visitor's rows by (ts, offset): against its previous row in this hour */
+        for (size_t k = i; k-- > 0;)
+            if (rows[k].visitor == r->visitor) {
+                if (rows[k].ts_ms > r->ts_ms ||
+                    (rows[k].ts_ms == r->ts_ms && rows[k].offset >= r->offset))
+                    c->bad++;
+                break;
+            }
         c->r[c->n++] = (struct hrow){r->ts_ms, r->offset, r->visitor, r->flags,
                                      r->val[0], r->val[1], r->val[2]};
     }
