@@ -58,7 +58,11 @@ def today():
 
 
 def query(t, keys, body):
-    body = dict({"site_id": "example.com", "date_range": [today(), today()]}, **body)
+    # from yesterday (UTC): the tracked event is an hour old, which is yesterday just after
+    # midnight
+    yesterday = (datetime.datetime.now(datetime.timezone.utc) -
+                 datetime.timedelta(days=1)).strftime("%Y-%m-%d")
+    body = dict({"site_id": "example.com", "date_range": [yesterday, today()]}, **body)
     s, _, b = t.post_json("/api/v2/query", body, {"Authorization": "Bearer " + keys.read})
     eq(s, 200, b)
     return b["results"]
