@@ -287,11 +287,9 @@ struct fctx {
     int err;
 };
 
-static uint32_t path_mask(struct fctx *c, uint32_t id)
+/* The page steps path id matches, from the dictionary (no cache; errors into c->err). */
+static uint32_t path_steps(struct fctx *c, uint32_t id)
 {
-    if (id == 0 || !c->page_steps) return 0;
-    uint64_t *v = u64map_get(&c->paths, id);
-    if (v) return (uint32_t)(*v & 0xffffffffu);
     char *str;
     uint32_t len;
     uint32_t mask = 0;
@@ -305,6 +303,16 @@ static uint32_t path_mask(struct fctx *c, uint32_t id)
     } else if (rc != TALLY_ENOENT && !c->err) {
         c->err = rc;
     }
+    return mask;
+}
+
+/* path_steps cached per id (the visits plan). */
+static uint32_t path_mask(struct fctx *c, uint32_t id)
+{
+    if (id == 0 || !c->page_steps) return 0;
+    uint64_t *v = u64map_get(&c->paths, id);
+    if (v) return (uint32_t)(*v & 0xffffffffu);
+    uint32_t mask = path_steps(c, id);
     if (!u64map_put(&c->paths, id, FN_CACHE_DONE | mask) && !c->err) c->err = TALLY_ENOMEM;
     return mask;
 }
@@ -524,7 +532,7 @@ static uint32_t fs_path_mask(struct fstream *fs, uint32_t id)
         fs->pmask = p;
         fs->cappmask = cap;
     }
-    uint32_t mask = path_mask(fs->c, id);
+    uint32_t mask = path_steps(fs->c, id);
     if (fs->c->err && !fs->err) fs->err = fs->c->err;
     fs->pmask[id] = (uint16_t)(FS_RESOLVED | mask);
     return mask;
@@ -661,11 +669,8 @@ int funnel_compute(struct store *s, uint32_t site_id, const struct funnel *f,
         c.name_found[k] = rc == TALLY_OK;
     }
     if (f->plan == FUNNEL_PLAN_STREAM && f->q->filter) return TALLY_EINVAL;
-    if (f->plan == FUNNEL_PLAN_STREAM || (f->plan == FUNNEL_PLAN_AUTO && !f->q->filter)) {
-        int rc = fs_compute(&c, b);
-        u64map_free(&c.paths);
-        return rc;
-    }
+    if (f->plan == FUNNEL_PLAN_STREAM || (f->plan == FUNNEL_PLAN_AUTO && !f->q->filter))
+        return fs_compute(&c, b);
     static const int fields[] = {DE_NAME, DE_PATH};
     /* the scan's memory budget leaves room for the funnel's own scratch */
     struct q_budget qb = b ? *b : (struct q_budget){0};

@@ -774,6 +774,17 @@ static void sparse_advance(struct sparse *s, uint64_t row)
     s->next = row + d;
 }
 
+/* Opens the columns every row reader takes: visitor runs, offset, ts, flags. */
+static int v2_open_base(const uint8_t *const *sp, const uint8_t *const *se, uint64_t n,
+                        struct vruns *vr, struct ucol *off, struct ucol *ts, struct ucol *flags)
+{
+    int rc = vruns_open(sp[C_VISITOR], se[C_VISITOR], vr);
+    if (!rc) rc = ucol_open(sp[C_OFFSET], se[C_OFFSET], n, off);
+    if (!rc) rc = ucol_open(sp[C_TS], se[C_TS], n, ts);
+    if (!rc) rc = ucol_open(sp[C_FLAGS], se[C_FLAGS], n, flags);
+    return rc;
+}
+
 static int block_decode_v2_rows(const uint8_t *key, uint64_t n, const uint8_t *const *sp,
                                 const uint8_t *const *se, raw_scan_fn fn, void *arg);
 
@@ -799,14 +810,10 @@ static int block_decode_v2_rows(const uint8_t *key, uint64_t n, const uint8_t *c
                                 const uint8_t *const *se, raw_scan_fn fn, void *arg)
 {
     uint32_t hour = store_get_be32(key + 4);
-    int rc = TALLY_OK;
     struct ucol off, ts, rec, flags, fld[DE_FIELD_COUNT];
     struct vruns vr;
-    if (!rc) rc = vruns_open(sp[C_VISITOR], se[C_VISITOR], &vr);
-    if (!rc) rc = ucol_open(sp[C_OFFSET], se[C_OFFSET], n, &off);
-    if (!rc) rc = ucol_open(sp[C_TS], se[C_TS], n, &ts);
+    int rc = v2_open_base(sp, se, n, &vr, &off, &ts, &flags);
     if (!rc) rc = ucol_open(sp[C_RECEIVED], se[C_RECEIVED], n, &rec);
-    if (!rc) rc = ucol_open(sp[C_FLAGS], se[C_FLAGS], n, &flags);
     for (int f = 0; !rc && f < DE_FIELD_COUNT; f++)
         rc = ucol_open(sp[C_FIELD0 + f], se[C_FIELD0 + f], n, &fld[f]);
     if (rc) return rc;
@@ -931,22 +938,26 @@ static int scan_cb(void *arg, const struct raw_event *ev)
     return f->fn(f->arg, ev);
 }
 
+/* The raw key prefix (site, hour); an hour beyond the key's 32 bits is the next site's start. */
+static void hour_key(uint8_t *k, uint32_t site, uint64_t hour)
+{
+    if (hour > UINT32_MAX) {
+        store_put_be32(k, site + 1);
+        store_put_be32(k + 4, 0);
+    } else {
+        store_put_be32(k, site);
+        store_put_be32(k + 4, (uint32_t)hour);
+    }
+}
+
 int raw_scan_some(struct store *s, uint32_t site_id, int64_t from_ms, int64_t to_ms,
                   uint32_t field_mask, bool with_props, raw_scan_fn fn, void *arg)
 {
     if (from_ms < 0) from_ms = 0;
     if (to_ms <= from_ms) return TALLY_OK;
     uint8_t lo[8], hi[8];
-    store_put_be32(lo, site_id);
-    store_put_be32(lo + 4, (uint32_t)(from_ms / RAW_HOUR_MS));
-    uint64_t end_hour = (uint64_t)((to_ms - 1) / RAW_HOUR_MS) + 1;
-    if (end_hour > UINT32_MAX) {
-        store_put_be32(hi, site_id + 1);
-        store_put_be32(hi + 4, 0);
-    } else {
-        store_put_be32(hi, site_id);
-        store_put_be32(hi + 4, (uint32_t)end_hour);
-    }
+    hour_key(lo, site_id, (uint64_t)(from_ms / RAW_HOUR_MS));
+    hour_key(hi, site_id, (uint64_t)((to_ms - 1) / RAW_HOUR_MS) + 1);
     uint64_t want = V2_BASE_SECTIONS | (with_props ? 1ULL << C_PROPS : 0);
     for (int f = 0; f < DE_FIELD_COUNT; f++)
         if (field_mask >> f & 1) want |= 1ULL << (C_FIELD0 + f);
@@ -994,6 +1005,21 @@ static inline int rowcmp(const struct raw_row *x, const struct raw_row *y)
     return x->offset < y->offset ? -1 : x->offset > y->offset;
 }
 
+/* Room for n more rows in h, within its rows_max. */
+static int hour_reserve(struct hour_buf *h, uint64_t n)
+{
+    if (h->n + n > h->rows_max) return TALLY_ETOOBIG;
+    if (h->n + n > h->cap) {
+        size_t cap = h->cap ? h->cap : 8192;
+        while (cap < h->n + n) cap *= 2;
+        struct raw_row *r = realloc(h->rows, cap * sizeof *r);
+        if (!r) return TALLY_ENOMEM;
+        h->rows = r;
+        h->cap = cap;
+    }
+    return TALLY_OK;
+}
+
 /* block_rows for a v2 block: only the columns asked for are read (the others are skipped by
  * their section lengths), each in one pass. */
 static int block_rows_v2(const uint8_t *key, const uint8_t *val, size_t vlen, int64_t from,
@@ -1006,22 +1032,11 @@ static int block_rows_v2(const uint8_t *key, const uint8_t *val, size_t vlen, in
     int rc = v2_sections(val, vlen, want, &h->z, &n, sp, se);
     struct ucol off, ts, flags, fld[RAW_ROW_FIELDS_MAX];
     struct vruns vr;
-    if (!rc) rc = vruns_open(sp[C_VISITOR], se[C_VISITOR], &vr);
-    if (!rc) rc = ucol_open(sp[C_OFFSET], se[C_OFFSET], n, &off);
-    if (!rc) rc = ucol_open(sp[C_TS], se[C_TS], n, &ts);
-    if (!rc) rc = ucol_open(sp[C_FLAGS], se[C_FLAGS], n, &flags);
+    if (!rc) rc = v2_open_base(sp, se, n, &vr, &off, &ts, &flags);
     for (size_t f = 0; !rc && f < nf; f++)
         rc = ucol_open(sp[C_FIELD0 + fields[f]], se[C_FIELD0 + fields[f]], n, &fld[f]);
     if (rc) return rc;
-    if (h->n + n > h->rows_max) return TALLY_ETOOBIG;
-    if (h->n + n > h->cap) {
-        size_t cap = h->cap ? h->cap : 8192;
-        while (cap < h->n + n) cap *= 2;
-        struct raw_row *r = realloc(h->rows, cap * sizeof *r);
-        if (!r) return TALLY_ENOMEM;
-        h->rows = r;
-        h->cap = cap;
-    }
+    if ((rc = hour_reserve(h, n)) != TALLY_OK) return rc;
     struct raw_row *base = h->rows + h->n;
     /* column by column into the rows (one loop per width); visitors from their runs */
     const uint64_t first = store_get_be64(key + 8);
@@ -1093,15 +1108,8 @@ static int block_rows(const uint8_t *key, size_t klen, const uint8_t *val, size_
     bool bad = false;
     uint64_t n = pvarint(&p, end, &bad);
     if (bad || n == 0 || n > RAW_BLOCK_EVENTS_MAX) return TALLY_ECORRUPT;
-    if (h->n + n > h->rows_max) return TALLY_ETOOBIG;
-    if (h->n + n > h->cap) {
-        size_t cap = h->cap ? h->cap : 8192;
-        while (cap < h->n + n) cap *= 2;
-        struct raw_row *r = realloc(h->rows, cap * sizeof *r);
-        if (!r) return TALLY_ENOMEM;
-        h->rows = r;
-        h->cap = cap;
-    }
+    int rc = hour_reserve(h, n);
+    if (rc) return rc;
     uint32_t id[DE_FIELD_COUNT] = {0};
     uint32_t need = 0;
     for (size_t f = 0; f < nf; f++) need |= 1u << fields[f];
@@ -1253,17 +1261,6 @@ struct hscan {
     bool stop;
     struct chunk_slot slot[RAW_CHUNK_SLOTS];
 };
-
-static void hour_key(uint8_t *k, uint32_t site, uint64_t hour)
-{
-    if (hour > UINT32_MAX) {
-        store_put_be32(k, site + 1);
-        store_put_be32(k + 4, 0);
-    } else {
-        store_put_be32(k, site);
-        store_put_be32(k + 4, (uint32_t)hour);
-    }
-}
 
 /* Puts h's rows in an order where every visitor's rows are by (ts, offset). One descent (two
  * runs: an hour written by two flushes, the usual case) whose runs keep each shared visitor's
