@@ -345,8 +345,9 @@ struct ph_obj {
     const cJSON *distinct_id, *dollar_distinct_id, *uuid, *timestamp, *offset;
 };
 
-static const cJSON **obj_slot(struct ph_obj *o, const char *k)
+static const cJSON **obj_slot(void *out, const char *k)
 {
+    struct ph_obj *o = out;
     switch (k[0]) {
     case '$':
         if (strcmp(k, "$token") == 0) return &o->dollar_token;
@@ -370,12 +371,7 @@ static const cJSON **obj_slot(struct ph_obj *o, const char *k)
 
 static void obj_scan(const cJSON *obj, struct ph_obj *o)
 {
-    memset(o, 0, sizeof *o);
-    if (!cJSON_IsObject(obj)) return;
-    for (const cJSON *c = obj->child; c; c = c->next) {
-        const cJSON **slot = c->string ? obj_slot(o, c->string) : NULL;
-        if (slot && !*slot) *slot = c;
-    }
+    peer_members_scan(obj, o, sizeof *o, obj_slot);
 }
 
 /* The token an event carries, or NULL. */
@@ -422,8 +418,9 @@ struct ph_props {
 /* The slot of a property name props_scan keeps, or NULL. A switch on the second byte first:
  * most of PostHog's own properties ($os, $lib, $time, ...) are then rejected without a
  * string comparison. */
-static const cJSON **props_slot(struct ph_props *pp, const char *k)
+static const cJSON **props_slot(void *out, const char *k)
 {
+    struct ph_props *pp = out;
     if (k[0] == 'd') return strcmp(k, "distinct_id") == 0 ? &pp->distinct_id : NULL;
     if (k[0] != '$') return NULL;
     switch (k[1]) {
@@ -447,12 +444,7 @@ static const cJSON **props_slot(struct ph_props *pp, const char *k)
 
 static void props_scan(const cJSON *props, struct ph_props *pp)
 {
-    memset(pp, 0, sizeof *pp);
-    if (!cJSON_IsObject(props)) return;
-    for (const cJSON *c = props->child; c; c = c->next) {
-        const cJSON **slot = c->string ? props_slot(pp, c->string) : NULL;
-        if (slot && !*slot) *slot = c;
-    }
+    peer_members_scan(props, pp, sizeof *pp, props_slot);
 }
 
 /* distinct_id: top-level distinct_id / $distinct_id, else properties.distinct_id; at most

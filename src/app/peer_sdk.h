@@ -451,6 +451,23 @@ PEER_FN bool peer_server_sdk(const char *ua)
     return ua_is_server_sdk(ua);
 }
 
+/* The members of obj a decoder reads, found in one pass (a lookup per name would walk the
+ * members once per name): out (size bytes) is zeroed, then for each member in document order
+ * slot(out, name) gives where to keep it (NULL: not read) and the slot takes the member unless
+ * it is set already, so each slot ends with the first member of its name, as
+ * cJSON_GetObjectItemCaseSensitive would return, or NULL (also when obj is not an object). */
+typedef const cJSON **(*peer_slot_fn)(void *out, const char *name);
+
+PEER_FN void peer_members_scan(const cJSON *obj, void *out, size_t size, peer_slot_fn slot)
+{
+    memset(out, 0, size);
+    if (!cJSON_IsObject(obj)) return;
+    for (const cJSON *c = obj->child; c; c = c->next) {
+        const cJSON **s = c->string ? slot(out, c->string) : NULL;
+        if (s && !*s) *s = c;
+    }
+}
+
 /* True when s[0..len) is valid UTF-8 without NUL bytes; a JSON body must be, before cJSON reads
  * it (cJSON does not check raw bytes). */
 PEER_FN bool peer_body_text_valid(const char *s, size_t len)

@@ -216,25 +216,23 @@ static int bad(struct seg_req *r, int index, const char *fmt, ...)
     return TALLY_EINVAL;
 }
 
+static const cJSON **ctx_slot(void *out, const char *k)
+{
+    struct seg_ctx *c = out;
+    switch (k[0]) {
+    case 'd': return strcmp(k, "direct") == 0 ? &c->direct : NULL;
+    case 'i': return strcmp(k, "ip") == 0 ? &c->ip : NULL;
+    case 'l': return strcmp(k, "locale") == 0 ? &c->locale : NULL;
+    case 'p': return strcmp(k, "page") == 0 ? &c->page : NULL;
+    case 's': return strcmp(k, "screen") == 0 ? &c->screen : NULL;
+    case 'u': return strcmp(k, "userAgent") == 0 ? &c->userAgent : NULL;
+    default: return NULL;
+    }
+}
+
 static void ctx_scan(const cJSON *ctx, struct seg_ctx *c)
 {
-    memset(c, 0, sizeof *c);
-    if (!cJSON_IsObject(ctx)) return;
-    for (const cJSON *it = ctx->child; it; it = it->next) {
-        const char *k = it->string;
-        const cJSON **slot = NULL;
-        if (!k) continue;
-        switch (k[0]) {
-        case 'd': slot = strcmp(k, "direct") == 0 ? &c->direct : NULL; break;
-        case 'i': slot = strcmp(k, "ip") == 0 ? &c->ip : NULL; break;
-        case 'l': slot = strcmp(k, "locale") == 0 ? &c->locale : NULL; break;
-        case 'p': slot = strcmp(k, "page") == 0 ? &c->page : NULL; break;
-        case 's': slot = strcmp(k, "screen") == 0 ? &c->screen : NULL; break;
-        case 'u': slot = strcmp(k, "userAgent") == 0 ? &c->userAgent : NULL; break;
-        default: break;
-        }
-        if (slot && !*slot) *slot = it;
-    }
+    peer_members_scan(ctx, c, sizeof *c, ctx_slot);
 }
 
 /* context.NAME of the message (it), else of the batch (b). */
@@ -251,8 +249,9 @@ struct seg_msg {
     const cJSON *context, *properties, *messageId, *name, *category, *previousId, *groupId;
 };
 
-static const cJSON **msg_slot(struct seg_msg *m, const char *k)
+static const cJSON **msg_slot(void *out, const char *k)
 {
+    struct seg_msg *m = out;
     switch (k[0]) {
     case 'a': return strcmp(k, "anonymousId") == 0 ? &m->anonymousId : NULL;
     case 'c':
@@ -277,12 +276,7 @@ static const cJSON **msg_slot(struct seg_msg *m, const char *k)
 
 static void msg_scan(const cJSON *msg, struct seg_msg *m)
 {
-    memset(m, 0, sizeof *m);
-    if (!cJSON_IsObject(msg)) return;
-    for (const cJSON *c = msg->child; c; c = c->next) {
-        const cJSON **slot = c->string ? msg_slot(m, c->string) : NULL;
-        if (slot && !*slot) *slot = c;
-    }
+    peer_members_scan(msg, m, sizeof *m, msg_slot);
 }
 
 static enum seg_type type_of(const struct seg_msg *m)
