@@ -416,7 +416,7 @@ struct fstream {
 
 #define FS_RESOLVED 0x100u
 #define FS_HUGE_BYTES (2u << 20) /* tables at least this large ask for huge pages */
-#define FS_PREFETCH_ROWS 16
+#define FS_PREFETCH_ROWS 48
 #define FS_PROBE_MAX 64 /* a longer probe switches the table to a mixing hash */ /* rows between a prefetch of a visitor's entry and its use */
 
 static int fs_charge(struct fctx *c, size_t bytes)

@@ -149,10 +149,12 @@ struct raw_row {
  * that hour's events in the range (every block of the hour), hours in time order, such that
  * EVERY VISITOR'S ROWS COME IN (ts, offset) ORDER: a caller sees each visitor's events in time
  * order while holding one hour. Each block is sorted by (visitor, ts, offset), and so is an
- * hour of one flush. An hour written by two flushes is delivered as their two runs one after
- * the other when that keeps every visitor's rows in time order (one read-only walk checks it),
- * so a visitor may appear in both runs; otherwise, and with more runs, the hour is merged into
- * one (visitor, ts, offset) order (a natural merge sort of the runs). rows_max bounds the rows
+ * hour of one flush. An hour whose blocks form up to 16 sorted runs (a run per flush at most;
+ * HOUR_RUNS_KEPT + 1 in raw.c) is delivered as those runs one after
+ * the other, each sorted by visitor, so a visitor may appear in several runs; a visitor whose
+ * rows across the runs were not in time order (a late event) has them reordered within the
+ * places they hold. An hour of more runs is merged into one (visitor, ts, offset) order (a
+ * natural merge sort of the runs). rows_max bounds the rows
  * held for one hour (beyond: TALLY_ETOOBIG); at most RAW_SCAN_HOURS_HELD hours are held at once.
  * threads (at most RAW_SCAN_THREADS_MAX): decoding threads started for the call besides the
  * caller's, which decodes too when it would otherwise wait (0: the caller alone); fn always
