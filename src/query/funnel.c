@@ -538,13 +538,19 @@ static uint32_t fs_path_mask(struct fstream *fs, uint32_t id)
     return mask;
 }
 
-/* One step event (mask m != 0) at ts for the visitor in v / start. */
-static inline void fs_step(const struct fstream *fs, struct fsv *v, int64_t *start, uint32_t m,
+/* A visitor's state while its rows go by, in registers; written back to its entry after. */
+struct fsl {
+    uint64_t last;
+    uint32_t level, best;
+};
+
+/* One step event (mask m != 0) at ts for the visitor in st / start. */
+static inline void fs_step(const struct fstream *fs, struct fsl *st, int64_t *start, uint32_t m,
                            int64_t ts)
 {
     const size_t K = fs->K;
     const int64_t w = fs->window_ms;
-    uint32_t level = v->level;
+    uint32_t level = st->level;
     if (fs->c->f->strict) { /* chains extend only by the very next step event */
         uint32_t next = 0;
         for (size_t k = K - 1; k >= 1; k--)
@@ -568,13 +574,15 @@ static inline void fs_step(const struct fstream *fs, struct fsv *v, int64_t *sta
             if (w) start[0] = ts; /* the latest start */
         }
     }
-    v->level = level;
+    st->level = level;
     if (level) {
-        uint8_t top = (uint8_t)(32 - __builtin_clz(level));
-        if (top > v->best) v->best = top & 0xfu;
+        uint32_t top = 32 - (uint32_t)__builtin_clz(level);
+        if (top > st->best) st->best = top;
     }
 }
 
+/* One hour: each visitor's rows in a run (rows sorted by visitor within a run) are one entry
+ * lookup, prefetched FS_PREFETCH_ROWS rows ahead, and the state stays in registers meanwhile. */
 static int fs_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_t n)
 {
     (void)hour_ms;
@@ -585,35 +593,45 @@ static int fs_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_
         int rc = fs_grow(fs);
         if (rc) return rc;
     }
-    uint64_t last = 0;
-    struct fsv *v = NULL;
-    for (size_t i = 0; i < n; i++) {
-        if (i + FS_PREFETCH_ROWS < n)
-            __builtin_prefetch(&fs->tab[fs_home(fs, rows[i + FS_PREFETCH_ROWS].visitor)]);
-        if (i + 4 * FS_PREFETCH_ROWS < n) __builtin_prefetch(&rows[i + 4 * FS_PREFETCH_ROWS]);
-        const struct raw_row *r = &rows[i];
-        if (r->flags & RAW_F_EXCLUDED) continue;
-        if (fs->eng_found && r->val[0] == fs->eng_id) continue;
-        if (!v || r->visitor != last) {
-            int rc = fs_find(fs, r->visitor, &v);
-            if (rc) return rc;
-            last = r->visitor;
+    const uint32_t K = (uint32_t)fs->K;
+    const bool visits = !fs->window_ms;
+    const uint64_t from = (uint64_t)fs->from_ms;
+    for (size_t i = 0; i < n;) {
+        const uint64_t visitor = rows[i].visitor;
+        struct fsv *v = NULL;
+        struct fsl st = {0};
+        int64_t *start = NULL;
+        for (; i < n && rows[i].visitor == visitor; i++) {
+            if (i + FS_PREFETCH_ROWS < n)
+                __builtin_prefetch(&fs->tab[fs_home(fs, rows[i + FS_PREFETCH_ROWS].visitor)]);
+            const struct raw_row *r = &rows[i];
+            if (r->flags & RAW_F_EXCLUDED) continue;
+            if (fs->eng_found && r->val[0] == fs->eng_id) continue;
+            if (!v) {
+                int rc = fs_find(fs, visitor, &v);
+                if (rc) return rc;
+                st = (struct fsl){.last = v->last, .level = v->level, .best = v->best};
+                if (!visits) start = fs->start + (size_t)st.last * fs->K;
+            }
+            if (visits) { /* a gap of FN_GAP_MS or more starts a new visit */
+                uint64_t t = (uint64_t)r->ts_ms - from + 1; /* rows are in the range */
+                if (st.last && t - st.last >= (uint64_t)FN_GAP_MS) st.level = 0;
+                st.last = t;
+            }
+            if (st.best >= K) continue;
+            uint32_t m = r->val[0] < fs->nnmask ? fs->nmask[r->val[0]] : 0;
+            if (r->flags & RAW_F_PAGEVIEW) { /* resolved path ids inline, the others once */
+                uint32_t id = r->val[1];
+                m |= id < fs->cappmask && fs->pmask[id] ? fs->pmask[id] & 0xffu
+                                                        : fs_path_mask(fs, id);
+            }
+            if (m) fs_step(fs, &st, start, m, r->ts_ms);
         }
-        if (!fs->window_ms) { /* visits: a gap of FN_GAP_MS or more starts a new one */
-            uint64_t t = (uint64_t)(r->ts_ms - fs->from_ms) + 1; /* rows are in the range */
-            if (v->last && t - v->last >= (uint64_t)FN_GAP_MS) v->level = 0;
-            v->last = t;
+        if (v) {
+            v->last = st.last;
+            v->level = st.level & 0xffu;
+            v->best = st.best & 0xfu;
         }
-        if (v->best >= fs->K) continue;
-        uint32_t m = r->val[0] < fs->nnmask ? fs->nmask[r->val[0]] : 0;
-        if (r->flags & RAW_F_PAGEVIEW) { /* resolved path ids inline, the others once */
-            uint32_t id = r->val[1];
-            m |= id < fs->cappmask && fs->pmask[id] ? fs->pmask[id] & 0xffu
-                                                    : fs_path_mask(fs, id);
-        }
-        if (m)
-            fs_step(fs, v, fs->window_ms ? fs->start + (size_t)v->last * fs->K : NULL, m,
-                    r->ts_ms);
     }
     return fs->err;
 }

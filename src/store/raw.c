@@ -1,6 +1,7 @@
 /* raw: see raw.h for the key and block layouts and the dictionary rules. */
 #include "store/raw.h"
 
+#include <endian.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1023,8 +1024,38 @@ static int hour_reserve(struct hour_buf *h, uint64_t n)
     return TALLY_OK;
 }
 
+/* A column read branch-free: value i = (8 bytes at p + i * stride, little-endian) & mask, + add
+ * (a constant or all-zero column: stride 0 over zeros, add its value). Rows from `safe` on
+ * would read past the section's end: those go through ucol_at. */
+struct ucolf {
+    const uint8_t *p;
+    uint64_t stride, mask, add, safe;
+};
+
+static const uint8_t zero8[8];
+
+static void ucolf_open(const struct ucol *u, uint64_t n, struct ucolf *f)
+{
+    if (u->w == 0 || u->w == UCOL_CONST) {
+        *f = (struct ucolf){.p = zero8, .add = u->w ? u->cval : 0, .safe = n};
+        return;
+    }
+    uint64_t bytes = n * u->w;
+    *f = (struct ucolf){.p = u->p, .stride = u->w,
+                        .mask = u->w == 8 ? UINT64_MAX : (1ULL << (8 * u->w)) - 1,
+                        .safe = bytes >= 8 ? (bytes - 8) / u->w + 1 : 0};
+}
+
+static inline uint64_t ucolf_at(const struct ucolf *f, uint64_t i)
+{
+    uint64_t x;
+    memcpy(&x, f->p + i * f->stride, 8);
+    return (le64toh(x) & f->mask) + f->add;
+}
+
 /* block_rows for a v2 block: only the columns asked for are read (the others are skipped by
- * their section lengths), each in one pass. */
+ * their section lengths), all of a row's in one pass that also checks it (its time within the
+ * block's hour), drops it when out of [from, to) and notes where the order descends. */
 static int block_rows_v2(const uint8_t *key, const uint8_t *val, size_t vlen, int64_t from,
                          int64_t to, const int *fields, size_t nf, struct hour_buf *h)
 {
@@ -1033,69 +1064,72 @@ static int block_rows_v2(const uint8_t *key, const uint8_t *val, size_t vlen, in
     uint64_t n, want = 1u << C_VISITOR | 1u << C_OFFSET | 1u << C_TS | 1u << C_FLAGS;
     for (size_t f = 0; f < nf; f++) want |= 1ULL << (C_FIELD0 + fields[f]);
     int rc = v2_sections(val, vlen, want, &h->z, &n, sp, se);
-    struct ucol off, ts, flags, fld[RAW_ROW_FIELDS_MAX];
+    struct ucol off, ts, flags, fld[RAW_ROW_FIELDS_MAX] = {{0}};
     struct vruns vr;
     if (!rc) rc = v2_open_base(sp, se, n, &vr, &off, &ts, &flags);
     for (size_t f = 0; !rc && f < nf; f++)
         rc = ucol_open(sp[C_FIELD0 + fields[f]], se[C_FIELD0 + fields[f]], n, &fld[f]);
     if (rc) return rc;
     if ((rc = hour_reserve(h, n)) != TALLY_OK) return rc;
+    enum { F_OFF, F_TS, F_FLAGS, F_VAL0 };
+    _Static_assert(RAW_ROW_FIELDS_MAX == 3, "the row loop reads three field columns");
+    struct ucolf c[F_VAL0 + RAW_ROW_FIELDS_MAX];
+    ucolf_open(&off, n, &c[F_OFF]);
+    ucolf_open(&ts, n, &c[F_TS]);
+    ucolf_open(&flags, n, &c[F_FLAGS]);
+    for (size_t f = 0; f < RAW_ROW_FIELDS_MAX; f++) ucolf_open(&fld[f], n, &c[F_VAL0 + f]);
+    uint64_t safe = n;
+    for (size_t k = 0; k < sizeof c / sizeof *c; k++)
+        if (c[k].safe < safe) safe = c[k].safe;
     struct raw_row *base = h->rows + h->n;
-    /* column by column into the rows (one loop per width); visitors from their runs */
     const uint64_t first = store_get_be64(key + 8);
     const int64_t hour_ms = (int64_t)hour * RAW_HOUR_MS;
+    struct raw_row prev = h->n ? base[-1] : (struct raw_row){0};
+    bool have_prev = h->n > 0;
+    size_t k = 0;
     for (uint64_t i = 0; i < n;) {
         uint64_t visitor;
         if (!vruns_next(&vr, &visitor)) return TALLY_ECORRUPT;
         uint64_t run = vr.left + 1;
         if (run > n - i) return TALLY_ECORRUPT;
-        for (uint64_t e = i + run; i < e; i++) base[i].visitor = visitor;
         vr.left = 0;
+        for (uint64_t e = i + run; i < e; i++) {
+            struct raw_row r;
+            uint64_t xo, xt, xf, x0, x1, x2;
+            if (i < safe) {
+                xo = ucolf_at(&c[F_OFF], i);
+                xt = ucolf_at(&c[F_TS], i);
+                xf = ucolf_at(&c[F_FLAGS], i);
+                x0 = ucolf_at(&c[F_VAL0], i);
+                x1 = ucolf_at(&c[F_VAL0 + 1], i);
+                x2 = ucolf_at(&c[F_VAL0 + 2], i);
+            } else {
+                xo = ucol_at(&off, i);
+                xt = ucol_at(&ts, i);
+                xf = ucol_at(&flags, i);
+                x0 = ucol_at(&fld[0], i);
+                x1 = ucol_at(&fld[1], i);
+                x2 = ucol_at(&fld[2], i);
+            }
+            if (xt >= (uint64_t)RAW_HOUR_MS) return TALLY_ECORRUPT; /* not in its hour */
+            r.ts_ms = hour_ms + (int64_t)xt;
+            if (r.ts_ms < from || r.ts_ms >= to) continue;
+            r.offset = first + xo;
+            r.visitor = visitor;
+            r.flags = (uint32_t)xf;
+            r.val[0] = (uint32_t)x0;
+            r.val[1] = (uint32_t)x1;
+            r.val[2] = (uint32_t)x2;
+            if (have_prev && rowcmp(&prev, &r) > 0) {
+                if (h->descents < HOUR_RUNS_KEPT) h->start[h->descents] = h->n + k;
+                h->descents++;
+            }
+            base[k++] = r;
+            prev = r;
+            have_prev = true;
+        }
     }
     if (vr.runs || vr.p != vr.end) return TALLY_ECORRUPT;
-#define UCOL_FILL(u, expr_of_x)                                                                 \
-    do {                                                                                        \
-        switch ((u)->w) {                                                                       \
-        case 1:                                                                                 \
-            for (uint64_t i = 0; i < n; i++) {                                                  \
-                uint64_t x = (u)->p[i];                                                         \
-                expr_of_x;                                                                      \
-            }                                                                                   \
-            break;                                                                              \
-        case 2:                                                                                 \
-            for (uint64_t i = 0; i < n; i++) {                                                  \
-                uint16_t y;                                                                     \
-                memcpy(&y, (u)->p + 2 * i, 2);                                                  \
-                uint64_t x = y;                                                                 \
-                expr_of_x;                                                                      \
-            }                                                                                   \
-            break;                                                                              \
-        default:                                                                                \
-            for (uint64_t i = 0; i < n; i++) {                                                  \
-                uint64_t x = ucol_at((u), i);                                                   \
-                expr_of_x;                                                                      \
-            }                                                                                   \
-        }                                                                                       \
-    } while (0)
-    UCOL_FILL(&off, base[i].offset = first + x);
-    UCOL_FILL(&ts, base[i].ts_ms = wrap_add(hour_ms, (int64_t)x)); /* checked below */
-    UCOL_FILL(&flags, base[i].flags = (uint32_t)x);
-    for (size_t f = 0; f < nf; f++) UCOL_FILL(&fld[f], base[i].val[f] = (uint32_t)x);
-#undef UCOL_FILL
-    /* range, hour and order checks; rows out of [from, to) are dropped */
-    const int64_t hour_start = (int64_t)hour * RAW_HOUR_MS;
-    size_t k = 0;
-    for (uint64_t i = 0; i < n; i++) {
-        const struct raw_row *r = &base[i];
-        if (r->ts_ms < hour_start || r->ts_ms >= hour_start + RAW_HOUR_MS) return TALLY_ECORRUPT;
-        if (r->ts_ms < from || r->ts_ms >= to) continue;
-        if (k != i) base[k] = *r;
-        if (h->n + k && rowcmp(&base[(ptrdiff_t)k - 1], &base[k]) > 0) {
-            if (h->descents < HOUR_RUNS_KEPT) h->start[h->descents] = h->n + k;
-            h->descents++;
-        }
-        k++;
-    }
     h->n += k;
     return TALLY_OK;
 }
