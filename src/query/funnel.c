@@ -411,6 +411,7 @@ struct fstream {
     size_t nnmask;
     uint32_t eng_id;
     bool eng_found;
+    bool strict;
     int err;
 };
 
@@ -551,7 +552,10 @@ static inline void fs_step(const struct fstream *fs, struct fsl *st, int64_t *st
     const size_t K = fs->K;
     const int64_t w = fs->window_ms;
     uint32_t level = st->level;
-    if (fs->c->f->strict) { /* chains extend only by the very next step event */
+    if (!w) { /* within a visit: the rules below without start times, as bit operations */
+        uint32_t grown = (level << 1 & m) | (m & 1); /* k-1 alive and step k: k alive */
+        level = fs->strict ? grown : level | grown;
+    } else if (fs->strict) { /* chains extend only by the very next step event */
         uint32_t next = 0;
         for (size_t k = K - 1; k >= 1; k--)
             if ((level >> (k - 1) & 1) && (m >> k & 1) && (!w || ts - start[k - 1] <= w)) {
@@ -601,9 +605,9 @@ static int fs_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_
         struct fsv *v = NULL;
         struct fsl st = {0};
         int64_t *start = NULL;
+        if (i + FS_PREFETCH_ROWS < n) /* once per visitor: the rows are read in order anyway */
+            __builtin_prefetch(&fs->tab[fs_home(fs, rows[i + FS_PREFETCH_ROWS].visitor)]);
         for (; i < n && rows[i].visitor == visitor; i++) {
-            if (i + FS_PREFETCH_ROWS < n)
-                __builtin_prefetch(&fs->tab[fs_home(fs, rows[i + FS_PREFETCH_ROWS].visitor)]);
             const struct raw_row *r = &rows[i];
             if (r->flags & RAW_F_EXCLUDED) continue;
             if (fs->eng_found && r->val[0] == fs->eng_id) continue;
@@ -644,7 +648,7 @@ static int fs_compute(struct fctx *c, const struct q_budget *b)
 {
     struct fstream fs = {.c = c, .window_ms = c->f->window_ms, .K = c->f->nsteps,
                          .deadline_ms = b ? b->deadline_ms : 0,
-                         .from_ms = c->f->q->range.from_ms};
+                         .from_ms = c->f->q->range.from_ms, .strict = c->f->strict};
     int rc = raw_dict_find(c->s, c->site, "engagement", 10, &fs.eng_id);
     if (rc && rc != TALLY_ENOENT) return rc;
     fs.eng_found = rc == TALLY_OK;

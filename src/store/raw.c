@@ -1024,34 +1024,37 @@ static int hour_reserve(struct hour_buf *h, uint64_t n)
     return TALLY_OK;
 }
 
-/* A column read branch-free: value i = (8 bytes at p + i * stride, little-endian) & mask, + add
- * (a constant or all-zero column: stride 0 over zeros, add its value). Rows from `safe` on
- * would read past the section's end: those go through ucol_at. */
-struct ucolf {
-    const uint8_t *p;
-    uint64_t stride, mask, add, safe;
-};
-
-static const uint8_t zero8[8];
-
-static void ucolf_open(const struct ucol *u, uint64_t n, struct ucolf *f)
-{
-    if (u->w == 0 || u->w == UCOL_CONST) {
-        *f = (struct ucolf){.p = zero8, .add = u->w ? u->cval : 0, .safe = n};
-        return;
+/* Column u's n values into out (one tight loop per width; values wider than 32 bits are cut
+ * to 32, as a dictionary id or flags field takes them). */
+#define UCOL_EXPAND(name, T)                                                                    \
+    static void name(const struct ucol *u, uint64_t n, T *out)                                  \
+    {                                                                                           \
+        const uint8_t *q = u->p;                                                                \
+        switch (u->w) {                                                                         \
+        case 0:                                                                                 \
+            memset(out, 0, n * sizeof *out);                                                    \
+            break;                                                                              \
+        case 1:                                                                                 \
+            for (uint64_t i = 0; i < n; i++) out[i] = q[i];                                     \
+            break;                                                                              \
+        case 2:                                                                                 \
+            for (uint64_t i = 0; i < n; i++) {                                                  \
+                uint16_t x;                                                                     \
+                memcpy(&x, q + 2 * i, 2);                                                       \
+                out[i] = le16toh(x);                                                            \
+            }                                                                                   \
+            break;                                                                              \
+        case 3:                                                                                 \
+            for (uint64_t i = 0; i < n; i++)                                                    \
+                out[i] = (T)(q[3 * i] | (uint32_t)q[3 * i + 1] << 8 | (uint32_t)q[3 * i + 2] << 16); \
+            break;                                                                              \
+        default:                                                                                \
+            for (uint64_t i = 0; i < n; i++) out[i] = (T)ucol_at(u, i);                         \
+        }                                                                                       \
     }
-    uint64_t bytes = n * u->w;
-    *f = (struct ucolf){.p = u->p, .stride = u->w,
-                        .mask = u->w == 8 ? UINT64_MAX : (1ULL << (8 * u->w)) - 1,
-                        .safe = bytes >= 8 ? (bytes - 8) / u->w + 1 : 0};
-}
-
-static inline uint64_t ucolf_at(const struct ucolf *f, uint64_t i)
-{
-    uint64_t x;
-    memcpy(&x, f->p + i * f->stride, 8);
-    return (le64toh(x) & f->mask) + f->add;
-}
+UCOL_EXPAND(ucol_expand64, uint64_t)
+UCOL_EXPAND(ucol_expand32, uint32_t)
+#undef UCOL_EXPAND
 
 /* block_rows for a v2 block: only the columns asked for are read (the others are skipped by
  * their section lengths), all of a row's in one pass that also checks it (its time within the
@@ -1071,21 +1074,26 @@ static int block_rows_v2(const uint8_t *key, const uint8_t *val, size_t vlen, in
         rc = ucol_open(sp[C_FIELD0 + fields[f]], se[C_FIELD0 + fields[f]], n, &fld[f]);
     if (rc) return rc;
     if ((rc = hour_reserve(h, n)) != TALLY_OK) return rc;
-    enum { F_OFF, F_TS, F_FLAGS, F_VAL0 };
-    _Static_assert(RAW_ROW_FIELDS_MAX == 3, "the row loop reads three field columns");
-    struct ucolf c[F_VAL0 + RAW_ROW_FIELDS_MAX];
-    ucolf_open(&off, n, &c[F_OFF]);
-    ucolf_open(&ts, n, &c[F_TS]);
-    ucolf_open(&flags, n, &c[F_FLAGS]);
-    for (size_t f = 0; f < RAW_ROW_FIELDS_MAX; f++) ucolf_open(&fld[f], n, &c[F_VAL0 + f]);
-    uint64_t safe = n;
-    for (size_t k = 0; k < sizeof c / sizeof *c; k++)
-        if (c[k].safe < safe) safe = c[k].safe;
+    /* the columns expanded (128 KiB of stack at most: RAW_BLOCK_EVENTS_MAX rows), then the
+     * rows assembled from them in one pass */
+    uint64_t xo[RAW_BLOCK_EVENTS_MAX], xt[RAW_BLOCK_EVENTS_MAX];
+    uint32_t xf[RAW_BLOCK_EVENTS_MAX], xv[RAW_ROW_FIELDS_MAX][RAW_BLOCK_EVENTS_MAX];
+    if (n > RAW_BLOCK_EVENTS_MAX) return TALLY_ECORRUPT;
+    ucol_expand64(&off, n, xo);
+    ucol_expand64(&ts, n, xt);
+    ucol_expand32(&flags, n, xf);
+    static const uint32_t zeros[RAW_BLOCK_EVENTS_MAX]; /* the fields not asked for */
+    const uint32_t *v0 = zeros, *v1 = zeros, *v2 = zeros;
+    for (size_t f = 0; f < nf; f++) ucol_expand32(&fld[f], n, xv[f]);
+    if (nf > 0) v0 = xv[0];
+    if (nf > 1) v1 = xv[1];
+    if (nf > 2) v2 = xv[2];
     struct raw_row *base = h->rows + h->n;
     const uint64_t first = store_get_be64(key + 8);
     const int64_t hour_ms = (int64_t)hour * RAW_HOUR_MS;
-    struct raw_row prev = h->n ? base[-1] : (struct raw_row){0};
-    bool have_prev = h->n > 0;
+    /* the previous row kept (for the order note; none: nothing sorts below it) */
+    uint64_t pv = h->n ? base[-1].visitor : 0, po = h->n ? base[-1].offset : 0;
+    int64_t pt = h->n ? base[-1].ts_ms : INT64_MIN;
     size_t k = 0;
     for (uint64_t i = 0; i < n;) {
         uint64_t visitor;
@@ -1093,40 +1101,27 @@ static int block_rows_v2(const uint8_t *key, const uint8_t *val, size_t vlen, in
         uint64_t run = vr.left + 1;
         if (run > n - i) return TALLY_ECORRUPT;
         vr.left = 0;
-        for (uint64_t e = i + run; i < e; i++) {
-            struct raw_row r;
-            uint64_t xo, xt, xf, x0, x1, x2;
-            if (i < safe) {
-                xo = ucolf_at(&c[F_OFF], i);
-                xt = ucolf_at(&c[F_TS], i);
-                xf = ucolf_at(&c[F_FLAGS], i);
-                x0 = ucolf_at(&c[F_VAL0], i);
-                x1 = ucolf_at(&c[F_VAL0 + 1], i);
-                x2 = ucolf_at(&c[F_VAL0 + 2], i);
-            } else {
-                xo = ucol_at(&off, i);
-                xt = ucol_at(&ts, i);
-                xf = ucol_at(&flags, i);
-                x0 = ucol_at(&fld[0], i);
-                x1 = ucol_at(&fld[1], i);
-                x2 = ucol_at(&fld[2], i);
-            }
-            if (xt >= (uint64_t)RAW_HOUR_MS) return TALLY_ECORRUPT; /* not in its hour */
-            r.ts_ms = hour_ms + (int64_t)xt;
-            if (r.ts_ms < from || r.ts_ms >= to) continue;
-            r.offset = first + xo;
-            r.visitor = visitor;
-            r.flags = (uint32_t)xf;
-            r.val[0] = (uint32_t)x0;
-            r.val[1] = (uint32_t)x1;
-            r.val[2] = (uint32_t)x2;
-            if (have_prev && rowcmp(&prev, &r) > 0) {
+        const uint64_t e = i + run;
+        for (; i < e; i++) {
+            if (xt[i] >= (uint64_t)RAW_HOUR_MS) return TALLY_ECORRUPT; /* not in its hour */
+            const int64_t t = hour_ms + (int64_t)xt[i];
+            if (t < from || t >= to) continue;
+            const uint64_t o = first + xo[i];
+            if (visitor < pv || (visitor == pv && (t < pt || (t == pt && o < po)))) {
                 if (h->descents < HOUR_RUNS_KEPT) h->start[h->descents] = h->n + k;
                 h->descents++;
             }
-            base[k++] = r;
-            prev = r;
-            have_prev = true;
+            struct raw_row *r = &base[k++];
+            r->ts_ms = t;
+            r->offset = o;
+            r->visitor = visitor;
+            r->flags = xf[i];
+            r->val[0] = v0[i];
+            r->val[1] = v1[i];
+            r->val[2] = v2[i];
+            pv = visitor;
+            pt = t;
+            po = o;
         }
     }
     if (vr.runs || vr.p != vr.end) return TALLY_ECORRUPT;
