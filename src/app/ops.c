@@ -202,6 +202,14 @@ static void on_metrics(struct http_request *req, struct http_exchange *ex, void 
                            "tally_consumer_events_total{consumer=\"rollup\"} %llu\n",
                         (unsigned long long)lag.raw_lag, (unsigned long long)lag.rollup_lag,
                         (unsigned long long)lag.raw_events, (unsigned long long)lag.rollup_events);
+    evbuffer_add_printf(b, "# HELP tally_raw_compacted_hours_total Hours of the raw store rewritten "
+                           "as full blocks since start.\n# TYPE tally_raw_compacted_hours_total "
+                           "counter\ntally_raw_compacted_hours_total %llu\n"
+                           "# HELP tally_raw_compacted_blocks_total Blocks those hours had "
+                           "before.\n# TYPE tally_raw_compacted_blocks_total counter\n"
+                           "tally_raw_compacted_blocks_total %llu\n",
+                        (unsigned long long)lag.compacted_hours,
+                        (unsigned long long)lag.compacted_blocks);
     size_t len = evbuffer_get_length(b);
     const void *data = evbuffer_pullup(b, -1);
     http_respond(ex, 200, "text/plain; version=0.0.4", data, len);

@@ -22,6 +22,16 @@
 #define RETRY_DELAY_MS 1000
 #define WAIT_MS 100
 #define RAW_RETENTION_INTERVAL_MS (3600LL * 1000)
+/* Raw compaction (raw_compact_hour): each hour of every site is compacted once,
+ * when it ended RAW_COMPACT_GRACE_HOURS ago (late events mostly in), if it is not older than
+ * RAW_COMPACT_LOOKBACK_HOURS: a restart revisits those (cheap for compact hours: only block
+ * headers are read), and they stay clear of raw retention, whose cut is a day old at least
+ * (retention_days >= 1), since in a multi-partition node another consumer may run it. At most
+ * RAW_COMPACT_HOURS_PER_TICK hours per tick, so the consumer goes back to the log quickly. */
+#define RAW_COMPACT_INTERVAL_MS (60LL * 1000)
+#define RAW_COMPACT_GRACE_HOURS 2
+#define RAW_COMPACT_LOOKBACK_HOURS 20
+#define RAW_COMPACT_HOURS_PER_TICK 8
 
 static void sleep_ms(int64_t ms)
 {
@@ -636,6 +646,9 @@ struct rawcons {
     char key_cursor[48], key_wm[48]; /* <prefix>cursor, <prefix>wm */
     const struct tally_config *cfg;
     int64_t next_retention_ms; /* monotonic; 0: retention off (catch-up runs) */
+    int64_t next_compact_ms;   /* monotonic; 0: compaction off (catch-up runs) */
+    struct consumer_status *st;
+    uint32_t *compacted; /* per site id (STORE_SITES_MAX): the hour compacted through, 0: none */
     struct raw_writer *w;
     struct dedup *dd;
     struct store_batch *b;
@@ -655,6 +668,7 @@ static void rawcons_free(struct rawcons *c)
     store_batch_free(c->b);
     strtab_free(c->site_names);
     free(c->site_ids);
+    free(c->compacted);
     free(c);
 }
 
@@ -729,9 +743,53 @@ static int raw_add(void *p, const struct devent *ev)
     return raw_writer_add(c->w, site, ev, dup ? RAW_F_DUPLICATE : 0);
 }
 
+struct compact_walk {
+    struct rawcons *c;
+    int64_t first, last; /* the hours to look at */
+    int budget;          /* hours left for this tick */
+};
+
+static void compact_site(void *arg, uint32_t id, const char *name)
+{
+    struct compact_walk *cw = arg;
+    struct rawcons *c = cw->c;
+    if (id >= STORE_SITES_MAX) return;
+    int64_t h = (int64_t)c->compacted[id] + 1;
+    if (h < cw->first) h = cw->first;
+    for (; h <= cw->last && h > 0 && cw->budget > 0; h++, cw->budget--) {
+        struct raw_compact_stats st;
+        int rc = raw_compact_hour(c->s, id, (uint32_t)h, &st);
+        if (rc && rc != TALLY_ETOOBIG)
+            diag_warn("raw compaction of %s, hour %lld: %s", name, (long long)h,
+                      tally_strerror(rc));
+        c->compacted[id] = (uint32_t)h;
+        if (!rc && st.blocks_after < st.blocks_before && c->st) {
+            atomic_fetch_add(&c->st->compacted_hours, 1);
+            atomic_fetch_add(&c->st->compacted_blocks, st.blocks_before);
+        }
+    }
+}
+
+/* Compacts every site's closed hours not compacted yet, RAW_COMPACT_HOURS_PER_TICK at most. */
+static void raw_compact_run(struct rawcons *c)
+{
+    const int64_t now_h = timefmt_now_ms() / RAW_HOUR_MS;
+    struct compact_walk cw = {.c = c, .first = now_h - RAW_COMPACT_LOOKBACK_HOURS,
+                              .last = now_h - RAW_COMPACT_GRACE_HOURS - 1, /* ended GRACE ago */
+                              .budget = RAW_COMPACT_HOURS_PER_TICK};
+    if (!c->compacted && !(c->compacted = calloc(STORE_SITES_MAX, sizeof *c->compacted))) {
+        c->next_compact_ms = timefmt_mono_ms() + RAW_COMPACT_INTERVAL_MS;
+        return;
+    }
+    store_sites_each(c->s, compact_site, &cw);
+    /* more to do: again at the next tick */
+    c->next_compact_ms = timefmt_mono_ms() + (cw.budget > 0 ? RAW_COMPACT_INTERVAL_MS : 0);
+}
+
 static void raw_tick(void *p)
 {
     struct rawcons *c = p;
+    if (c->next_compact_ms && timefmt_mono_ms() >= c->next_compact_ms) raw_compact_run(c);
     if (!c->next_retention_ms || timefmt_mono_ms() < c->next_retention_ms) return;
     raw_retention_run(c->s, c->cfg);
     c->next_retention_ms = timefmt_mono_ms() + RAW_RETENTION_INTERVAL_MS;
@@ -791,6 +849,8 @@ int consumer_run_raw(struct store *s, struct evlog *log, const char *prefix,
             cid = evlog_consumer_register(log, "raw", c->cursor);
             c->cfg = cfg->cfg;
             c->next_retention_ms = timefmt_mono_ms(); /* at start, then hourly */
+            c->next_compact_ms = timefmt_mono_ms(); /* at start, then each minute */
+            c->st = st;
         }
         if (!rc) {
             struct loop_ops ops = {c,          raw_cursor,  raw_add,   raw_skip,
@@ -1003,6 +1063,8 @@ void rollup_service_lag(struct rollup_service *svc, struct rollup_lag *out)
         out->rollup_events += atomic_load(&pt->roll.st.events);
         out->duplicates += atomic_load(&pt->roll.st.duplicates);
         out->excluded += atomic_load(&pt->roll.st.excluded);
+        out->compacted_hours += atomic_load(&pt->raw.st.compacted_hours);
+        out->compacted_blocks += atomic_load(&pt->raw.st.compacted_blocks);
         int re = atomic_load(&pt->raw.st.err), oe = atomic_load(&pt->roll.st.err);
         if (!out->raw_err) out->raw_err = re;
         if (!out->rollup_err) out->rollup_err = oe;

@@ -35,6 +35,8 @@ struct consumer_status {
     _Atomic uint64_t events;
     _Atomic uint64_t duplicates; /* rollup: events left out as duplicates (since start) */
     _Atomic uint64_t excluded;   /* rollup: bot / host-not-allowed events left out */
+    _Atomic uint64_t compacted_hours;  /* raw: hours rewritten by compaction (since start) */
+    _Atomic uint64_t compacted_blocks; /* raw: blocks those hours had before */
     _Atomic int err;
     atomic_bool stop;
     void (*progress)(void *arg, uint64_t done, uint64_t total);

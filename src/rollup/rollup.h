@@ -138,6 +138,7 @@ struct rollup_lag {
     int raw_err, rollup_err;  /* last error (0 when healthy) */
     uint64_t duplicates;      /* events the rollup consumer left out as duplicates, since start */
     uint64_t excluded;        /* bot / host-not-allowed events it left out, since start */
+    uint64_t compacted_hours, compacted_blocks; /* raw compaction since start (consumer.c) */
 };
 
 struct rollup_service;

@@ -1593,3 +1593,107 @@ int raw_retention(struct store *s, uint32_t site_id, int64_t cut_ms)
     store_batch_free(b);
     return rc;
 }
+
+/* ---- compaction ---- */
+
+struct compact {
+    struct raw_writer *w;
+    uint32_t site;
+    uint64_t rows;
+    int err;
+};
+
+/* A decoded event back into w's rows, ids as they are (no dictionary work). */
+static int compact_add(void *arg, const struct raw_event *ev)
+{
+    struct compact *c = arg;
+    struct raw_writer *w = c->w;
+    if (++c->rows > RAW_COMPACT_EVENTS_MAX) return TALLY_ETOOBIG;
+    if (w->nrows == w->caprows) {
+        size_t cap = w->caprows ? w->caprows * 2 : 4096;
+        struct row *p = realloc(w->rows, cap * sizeof *p);
+        if (!p) return TALLY_ENOMEM;
+        w->rows = p;
+        w->caprows = cap;
+    }
+    uint32_t np = ev->props_count > DE_PROPS_MAX ? DE_PROPS_MAX : ev->props_count;
+    if (w->nprops + np > w->capprops) {
+        size_t cap = w->capprops ? w->capprops : 1024;
+        while (cap < w->nprops + np) cap *= 2;
+        struct raw_prop *p = realloc(w->props, cap * sizeof *p);
+        if (!p) return TALLY_ENOMEM;
+        w->props = p;
+        w->capprops = cap;
+    }
+    struct row *r = &w->rows[w->nrows++];
+    *r = (struct row){.offset = ev->offset, .ts_ms = ev->ts_ms, .received_ms = ev->received_ms,
+                      .visitor = ev->visitor, .site = c->site,
+                      .hour = (uint32_t)(ev->ts_ms / RAW_HOUR_MS), .flags = ev->flags,
+                      .props_off = (uint32_t)w->nprops, .props_n = np,
+                      .has_revenue = ev->has_revenue, .revenue_micros = ev->revenue_micros,
+                      .currency_id = ev->currency_id};
+    memcpy(r->id, ev->id, sizeof r->id);
+    memcpy(w->props + w->nprops, ev->props, np * sizeof *ev->props);
+    w->nprops += np;
+    return TALLY_OK;
+}
+
+/* The events in a block's header (version byte, then the count); 0 when unreadable. */
+static uint64_t block_events(const uint8_t *val, size_t vlen)
+{
+    if (vlen < 2 || (val[0] != BLOCK_VERSION && val[0] != BLOCK_VERSION_COLUMNS)) return 0;
+    const uint8_t *p = val + 1;
+    bool bad = false;
+    uint64_t n = pvarint(&p, val + vlen, &bad);
+    return bad ? 0 : n;
+}
+
+int raw_compact_hour(struct store *s, uint32_t site_id, uint32_t hour,
+                     struct raw_compact_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    uint8_t lo[8], hi[8];
+    hour_key(lo, site_id, hour);
+    hour_key(hi, site_id, (uint64_t)hour + 1);
+    struct store_iter *it = store_iter_new(s, STORE_CF_RAW, lo, 8, hi, 8);
+    struct raw_writer *w = raw_writer_new(s);
+    struct store_batch *b = store_batch_new(s);
+    int rc = it && w && b ? TALLY_OK : TALLY_ENOMEM;
+    struct compact c = {.w = w, .site = site_id};
+    /* first the block headers only: is there anything to gain? */
+    if (!rc) store_iter_seek_first(it);
+    for (; !rc && store_iter_valid(it); store_iter_next(it)) {
+        size_t vl;
+        const uint8_t *v = store_iter_value(it, &vl);
+        uint64_t n = block_events(v, vl);
+        st->blocks_before++;
+        st->events += n;
+        if (n < RAW_BLOCK_EVENTS_MAX / 2) st->small_before++;
+    }
+    if (!rc) rc = store_iter_status(it);
+    /* already as few blocks as the events need, or fewer than 2 small ones: nothing to do */
+    uint64_t need = (st->events + RAW_BLOCK_EVENTS_MAX - 1) / RAW_BLOCK_EVENTS_MAX;
+    st->blocks_after = st->blocks_before;
+    if (!rc && (st->blocks_before <= need || st->small_before < 2)) goto out;
+    if (!rc && st->events > RAW_COMPACT_EVENTS_MAX) rc = TALLY_ETOOBIG;
+    /* every block of the hour (the same iterator, the same view): its key deleted, its events
+     * decoded */
+    if (!rc) store_iter_seek_first(it);
+    for (; !rc && store_iter_valid(it); store_iter_next(it)) {
+        size_t kl, vl;
+        const uint8_t *k = store_iter_key(it, &kl);
+        const uint8_t *v = store_iter_value(it, &vl);
+        store_batch_delete(b, STORE_CF_RAW, k, kl);
+        rc = raw_block_decode(k, kl, v, vl, compact_add, &c);
+    }
+    if (!rc) rc = store_iter_status(it);
+    if (!rc && c.rows != st->events) rc = TALLY_ECORRUPT; /* headers and contents disagree */
+    if (!rc) rc = raw_writer_flush(w, b); /* the new blocks after the deletes: a key is put */
+    if (!rc) rc = store_write(s, b);
+    if (!rc) st->blocks_after = need;
+out:
+    store_iter_free(it);
+    store_batch_free(b);
+    raw_writer_free(w);
+    return rc;
+}

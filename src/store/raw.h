@@ -195,6 +195,27 @@ int raw_dict_string(struct store *s, uint32_t site_id, uint32_t id, char **out, 
 int raw_dict_each(struct store *s, uint32_t site_id,
                   int (*fn)(void *arg, uint32_t id, const char *str, uint32_t len), void *arg);
 
+/* Compaction. A live server flushes the raw store every second, so an hour of a site is
+ * thousands of small blocks, each its own sorted run: a scan then pays per block, and
+ * raw_scan_hours merges thousands of runs. raw_compact_hour rewrites one (site, hour) as the
+ * fewest full blocks in (visitor, ts, offset) order, as a rebuild writes them: every block of
+ * the hour is read through one iterator, decoded, and in ONE batch its key is deleted and the
+ * new blocks are put (keyed by their lowest offset: a block written meanwhile by the raw
+ * consumer holds other offsets, so its key is never touched; a new key equal to an old one is
+ * put after the delete). Events, fields, props and revenue come out exactly as they went in
+ * (ids unchanged, no dictionary writes). Nothing is written when the hour already has no more
+ * blocks than its events need or fewer than 2 small ones (under half full). An hour of more
+ * than RAW_COMPACT_EVENTS_MAX events is left alone (TALLY_ETOOBIG): its rows are held in
+ * memory (~150 bytes each, ~20 MiB at most). Must not run beside raw_retention of the same
+ * site (both run on the raw consumer's thread). 0, TALLY_ETOOBIG, TALLY_ENOMEM, TALLY_ECORRUPT, TALLY_EIO. */
+#define RAW_COMPACT_EVENTS_MAX 131072
+struct raw_compact_stats {
+    uint64_t events;
+    uint64_t blocks_before, small_before, blocks_after;
+};
+int raw_compact_hour(struct store *s, uint32_t site_id, uint32_t hour,
+                     struct raw_compact_stats *st);
+
 /* Deletes the site's blocks of every UTC hour that ends at or before cut_ms. 0 or TALLY_EIO. */
 int raw_retention(struct store *s, uint32_t site_id, int64_t cut_ms);
 

@@ -163,6 +163,57 @@ def export_import_round_trip_gives_same_answers():
         b.stop()
 
 
+def metric(t, name):
+    s, _, body = t.request("GET", "/metrics")
+    eq(s, 200)
+    m = re.search(r"^%s (\d+)$" % re.escape(name), body.decode(), re.M)
+    check(m, "no %s in /metrics" % name)
+    return int(m.group(1))
+
+
+@test
+def raw_compaction_keeps_answers():
+    """Events of the last two days sent in slices a flush apart leave every hour as several
+    small raw blocks; the compaction a restart runs (closed hours of the last 20 h) rewrites
+    them, and queries, a funnel and the export answer exactly as before."""
+    read, read_line = new_key("read")
+    write, write_line = new_key("write")
+    cfg = "[auth]\nkey_digests = %s, %s\n" % (read_line, write_line)
+    t = Tally(cfg)
+    t.start()
+    try:
+        now = int(time.time() * 1000)
+        evs = generate(random.Random(11), now) + generate(random.Random(12), now)
+        for k in range(5):  # five raw flushes (1 s apart), each with events in most hours
+            s, _, body = t.post_json("/v1/events", evs[k::5], bearer(write))
+            eq(s, 202, body)
+            t.wait_consumers(30)
+            time.sleep(1.2)
+        funnel = {"site_id": SITE, "date_range": "7d", "steps": [
+            {"page": "/"}, {"page": "/blog/*"}, {"event": "Signup"}], "window": "visit"}
+        before = (answers(t, read), export(t, read)[1].decode().splitlines(),
+                  t.post_json("/api/v1/funnel", funnel, bearer(read)))
+        eq(before[2][0], 200, before[2])
+        eq(metric(t, "tally_raw_compacted_hours_total"), 0)
+        t.stop()
+        t.start()
+        deadline = time.time() + 30
+        while metric(t, "tally_raw_compacted_hours_total") == 0:
+            check(time.time() < deadline, "no hour was compacted after the restart")
+            time.sleep(0.2)
+        hours = metric(t, "tally_raw_compacted_hours_total")
+        check(metric(t, "tally_raw_compacted_blocks_total") >= 2 * hours)
+        after = (answers(t, read), export(t, read)[1].decode().splitlines(),
+                 t.post_json("/api/v1/funnel", funnel, bearer(read)))
+        for q, x, y in zip(QUERIES, before[0], after[0]):
+            eq(y, x, json.dumps(q))
+        eq(sorted(after[1]), sorted(before[1]))
+        check(len(before[1]) > 500, len(before[1]))
+        eq(after[2][2], before[2][2])
+    finally:
+        t.stop()
+
+
 @test
 def export_filters_csv_and_errors():
     read, read_line = new_key("read")

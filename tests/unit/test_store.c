@@ -435,6 +435,166 @@ TEST(raw_scan_hours_matches_raw_scan)
     hours_vs_scan(500);
 }
 
+/* ---- raw_compact_hour: the same events, the fewest blocks ---- */
+
+struct evcopy {
+    struct raw_event *ev;
+    size_t n;
+};
+
+static int evcopy_cb(void *arg, const struct raw_event *ev)
+{
+    struct evcopy *c = arg;
+    c->ev[c->n++] = *ev;
+    return 0;
+}
+
+static int ev_by_off(const void *a, const void *b)
+{
+    const struct raw_event *x = a, *y = b;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+/* Every field the store keeps, equal in a and b (in offset order). */
+static bool same_events(const struct evcopy *a, const struct evcopy *b)
+{
+    if (a->n != b->n) return false;
+    qsort(a->ev, a->n, sizeof *a->ev, ev_by_off);
+    qsort(b->ev, b->n, sizeof *b->ev, ev_by_off);
+    for (size_t i = 0; i < a->n; i++) {
+        const struct raw_event *x = &a->ev[i], *y = &b->ev[i];
+        if (x->offset != y->offset || x->ts_ms != y->ts_ms || x->received_ms != y->received_ms ||
+            x->visitor != y->visitor || x->flags != y->flags ||
+            memcmp(x->id, y->id, sizeof x->id) || x->props_count != y->props_count ||
+            memcmp(x->props, y->props, x->props_count * sizeof *x->props) ||
+            x->has_revenue != y->has_revenue ||
+            (x->has_revenue &&
+             (x->revenue_micros != y->revenue_micros || x->currency_id != y->currency_id)))
+            return false;
+    }
+    return true;
+}
+
+static size_t hour_blocks(struct store *s, uint32_t site, uint32_t hour)
+{
+    uint8_t lo[8], hi[8];
+    store_put_be32(lo, site);
+    store_put_be32(lo + 4, hour);
+    store_put_be32(hi, site);
+    store_put_be32(hi + 4, hour + 1);
+    struct store_iter *it = store_iter_new(s, STORE_CF_RAW, lo, 8, hi, 8);
+    size_t n = 0;
+    for (store_iter_seek_first(it); store_iter_valid(it); store_iter_next(it)) n++;
+    store_iter_free(it);
+    return n;
+}
+
+static void write_events(struct store *s, const uint32_t *site, int nsites, int n,
+                         uint64_t first_offset, int64_t base, unsigned flush_every)
+{
+    static struct gen g;
+    struct raw_writer *w = raw_writer_new(s);
+    raw_writer_set_block_version(w, block_version);
+    struct store_batch *b = store_batch_new(s);
+    for (int i = 0; i < n; i++) {
+        gen_event(&g, first_offset + (uint64_t)i, base);
+        if (raw_writer_add(w, site[rnd() % (unsigned)nsites], &g.ev, 0) != 0) abort();
+        if (rnd() % flush_every == 0 || i == n - 1) {
+            if (raw_writer_flush(w, b) || store_write(s, b)) abort();
+            raw_writer_commit(w);
+            store_batch_clear(b);
+        }
+    }
+    raw_writer_free(w);
+    store_batch_free(b);
+}
+
+TEST(raw_compaction_keeps_every_event)
+{
+    const char *dir = test_tmpdir();
+    struct store *s = open_store(dir);
+    uint32_t site[2];
+    ASSERT_EQ(store_site_id(s, "a.com", 5, true, &site[0]), 0);
+    ASSERT_EQ(store_site_id(s, "b.com", 5, true, &site[1]), 0);
+    rng = 31;
+    const int64_t base = 1767225600000LL; /* 10 hours from here, small flushes */
+    const uint32_t h0 = (uint32_t)(base / RAW_HOUR_MS);
+    write_events(s, site, 2, NEV, 7000, base, 12);
+    static struct raw_event e1[NEV], e2[NEV], f1[NEV], f2[NEV];
+    struct evcopy ref = {e1, 0}, other = {e2, 0};
+    ASSERT_EQ(raw_scan(s, site[0], 0, INT64_MAX / 2, evcopy_cb, &ref), 0);
+    ASSERT_EQ(raw_scan(s, site[1], 0, INT64_MAX / 2, evcopy_cb, &other), 0);
+    ASSERT_TRUE(ref.n > NEV / 3);
+    size_t before = 0, after = 0;
+    for (uint32_t h = h0; h < h0 + 10; h++) {
+        size_t nb = hour_blocks(s, site[0], h);
+        struct raw_compact_stats st;
+        ASSERT_EQ(raw_compact_hour(s, site[0], h, &st), 0);
+        ASSERT_EQ(st.blocks_before, nb);
+        ASSERT_TRUE(nb > 4);
+        ASSERT_EQ(st.blocks_after, 1); /* < 4096 events an hour: one block */
+        ASSERT_EQ(hour_blocks(s, site[0], h), 1);
+        before += nb;
+        after += st.blocks_after;
+        /* again: nothing to do */
+        ASSERT_EQ(raw_compact_hour(s, site[0], h, &st), 0);
+        ASSERT_EQ(st.blocks_before, 1);
+        ASSERT_EQ(st.blocks_after, 1);
+    }
+    ASSERT_TRUE(before > 10 * after);
+    struct evcopy got = {f1, 0}, got_other = {f2, 0};
+    ASSERT_EQ(raw_scan(s, site[0], 0, INT64_MAX / 2, evcopy_cb, &got), 0);
+    ASSERT_TRUE(same_events(&ref, &got));
+    ASSERT_EQ(raw_scan(s, site[1], 0, INT64_MAX / 2, evcopy_cb, &got_other), 0);
+    ASSERT_TRUE(same_events(&other, &got_other)); /* the other site untouched */
+    ASSERT_EQ(hour_blocks(s, site[1], h0 + 3) > 4, 1);
+    /* one hour is a single sorted run now: raw_scan_hours sees it as such */
+    static struct hrow hr[NEV];
+    struct hcollect hc = {.r = hr, .last_hour = INT64_MIN};
+    static const int fields[] = {DE_NAME, DE_PATH, DE_COUNTRY};
+    ASSERT_EQ(raw_scan_hours(s, site[0], base, base + 10 * RAW_HOUR_MS, fields, 3, 0, 1, hrow_hour,
+                             &hc),
+              0);
+    ASSERT_EQ(hc.bad, 0);
+    ASSERT_EQ(hc.n, ref.n);
+    /* events arriving after compaction (new offsets, same hours) are kept, and compacted in */
+    write_events(s, site, 1, 200, 50000, base, 7);
+    ref.n = 0;
+    ASSERT_EQ(raw_scan(s, site[0], 0, INT64_MAX / 2, evcopy_cb, &ref), 0);
+    ASSERT_EQ(ref.n, got.n + 200);
+    for (uint32_t h = h0; h < h0 + 10; h++) {
+        struct raw_compact_stats st;
+        ASSERT_EQ(raw_compact_hour(s, site[0], h, &st), 0);
+        ASSERT_EQ(hour_blocks(s, site[0], h), 1);
+    }
+    got.n = 0;
+    ASSERT_EQ(raw_scan(s, site[0], 0, INT64_MAX / 2, evcopy_cb, &got), 0);
+    ASSERT_TRUE(same_events(&ref, &got));
+    /* a corrupt block: the hour is left as it is */
+    uint8_t key[16];
+    store_put_be32(key, site[1]);
+    store_put_be32(key + 4, h0 + 2);
+    store_put_be64(key + 8, 1);
+    struct store_batch *b = store_batch_new(s);
+    store_batch_put(b, STORE_CF_RAW, key, 16, "\x02garbage", 8);
+    ASSERT_EQ(store_write(s, b), 0);
+    size_t nb = hour_blocks(s, site[1], h0 + 2);
+    struct raw_compact_stats st;
+    ASSERT_EQ(raw_compact_hour(s, site[1], h0 + 2, &st), TALLY_ECORRUPT);
+    ASSERT_EQ(hour_blocks(s, site[1], h0 + 2), nb);
+    store_batch_clear(b);
+    store_batch_delete(b, STORE_CF_RAW, key, 16);
+    ASSERT_EQ(store_write(s, b), 0);
+    store_batch_free(b);
+    got_other.n = 0;
+    ASSERT_EQ(raw_scan(s, site[1], 0, INT64_MAX / 2, evcopy_cb, &got_other), 0);
+    ASSERT_TRUE(same_events(&other, &got_other));
+    /* an empty hour */
+    ASSERT_EQ(raw_compact_hour(s, site[0], h0 + 100, &st), 0);
+    ASSERT_EQ(st.blocks_before, 0);
+    store_close(s);
+}
+
 static int count_cb(void *arg, const struct raw_event *ev)
 {
     (void)ev;
@@ -659,9 +819,11 @@ int main(void)
     RUN(reopen_waits_for_readers_and_keeps_data);
     RUN(raw_exact_and_window);
     RUN(raw_scan_hours_matches_raw_scan);
+    RUN(raw_compaction_keeps_every_event);
     block_version = 1; /* the same on blocks of the row layout, which stores still hold */
     RUN(raw_exact_and_window);
     RUN(raw_scan_hours_matches_raw_scan);
+    RUN(raw_compaction_keeps_every_event);
     block_version = 2;
     RUN(raw_block_truncation_and_bit_flips);
     RUN(raw_abort_and_restart_keep_dictionary_consistent);
