@@ -2,7 +2,7 @@
 # Runs every benchmark and prints their `bench=` lines (one per benchmark) after a header line
 # with the date, the git revision and the core count. `make bench` builds first and calls this.
 #
-#   every executable in build/rel/bench/ except http_load, http_echo and query (they need
+#   every executable in build/rel/bench/ except http_load, http_echo, query and funnel (they need
 #   arguments): run with no arguments, meaning "the default run" (log_append, native_decode,
 #   ua_classify, rebuild, ...)
 #   bench/http_ingest.sh: HTTP ingest against nginx (see that file)
@@ -82,7 +82,7 @@ if [ -d "$BENCH_DIR" ]; then
             continue
         fi
         name=$(basename "$bin")
-        case "$name" in http_load | http_echo | query) continue ;; esac
+        case "$name" in http_load | http_echo | query | funnel) continue ;; esac
         run "$name" "$bin"
     done
 else
