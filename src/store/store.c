@@ -16,6 +16,8 @@
 #include "core/diag.h"
 #include "tally/error.h"
 
+#define STORE_RAW_DEL_WINDOW 1024 /* keys */
+#define STORE_RAW_DEL_TRIGGER 256 /* deletions in such a window */
 #define STORE_REOPEN_FREE_BYTES_MIN (4u << 20) /* store_reopen waits for this much free disk */
 
 static const char *const cf_names[STORE_CF_COUNT] = {"raw", "rollups", "sessions", "dict",
@@ -189,6 +191,12 @@ int store_open(const struct store_options *opt, struct store **out)
         rocksdb_options_set_block_based_table_factory(o, s->table_opts);
         rocksdb_options_set_write_buffer_size(o, i == STORE_CF_META ? (4u << 20) : wbuf);
         rocksdb_options_set_level_compaction_dynamic_level_bytes(o, 1);
+        /* raw compaction (raw.h) deletes an hour's small blocks: a table file where any
+         * STORE_RAW_DEL_WINDOW keys hold STORE_RAW_DEL_TRIGGER deletions is compacted soon,
+         * so scans stop stepping over the tombstones */
+        if (i == STORE_CF_RAW)
+            rocksdb_options_add_compact_on_deletion_collector_factory(o, STORE_RAW_DEL_WINDOW,
+                                                                      STORE_RAW_DEL_TRIGGER);
         s->cf_opts[i] = o;
     }
     int rc = db_open(s);
