@@ -1633,7 +1633,7 @@ static int compact_add(void *arg, const struct raw_event *ev)
                       .has_revenue = ev->has_revenue, .revenue_micros = ev->revenue_micros,
                       .currency_id = ev->currency_id};
     memcpy(r->id, ev->id, sizeof r->id);
-    memcpy(w->props + w->nprops, ev->props, np * sizeof *ev->props);
+    if (np) memcpy(w->props + w->nprops, ev->props, np * sizeof *ev->props);
     w->nprops += np;
     return TALLY_OK;
 }
