@@ -1447,6 +1447,26 @@ int raw_scan_hours(struct store *s, uint32_t site_id, int64_t from_ms, int64_t t
     if (to_ms <= from_ms) return TALLY_OK;
     if (threads > RAW_SCAN_THREADS_MAX) threads = RAW_SCAN_THREADS_MAX;
     uint64_t h0 = (uint64_t)(from_ms / RAW_HOUR_MS), h1 = (uint64_t)((to_ms - 1) / RAW_HOUR_MS) + 1;
+    { /* the hours the site has blocks in, within the range: a range such as "all" (from the
+       * epoch) would otherwise be ~60,000 empty chunks, one seek each (+110 ms a funnel) */
+        uint8_t lo[8], hi[8];
+        hour_key(lo, site_id, h0);
+        hour_key(hi, site_id, h1);
+        struct store_iter *it = store_iter_new(s, STORE_CF_RAW, lo, 8, hi, 8);
+        if (!it) return TALLY_ENOMEM;
+        size_t kl = 0;
+        const uint8_t *k = NULL;
+        store_iter_seek_first(it);
+        bool any = store_iter_valid(it);
+        if (any && (k = store_iter_key(it, &kl)) && kl == 16) h0 = store_get_be32(k + 4);
+        store_iter_seek_last(it);
+        if (store_iter_valid(it) && (k = store_iter_key(it, &kl)) && kl == 16)
+            h1 = (uint64_t)store_get_be32(k + 4) + 1;
+        int st = store_iter_status(it);
+        store_iter_free(it);
+        if (st) return st;
+        if (!any) return TALLY_OK;
+    }
     struct hscan *x = calloc(1, sizeof *x);
     if (!x) return TALLY_ENOMEM;
     *x = (struct hscan){.site = site_id, .first_hour = h0,

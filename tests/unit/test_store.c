@@ -557,6 +557,13 @@ TEST(raw_compaction_keeps_every_event)
               0);
     ASSERT_EQ(hc.bad, 0);
     ASSERT_EQ(hc.n, ref.n);
+    /* from the epoch (date_range "all"): the same rows, the empty decades skipped */
+    hc = (struct hcollect){.r = hr, .last_hour = INT64_MIN};
+    ASSERT_EQ(raw_scan_hours(s, site[0], 0, base + 1000 * RAW_HOUR_MS, fields, 3, 0, 1, hrow_hour,
+                             &hc),
+              0);
+    ASSERT_EQ(hc.bad, 0);
+    ASSERT_EQ(hc.n, ref.n);
     /* events arriving after compaction (new offsets, same hours) are kept, and compacted in */
     write_events(s, site, 1, 200, 50000, base, 7);
     ref.n = 0;
