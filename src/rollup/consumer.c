@@ -22,6 +22,10 @@
 #define RETRY_DELAY_MS 1000
 #define WAIT_MS 100
 #define RAW_RETENTION_INTERVAL_MS (3600LL * 1000)
+/* A live reader that returns nothing for this long while the log's committed end is beyond
+ * its position is reopened there (seen with JetStream: after a stream leader was killed, a
+ * reader could stay empty; test_jslog cluster_r3_survives_a_server). */
+#define READER_STALL_MS 5000
 /* Raw compaction (raw_compact_hour): each hour of every site is compacted once,
  * when it ended RAW_COMPACT_GRACE_HOURS ago (late events mostly in), if it is not older than
  * RAW_COMPACT_LOOKBACK_HOURS: a restart revisits those (cheap for compact hours: only block
@@ -222,12 +226,14 @@ static int loop(struct evlog *log, struct feeder *fd, const struct loop_ops *ops
     if (rc) return rc;
     struct loop_state ls = {log, ops, st, consumer_id, cursor, end, timefmt_mono_ms()};
     uint64_t since_report = 0;
+    int64_t empty_since_ms = 0; /* monotonic; 0: the last read returned a record */
     while (!rc) {
         if (st && atomic_load(&st->stop)) break;
         if (ops->tick) ops->tick(ops->ctx);
         if (!live && evlog_reader_position(r) >= end) break;
         struct seglog_record rec;
         int n = evlog_reader_next(r, &rec);
+        if (n != TALLY_EAGAIN) empty_since_ms = 0;
         if (n == 0) {
             if (!live && rec.offset >= end) break;
             struct devent de;
@@ -250,6 +256,20 @@ static int loop(struct evlog *log, struct feeder *fd, const struct loop_ops *ops
                 continue;
             }
             if (ops->pending(ops->ctx)) rc = do_flush(&ls);
+            uint64_t pos = evlog_reader_position(r);
+            int64_t now = timefmt_mono_ms();
+            if (pos >= evlog_committed_offset(log)) empty_since_ms = 0;
+            else if (!empty_since_ms) empty_since_ms = now;
+            if (!rc && empty_since_ms && now - empty_since_ms > READER_STALL_MS) {
+                diag_warn("%s consumer: no record for %lld ms below the log's committed end; "
+                          "reopening the reader at %llu", name, (long long)READER_STALL_MS,
+                          (unsigned long long)pos);
+                evlog_reader_close(r);
+                r = NULL;
+                empty_since_ms = 0;
+                rc = evlog_reader_open(log, pos, &r);
+                continue;
+            }
             if (!rc) {
                 ls.end = evlog_committed_offset(log);
                 int w = evlog_wait(log, evlog_reader_position(r), WAIT_MS);

@@ -207,15 +207,17 @@ static int read_all(struct evlog *l, struct evlog_reader *r, int want, uint64_t 
 }
 
 /* read_all for a reader across a JetStream leader election: when the reader fails (it can
- * lose its consumer with the leader), it is reopened at its position and reading goes on, as
- * the log's consumers do (consumer.c: "resuming from the stored cursor"); *reopened counts
- * those. Records, or the last error once timeout_ms has passed. */
+ * lose its consumer with the leader) or returns nothing for 5 s below the committed end (seen
+ * in CI runs), it is reopened at its position and reading goes on, as the log's consumers do
+ * (consumer.c: READER_STALL_MS, "resuming from the stored cursor"); *reopened counts those.
+ * Records, or the last error once timeout_ms has passed. */
 static int read_all_reopen(struct evlog *l, struct evlog_reader **r, int want, uint64_t *offs,
                            char (*data)[400], int cap, int timeout_ms, int *reopened)
 {
     int got = 0;
     int64_t end = now_ms() + timeout_ms;
     uint64_t pos = evlog_reader_position(*r); /* the next record's offset */
+    int64_t empty_since = 0;                   /* 0: the last read returned a record */
     while (got < cap) {
         struct seglog_record rec;
         int rc = *r ? evlog_reader_next(*r, &rec) : TALLY_EIO;
@@ -224,6 +226,7 @@ static int read_all_reopen(struct evlog *l, struct evlog_reader **r, int want, u
             memcpy(data[got], rec.data, rec.len < 400 ? rec.len : 400);
             got++;
             pos = rec.offset + 1;
+            empty_since = 0;
             continue;
         }
         if (rc != TALLY_EAGAIN) {
@@ -236,6 +239,19 @@ static int read_all_reopen(struct evlog *l, struct evlog_reader **r, int want, u
             continue;
         }
         if (got >= want || now_ms() > end) break;
+        /* nothing for 5 s below the committed end: reopened, as consumer.c does */
+        if (pos >= evlog_committed_offset(l)) {
+            empty_since = 0;
+        } else if (!empty_since) {
+            empty_since = now_ms();
+        } else if (now_ms() - empty_since > 5000) {
+            evlog_reader_close(*r);
+            *r = NULL;
+            (*reopened)++;
+            empty_since = 0;
+            if (evlog_reader_open(l, pos, r) != 0) *r = NULL;
+            continue;
+        }
         evlog_wait(l, evlog_reader_position(*r), 100);
     }
     return got;
