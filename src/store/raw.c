@@ -193,10 +193,9 @@ static int dict_id(struct raw_writer *w, uint32_t site, struct devent_str str, u
     return TALLY_OK;
 }
 
-int raw_writer_add(struct raw_writer *w, uint32_t site_id, const struct devent *ev,
-                   uint32_t extra_flags)
+/* Room in w for one more row and np more props (raw_writer_add, compaction). */
+static int writer_reserve(struct raw_writer *w, uint32_t np)
 {
-    if (site_id == 0 || site_id >= STORE_SITES_MAX) return TALLY_EINVAL;
     if (w->nrows == w->caprows) {
         size_t cap = w->caprows ? w->caprows * 2 : 1024;
         struct row *p = realloc(w->rows, cap * sizeof *p);
@@ -204,6 +203,24 @@ int raw_writer_add(struct raw_writer *w, uint32_t site_id, const struct devent *
         w->rows = p;
         w->caprows = cap;
     }
+    if (w->nprops + np > w->capprops) {
+        size_t cap = w->capprops ? w->capprops : 1024;
+        while (cap < w->nprops + np) cap *= 2;
+        struct raw_prop *p = realloc(w->props, cap * sizeof *p);
+        if (!p) return TALLY_ENOMEM;
+        w->props = p;
+        w->capprops = cap;
+    }
+    return TALLY_OK;
+}
+
+int raw_writer_add(struct raw_writer *w, uint32_t site_id, const struct devent *ev,
+                   uint32_t extra_flags)
+{
+    if (site_id == 0 || site_id >= STORE_SITES_MAX) return TALLY_EINVAL;
+    uint32_t np = ev->props_count > DE_PROPS_MAX ? DE_PROPS_MAX : ev->props_count;
+    int rc = writer_reserve(w, np);
+    if (rc) return rc;
     struct row *r = &w->rows[w->nrows];
     memset(r, 0, sizeof *r);
     r->offset = ev->offset;
@@ -217,19 +234,9 @@ int raw_writer_add(struct raw_writer *w, uint32_t site_id, const struct devent *
     if (ev->flags & DE_F_HOST_NOT_ALLOWED) r->flags |= RAW_F_HOST_NOT_ALLOWED;
     if (ev->pageview) r->flags |= RAW_F_PAGEVIEW;
     if (!ev->interactive) r->flags |= RAW_F_NONINTERACTIVE;
-    int rc;
     for (int f = 0; f < DE_FIELD_COUNT; f++)
         if ((rc = dict_id(w, site_id, ev->str[f], &r->id[f]))) return rc;
-    uint32_t np = ev->props_count > DE_PROPS_MAX ? DE_PROPS_MAX : ev->props_count;
     if (np) {
-        if (w->nprops + np > w->capprops) {
-            size_t cap = w->capprops ? w->capprops : 1024;
-            while (cap < w->nprops + np) cap *= 2;
-            struct raw_prop *p = realloc(w->props, cap * sizeof *p);
-            if (!p) return TALLY_ENOMEM;
-            w->props = p;
-            w->capprops = cap;
-        }
         r->props_off = (uint32_t)w->nprops;
         r->props_n = np;
         for (uint32_t i = 0; i < np; i++) {
@@ -1620,7 +1627,6 @@ struct compact {
     struct raw_writer *w;
     uint32_t site;
     uint64_t rows;
-    int err;
 };
 
 /* A decoded event back into w's rows, ids as they are (no dictionary work). */
@@ -1629,22 +1635,9 @@ static int compact_add(void *arg, const struct raw_event *ev)
     struct compact *c = arg;
     struct raw_writer *w = c->w;
     if (++c->rows > RAW_COMPACT_EVENTS_MAX) return TALLY_ETOOBIG;
-    if (w->nrows == w->caprows) {
-        size_t cap = w->caprows ? w->caprows * 2 : 4096;
-        struct row *p = realloc(w->rows, cap * sizeof *p);
-        if (!p) return TALLY_ENOMEM;
-        w->rows = p;
-        w->caprows = cap;
-    }
     uint32_t np = ev->props_count > DE_PROPS_MAX ? DE_PROPS_MAX : ev->props_count;
-    if (w->nprops + np > w->capprops) {
-        size_t cap = w->capprops ? w->capprops : 1024;
-        while (cap < w->nprops + np) cap *= 2;
-        struct raw_prop *p = realloc(w->props, cap * sizeof *p);
-        if (!p) return TALLY_ENOMEM;
-        w->props = p;
-        w->capprops = cap;
-    }
+    int rc = writer_reserve(w, np);
+    if (rc) return rc;
     struct row *r = &w->rows[w->nrows++];
     *r = (struct row){.offset = ev->offset, .ts_ms = ev->ts_ms, .received_ms = ev->received_ms,
                       .visitor = ev->visitor, .site = c->site,
