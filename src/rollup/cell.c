@@ -394,14 +394,92 @@ int cell_decode(const void *val, size_t len, struct cell *c)
     return rc;
 }
 
+/* ---- views ---- */
+
+int cell_view_parse(const void *val, size_t len, struct cell_view *v)
+{
+    memset(v, 0, sizeof *v);
+    struct creader r;
+    creader_init(&r, val, len);
+    if (creader_u8(&r) != CELL_VERSION) return TALLY_ECORRUPT;
+    uint64_t present = creader_varint(&r);
+    if (present > 0xff) return TALLY_ECORRUPT;
+    if (present & PRESENT_PV) v->pageviews = creader_svarint(&r);
+    if (present & PRESENT_EV) v->events = creader_svarint(&r);
+    if (present & PRESENT_VISITS) v->visits = creader_svarint(&r);
+    if (present & PRESENT_BOUNCES) v->bounces = creader_svarint(&r);
+    if (present & PRESENT_DUR) v->duration_ms = creader_svarint(&r);
+    if (present & PRESENT_REV) {
+        uint64_t n = creader_varint(&r);
+        if (n == 0 || n > 20000) return TALLY_ECORRUPT;
+        v->rev = r.p;
+        v->nrev = (uint32_t)n;
+        for (uint64_t i = 0; i < n && !r.err; i++) {
+            for (int k = 0; k < 3; k++) (void)creader_u8(&r);
+            (void)creader_svarint(&r);
+        }
+        v->rev_len = r.err ? 0 : (size_t)(r.p - v->rev);
+    }
+    if (present & PRESENT_HLL) {
+        uint64_t n = creader_varint(&r);
+        if (r.err || n > (uint64_t)(r.end - r.p)) return TALLY_ECORRUPT;
+        v->hll = r.p;
+        v->hll_len = (size_t)n;
+        r.p += n;
+    }
+    if (present & PRESENT_MS) {
+        v->has_ms = true;
+        v->level = creader_u8(&r);
+        uint64_t n = creader_varint(&r);
+        if (r.err || v->level > 63 || n > (uint64_t)(r.end - r.p) / 9 + 1) return TALLY_ECORRUPT;
+        v->nms = (size_t)n;
+        v->ms = r.p;
+        v->ms_len = (size_t)(r.end - r.p);
+        r.p = r.end; /* the multiset is last: its entries are checked where they are read */
+        if (n == 0 && v->ms_len) return TALLY_ECORRUPT;
+    }
+    if (r.err || !creader_done(&r)) return TALLY_ECORRUPT;
+    return TALLY_OK;
+}
+
+int cell_view_add_revenue(const struct cell_view *v, struct cell *sum)
+{
+    struct creader r;
+    creader_init(&r, v->rev, v->rev_len);
+    int rc = TALLY_OK;
+    for (uint32_t i = 0; i < v->nrev && !rc; i++) {
+        char cur[3];
+        for (int k = 0; k < 3; k++) cur[k] = (char)creader_u8(&r);
+        int64_t micros = creader_svarint(&r);
+        rc = r.err ? TALLY_ECORRUPT : cell_add_revenue(sum, cur, micros);
+    }
+    return rc;
+}
+
 /* ---- unions ---- */
 
+/*
+ * A union gathers visitors from many cells and counts them once at the end:
+ *  - add-only sets: exact items are appended to hv (no merge per cell: a 30-day breakdown adds
+ *    30 sorted runs per value, and merging each into the growing set cost O(days^2)); dense
+ *    sketches are merged into hll. hv is deduplicated (unique_u64) when it has doubled since the
+ *    last time (at least UNION_ITEMS_MAX items) and at the count; once the distinct items
+ *    exceed HLL_EXACT_MAX_LIMIT, or any dense sketch was seen, they are folded into the sketch.
+ *    The result is what merging every cell's hll into one hll with exact_max
+ *    HLL_EXACT_MAX_LIMIT gives (an hll's state depends only on its set of items);
+ *  - multisets: members are appended to v, filtered by the highest sampling level seen.
+ */
 struct cell_union {
-    struct hll *hll;
-    uint64_t *v; /* multiset members */
+    struct hll *hll;  /* dense, or NULL */
+    uint64_t *hv;     /* add-only items; distinct after a compaction */
+    size_t hn, hcap, hcompact_at;
+    uint64_t *v;      /* multiset members */
     size_t n, cap;
     uint8_t level;
-    bool any_ms;
+    bool any_hll, any_ms;
+    bool counted; /* cell_union_count ran: hv may hold garbage, the answer is kept */
+    bool count_exact;
+    uint64_t count;
 };
 
 struct cell_union *cell_union_new(void)
@@ -413,73 +491,253 @@ void cell_union_free(struct cell_union *u)
 {
     if (!u) return;
     hll_free(u->hll);
+    free(u->hv);
     free(u->v);
     free(u);
 }
 
-static int cmp_u64(const void *a, const void *b)
+static void insertion_sort_u64(uint64_t *v, size_t n)
 {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
+    for (size_t i = 1; i < n; i++) {
+        uint64_t x = v[i];
+        size_t j = i;
+        while (j > 0 && v[j - 1] > x) v[j] = v[j - 1], j--;
+        v[j] = x;
+    }
+}
+
+/* Drops repeats from v[0..n) (the order of what stays is unspecified; with !keep, v holds
+ * garbage after and only the count matters); returns the distinct count. Visitor ids are hashes, so their top bits index an open-addressing table directly
+ * (linear probing, at most half full; 0 marks a free slot and is tracked apart). A cell's
+ * items arrive ascending, so each run of them sweeps the table front to back. */
+static size_t unique_u64(uint64_t *v, size_t n, bool keep)
+{
+    size_t k = 0;
+    if (n < 32) {
+        insertion_sort_u64(v, n);
+        for (size_t i = 0; i < n; i++)
+            if (k == 0 || v[k - 1] != v[i]) v[k++] = v[i];
+        return k;
+    }
+    int bits = 1;
+    while (bits < 62 && ((size_t)1 << bits) < 2 * n) bits++;
+    size_t cap = (size_t)1 << bits, mask = cap - 1;
+    int shift = 64 - bits;
+    uint64_t *t = calloc(cap, sizeof *t);
+    if (!t) {
+        qsort(v, n, sizeof *v, cmp_u64_);
+        for (size_t i = 0; i < n; i++)
+            if (k == 0 || v[k - 1] != v[i]) v[k++] = v[i];
+        return k;
+    }
+    bool zero = false;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t x = v[i];
+        if (x == 0) {
+            zero = true;
+            continue;
+        }
+        size_t slot = (size_t)(x >> shift);
+        while (t[slot] != 0 && t[slot] != x) slot = (slot + 1) & mask;
+        t[slot] = x;
+    }
+    if (zero) v[k++] = 0;
+    if (keep) {
+        for (size_t i = 0; i < cap; i++) {
+            v[k] = t[i];
+            k += t[i] != 0;
+        }
+    } else {
+        for (size_t i = 0; i < cap; i++) k += t[i] != 0;
+    }
+    free(t);
+    return k;
 }
 
 static void union_compact(struct cell_union *u)
 {
-    if (u->n > 1) qsort(u->v, u->n, sizeof *u->v, cmp_u64);
-    size_t k = 0;
-    for (size_t i = 0; i < u->n; i++)
-        if ((k == 0 || u->v[k - 1] != u->v[i]) && sampled_in(u->v[i], u->level))
-            u->v[k++] = u->v[i];
+    size_t k = 0, n = unique_u64(u->v, u->n, true);
+    for (size_t i = 0; i < n; i++)
+        if (sampled_in(u->v[i], u->level)) u->v[k++] = u->v[i];
     u->n = k;
 }
 
-int cell_union_add(struct cell_union *u, const struct cell *c)
+/* Sorts and deduplicates hv; folds it into the sketch when there is one or when it is too
+ * large to stay exact. */
+static int hset_compact(struct cell_union *u, bool final)
 {
-    if (c->hll) {
-        if (!u->hll && !(u->hll = hll_new(HLL_EXACT_MAX_LIMIT))) return TALLY_ENOMEM;
-        int rc = hll_merge(u->hll, c->hll);
+    u->hn = unique_u64(u->hv, u->hn, !final || u->hll || u->hn > HLL_EXACT_MAX_LIMIT);
+    if (u->hn > HLL_EXACT_MAX_LIMIT && !u->hll && !(u->hll = hll_new(HLL_EXACT_MAX_LIMIT)))
+        return TALLY_ENOMEM;
+    if (u->hll && (final || u->hn > HLL_EXACT_MAX_LIMIT)) {
+        int rc = hll_add_many(u->hll, u->hv, u->hn);
         if (rc) return rc;
+        u->hn = 0;
     }
-    if (c->nms) {
-        u->any_ms = true;
-        if (c->level > u->level) {
-            u->level = c->level;
-            union_compact(u);
-        }
-        if (u->n + c->nms > u->cap) {
-            size_t cap = u->cap ? u->cap : 1024;
-            while (cap < u->n + c->nms) cap *= 2;
-            uint64_t *p = realloc(u->v, cap * sizeof *p);
-            if (!p) return TALLY_ENOMEM;
-            u->v = p;
-            u->cap = cap;
-        }
-        for (size_t i = 0; i < c->nms; i++)
-            if (sampled_in(c->ms[i].visitor, u->level)) u->v[u->n++] = c->ms[i].visitor;
-        if (u->n > UNION_ITEMS_MAX) {
-            union_compact(u);
-            while (u->n > UNION_ITEMS_MAX && u->level < 63) {
-                u->level++;
-                union_compact(u);
-            }
-        }
+    u->hcompact_at = u->hn * 2 > UNION_ITEMS_MAX ? u->hn * 2 : UNION_ITEMS_MAX;
+    return TALLY_OK;
+}
+
+static int hv_reserve(struct cell_union *u, size_t more)
+{
+    if (u->hn + more <= u->hcap) return TALLY_OK;
+    size_t cap = u->hcap ? u->hcap : 1024;
+    while (cap < u->hn + more) cap *= 2;
+    uint64_t *p = realloc(u->hv, cap * sizeof *p);
+    if (!p) return TALLY_ENOMEM;
+    u->hv = p;
+    u->hcap = cap;
+    return TALLY_OK;
+}
+
+static int v_reserve(struct cell_union *u, size_t more)
+{
+    if (u->n + more <= u->cap) return TALLY_OK;
+    size_t cap = u->cap ? u->cap : 1024;
+    while (cap < u->n + more) cap *= 2;
+    uint64_t *p = realloc(u->v, cap * sizeof *p);
+    if (!p) return TALLY_ENOMEM;
+    u->v = p;
+    u->cap = cap;
+    return TALLY_OK;
+}
+
+static int ms_level(struct cell_union *u, uint8_t level)
+{
+    u->any_ms = true;
+    if (level > u->level) {
+        u->level = level;
+        union_compact(u);
     }
     return TALLY_OK;
 }
 
-uint64_t cell_union_count(const struct cell_union *u, bool *exact)
+static void ms_bound(struct cell_union *u)
 {
+    if (u->n > UNION_ITEMS_MAX) {
+        union_compact(u);
+        while (u->n > UNION_ITEMS_MAX && u->level < 63) {
+            u->level++;
+            union_compact(u);
+        }
+    }
+}
+
+static int hset_after_add(struct cell_union *u)
+{
+    u->any_hll = true;
+    return u->hn > u->hcompact_at ? hset_compact(u, false) : TALLY_OK;
+}
+
+int cell_union_add(struct cell_union *u, const struct cell *c)
+{
+    int rc;
+    if (c->hll) {
+        if (!hll_is_exact(c->hll)) {
+            if (!u->hll && !(u->hll = hll_new(HLL_EXACT_MAX_LIMIT))) return TALLY_ENOMEM;
+            if ((rc = hll_merge(u->hll, c->hll))) return rc;
+        } else {
+            const uint64_t *items;
+            size_t n = hll_items(c->hll, &items);
+            if ((rc = hv_reserve(u, n))) return rc;
+            memcpy(u->hv + u->hn, items, n * sizeof *items);
+            u->hn += n;
+        }
+        if ((rc = hset_after_add(u))) return rc;
+    }
+    if (c->nms) {
+        ms_level(u, c->level);
+        if ((rc = v_reserve(u, c->nms))) return rc;
+        for (size_t i = 0; i < c->nms; i++)
+            if (sampled_in(c->ms[i].visitor, u->level)) u->v[u->n++] = c->ms[i].visitor;
+        ms_bound(u);
+    }
+    return TALLY_OK;
+}
+
+static uint64_t load_le64_(const uint8_t *p)
+{
+    uint64_t x;
+    memcpy(&x, p, 8);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    x = __builtin_bswap64(x);
+#endif
+    return x;
+}
+
+int cell_union_add_view(struct cell_union *u, const struct cell_view *c)
+{
+    int rc;
+    if (c->hll) {
+        bool dense;
+        size_t n;
+        const uint8_t *body;
+        if ((rc = hll_blob(c->hll, c->hll_len, &dense, &n, &body))) return rc;
+        if (dense) {
+            if (!u->hll && !(u->hll = hll_new(HLL_EXACT_MAX_LIMIT))) return TALLY_ENOMEM;
+            if ((rc = hll_merge_serialized(u->hll, c->hll, c->hll_len))) return rc;
+        } else {
+            if ((rc = hv_reserve(u, n))) return rc;
+            uint64_t *out = u->hv + u->hn, prev = 0;
+            for (size_t i = 0; i < n; i++) {
+                uint64_t x = load_le64_(body + 8 * i);
+                if (i > 0 && x <= prev) return TALLY_ECORRUPT;
+                out[i] = prev = x;
+            }
+            u->hn += n;
+        }
+        if ((rc = hset_after_add(u))) return rc;
+    }
+    if (c->has_ms) {
+        struct creader r;
+        creader_init(&r, c->ms, c->ms_len);
+        if (c->nms) {
+            ms_level(u, c->level);
+            if ((rc = v_reserve(u, c->nms))) return rc;
+        }
+        uint64_t prev = 0;
+        for (size_t i = 0; i < c->nms; i++) {
+            uint64_t x = creader_le64(&r);
+            uint64_t count = creader_varint(&r);
+            if (r.err || count < 1 || (i > 0 && x <= prev)) return TALLY_ECORRUPT;
+            prev = x;
+            if (sampled_in(x, u->level)) u->v[u->n++] = x;
+        }
+        if (!creader_done(&r)) return TALLY_ECORRUPT;
+        if (c->nms) ms_bound(u);
+    }
+    return TALLY_OK;
+}
+
+uint64_t cell_union_count(const struct cell_union *u_, bool *exact)
+{
+    struct cell_union *u = (struct cell_union *)u_;
+    if (u->counted) {
+        *exact = u->count_exact;
+        return u->count;
+    }
     uint64_t n = 0;
     *exact = true;
-    if (u->hll) {
-        n = hll_count(u->hll);
-        *exact = hll_is_exact(u->hll);
+    if (u->any_hll || u->hll) {
+        if (hset_compact(u, true) != TALLY_OK) {
+            /* out of memory folding the items into the sketch: count what is exact */
+            *exact = false;
+        }
+        if (u->hll) {
+            n = hll_count(u->hll) + u->hn;
+            if (!hll_is_exact(u->hll)) *exact = false;
+        } else {
+            n = u->hn;
+        }
     }
     if (u->any_ms) {
-        union_compact((struct cell_union *)u);
+        union_compact(u);
         n += (uint64_t)u->n << u->level;
         if (u->level) *exact = false;
     }
+    u->counted = true;
+    u->count_exact = *exact;
+    u->count = n;
     return n;
 }
 

@@ -160,12 +160,36 @@ void cell_sort_mentries(struct cell_mentry *v, size_t n); /* by visitor */
 /* Unique visitors of the cell: estimate, and whether it is exact. */
 uint64_t cell_visitors(const struct cell *c, bool *exact);
 
+/* A stored value read in place (no allocation): counters decoded, revenue and visitor sets
+ * left in the value's bytes, which must outlive the view. cell_view_parse checks the layout
+ * except the entries of the sets, which cell_union_add_view checks as it reads them. */
+struct cell_view {
+    int64_t pageviews, events, visits, bounces, duration_ms;
+    const uint8_t *rev; /* nrev x (3 bytes currency, svarint micros) */
+    size_t rev_len;
+    uint32_t nrev;
+    const uint8_t *hll; /* serialized hll (hll.h), or NULL */
+    size_t hll_len;
+    const uint8_t *ms; /* nms x (u64 LE visitor, varint count) */
+    size_t ms_len, nms;
+    uint8_t level;
+    bool has_ms;
+};
+int cell_view_parse(const void *val, size_t len, struct cell_view *v); /* 0, TALLY_ECORRUPT */
+/* sum += the view's revenue. 0, TALLY_ECORRUPT, TALLY_ENOMEM. */
+int cell_view_add_revenue(const struct cell_view *v, struct cell *sum);
+
 /* Unions cells' visitor sets across buckets (for ranges): feed cells, then read. Multisets
- * count a visitor once however many visits; sampled sets combine at the highest level. */
+ * count a visitor once however many visits; sampled sets combine at the highest level. Items
+ * are gathered and deduplicated at the count (cell.c), so feeding k cells of n items costs
+ * O(k n), not O(k^2 n). */
 struct cell_union;
 struct cell_union *cell_union_new(void);
 void cell_union_free(struct cell_union *u);
 int cell_union_add(struct cell_union *u, const struct cell *c);
+/* The same from a view; TALLY_ECORRUPT when its sets are malformed. */
+int cell_union_add_view(struct cell_union *u, const struct cell_view *v);
+/* The count ends the union: no adds after it (a second count returns the same answer). */
 uint64_t cell_union_count(const struct cell_union *u, bool *exact);
 
 /* Key building/parsing. gran is enum tz_gran; bucket_min the bucket key in minutes. Returns

@@ -305,8 +305,10 @@ size_t hll_serialize(const struct hll *h, uint8_t *buf)
     return (size_t)(p - buf);
 }
 
-/* Parses the blob's header; exact: *n and *items (raw LE bytes); dense: *regs. */
-static int parse(const uint8_t *buf, size_t len, int *mode, size_t *n, const uint8_t **body)
+/* Parses the blob's header; exact: *n and *items (raw LE bytes, NOT checked to ascend);
+ * dense: *regs (checked). */
+static int parse_header(const uint8_t *buf, size_t len, int *mode, size_t *n,
+                        const uint8_t **body)
 {
     if (len < 2 || buf[0] != HLL_VERSION || buf[1] > 1) return TALLY_ECORRUPT;
     *mode = buf[1];
@@ -334,6 +336,14 @@ static int parse(const uint8_t *buf, size_t len, int *mode, size_t *n, const uin
     if (v > HLL_EXACT_MAX_LIMIT || len - pos != v * 8) return TALLY_ECORRUPT;
     *n = (size_t)v;
     *body = buf + pos;
+    return TALLY_OK;
+}
+
+/* parse_header, and exact items checked to ascend strictly. */
+static int parse(const uint8_t *buf, size_t len, int *mode, size_t *n, const uint8_t **body)
+{
+    int rc = parse_header(buf, len, mode, n, body);
+    if (rc || *mode == 1) return rc;
     uint64_t prev = 0;
     for (size_t i = 0; i < *n; i++) {
         uint64_t x = 0;
@@ -349,6 +359,14 @@ static uint64_t load_le64(const uint8_t *p)
     uint64_t x = 0;
     for (int b = 0; b < 8; b++) x |= (uint64_t)p[b] << (8 * b);
     return x;
+}
+
+int hll_blob(const uint8_t *buf, size_t len, bool *dense, size_t *n, const uint8_t **body)
+{
+    int mode;
+    int rc = parse_header(buf, len, &mode, n, body);
+    if (!rc) *dense = mode == 1;
+    return rc;
 }
 
 int hll_merge_serialized(struct hll *dst, const uint8_t *buf, size_t len)

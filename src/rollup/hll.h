@@ -76,6 +76,12 @@ size_t hll_serialize(const struct hll *h, uint8_t *buf);
  * hll_new). TALLY_ECORRUPT on a malformed blob, TALLY_ENOMEM. */
 int hll_deserialize(const uint8_t *buf, size_t len, uint32_t exact_max, struct hll **out);
 
+/* A serialized hll read in place, for callers that gather many blobs before counting: dense
+ * mode: *dense, *n = HLL_REGISTERS and the registers in *body (checked); exact mode: *n items
+ * of 8 bytes little-endian in *body, NOT checked to ascend (the caller checks while it reads
+ * them). 0 or TALLY_ECORRUPT. */
+int hll_blob(const uint8_t *buf, size_t len, bool *dense, size_t *n, const uint8_t **body);
+
 /* dst := dst U (the serialized hll in buf). 0, TALLY_ECORRUPT, TALLY_ENOMEM. */
 int hll_merge_serialized(struct hll *dst, const uint8_t *buf, size_t len);
 

@@ -78,21 +78,19 @@ static void agg_free(struct agg *a)
 
 static int agg_add(struct agg *a, const uint8_t *val, size_t len)
 {
-    struct cell c;
-    int rc = cell_decode(val, len, &c);
+    struct cell_view c;
+    int rc = cell_view_parse(val, len, &c);
     if (rc) return rc;
     a->sum.pageviews += c.pageviews;
     a->sum.events += c.events;
     a->sum.visits += c.visits;
     a->sum.bounces += c.bounces;
     a->sum.duration_ms += c.duration_ms;
-    for (uint32_t i = 0; i < c.nrev && !rc; i++)
-        rc = cell_add_revenue(&a->sum, c.rev[i].cur, c.rev[i].micros);
-    if (!rc && (c.hll || c.nms)) {
+    if (c.nrev) rc = cell_view_add_revenue(&c, &a->sum);
+    if (!rc && (c.hll || c.has_ms)) {
         if (!a->u && !(a->u = cell_union_new())) rc = TALLY_ENOMEM;
-        if (!rc) rc = cell_union_add(a->u, &c);
+        if (!rc) rc = cell_union_add_view(a->u, &c);
     }
-    cell_free(&c);
     return rc;
 }
 

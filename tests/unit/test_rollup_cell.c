@@ -193,6 +193,155 @@ TEST(unions)
     cell_free(&y);
 }
 
+static int cmp_u64_t(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Feeds ncells cells of add-only sets (sizes from sizes[]) drawn from a universe of `universe`
+ * items (item 0 included) both as views of their encodings and as cells, and checks both
+ * unions against one hll that merged every cell's hll with exact_max HLL_EXACT_MAX_LIMIT (what
+ * the union promises to equal). */
+static void union_case(size_t ncells, const size_t *sizes, uint64_t universe)
+{
+    struct cell_union *uv = cell_union_new(), *uc = cell_union_new();
+    struct hll *ref = hll_new(HLL_EXACT_MAX_LIMIT);
+    struct cbuf b = {0};
+    for (size_t k = 0; k < ncells; k++) {
+        struct cell c;
+        cell_init(&c);
+        c.pageviews = 1;
+        size_t n = sizes[k];
+        uint64_t *items = malloc((n ? n : 1) * sizeof *items);
+        for (size_t i = 0; i < n; i++) items[i] = rnd() % universe;
+        if (n) items[0] = 0;
+        ASSERT_EQ(cell_add_uniques(&c, items, n), 0);
+        free(items);
+        enc(&c, &b);
+        struct cell_view v;
+        ASSERT_EQ(cell_view_parse(b.p, b.len, &v), 0);
+        ASSERT_EQ(v.pageviews, 1);
+        ASSERT_EQ(cell_union_add_view(uv, &v), 0);
+        ASSERT_EQ(cell_union_add(uc, &c), 0);
+        if (c.hll) ASSERT_EQ(hll_merge(ref, c.hll), 0);
+        cell_free(&c);
+    }
+    bool ev, ec;
+    uint64_t nv = cell_union_count(uv, &ev), nc = cell_union_count(uc, &ec);
+    ASSERT_EQ(nv, hll_count(ref));
+    ASSERT_EQ(nc, hll_count(ref));
+    ASSERT_EQ(ev, hll_is_exact(ref));
+    ASSERT_EQ(ec, hll_is_exact(ref));
+    ASSERT_EQ(cell_union_count(uv, &ev), nv); /* a second count gives the same */
+    cell_union_free(uv);
+    cell_union_free(uc);
+    hll_free(ref);
+    free(b.p);
+}
+
+TEST(unions_of_many_cells_equal_one_merged_hll)
+{
+    size_t sizes[80];
+    /* 30 small exact cells with heavy overlap (a 30-day breakdown of one value) */
+    for (int i = 0; i < 30; i++) sizes[i] = 50 + rnd() % 3000;
+    union_case(30, sizes, 20000);
+    /* one dense cell among exact ones: the answer is the sketch of everything */
+    for (int i = 0; i < 10; i++) sizes[i] = 100;
+    sizes[4] = CELL_UNIQ_EXACT_MAX + 500;
+    union_case(10, sizes, 1u << 30);
+    /* more distinct items than HLL_EXACT_MAX_LIMIT from exact cells only: they become a
+     * sketch at the count, as the merged hll does (and compactions run on the way) */
+    for (int i = 0; i < 80; i++) sizes[i] = CELL_UNIQ_EXACT_MAX - 1;
+    union_case(80, sizes, UINT64_MAX);
+    /* empty and tiny cells */
+    sizes[0] = 0, sizes[1] = 1, sizes[2] = 2;
+    union_case(3, sizes, 4);
+}
+
+TEST(union_views_check_their_sets)
+{
+    struct cell c;
+    cell_init(&c);
+    struct cell_mentry m[3] = {{5, 1}, {9, 2}, {12, 1}};
+    ASSERT_EQ(cell_apply_multiset(&c, m, 3), 0);
+    struct cbuf b = {0};
+    enc(&c, &b);
+    struct cell_view v;
+    ASSERT_EQ(cell_view_parse(b.p, b.len, &v), 0);
+    struct cell_union *u = cell_union_new();
+    ASSERT_EQ(cell_union_add_view(u, &v), 0);
+    bool exact;
+    ASSERT_EQ(cell_union_count(u, &exact), 3);
+    cell_union_free(u);
+    /* swap the first two visitors: not ascending any more */
+    uint8_t *p = (uint8_t *)v.ms;
+    uint8_t tmp[9];
+    memcpy(tmp, p, 9);
+    memcpy(p, p + 9, 9);
+    memcpy(p + 9, tmp, 9);
+    ASSERT_EQ(cell_view_parse(b.p, b.len, &v), 0);
+    u = cell_union_new();
+    ASSERT_EQ(cell_union_add_view(u, &v), TALLY_ECORRUPT);
+    cell_union_free(u);
+    /* a truncated value */
+    ASSERT_EQ(cell_view_parse(b.p, b.len - 1, &v) == 0 &&
+                  (u = cell_union_new()) != NULL && cell_union_add_view(u, &v) == 0,
+              false);
+    cell_union_free(u);
+    cell_free(&c);
+    /* add-only items out of order */
+    cell_init(&c);
+    uint64_t items[3] = {3, 1, 2};
+    ASSERT_EQ(cell_add_uniques(&c, items, 3), 0);
+    enc(&c, &b);
+    ASSERT_EQ(cell_view_parse(b.p, b.len, &v), 0);
+    p = (uint8_t *)v.hll + v.hll_len - 8; /* the last item := 0 */
+    memset(p, 0, 8);
+    u = cell_union_new();
+    ASSERT_EQ(cell_union_add_view(u, &v), TALLY_ECORRUPT);
+    cell_union_free(u);
+    cell_free(&c);
+    free(b.p);
+}
+
+TEST(multiset_union_of_views_counts_each_visitor_once)
+{
+    struct cbuf b = {0};
+    struct cell_union *u = cell_union_new();
+    size_t cap = 0, n = 0;
+    uint64_t *all = NULL;
+    for (int k = 0; k < 30; k++) {
+        struct cell c;
+        cell_init(&c);
+        size_t m = 100 + rnd() % 2000;
+        struct cell_mentry *d = malloc(m * sizeof *d);
+        for (size_t i = 0; i < m; i++) d[i] = (struct cell_mentry){rnd() % 30000 + 1, 1};
+        ASSERT_EQ(cell_apply_multiset(&c, d, m), 0);
+        free(d);
+        if (n + c.nms > cap) {
+            cap = (n + c.nms) * 2;
+            all = realloc(all, cap * sizeof *all);
+        }
+        for (size_t i = 0; i < c.nms; i++) all[n++] = c.ms[i].visitor;
+        enc(&c, &b);
+        struct cell_view v;
+        ASSERT_EQ(cell_view_parse(b.p, b.len, &v), 0);
+        ASSERT_EQ(cell_union_add_view(u, &v), 0);
+        cell_free(&c);
+    }
+    qsort(all, n, sizeof *all, cmp_u64_t);
+    size_t distinct = 0;
+    for (size_t i = 0; i < n; i++)
+        if (i == 0 || all[i] != all[i - 1]) distinct++;
+    bool exact;
+    ASSERT_EQ(cell_union_count(u, &exact), distinct);
+    ASSERT_TRUE(exact);
+    cell_union_free(u);
+    free(all);
+    free(b.p);
+}
+
 TEST(keys_and_names)
 {
     uint8_t k[CELL_KEY_BYTES_MAX];
@@ -227,6 +376,9 @@ int main(void)
     RUN(fresh_encoder_matches);
     RUN(multiset_retraction_and_sampling);
     RUN(unions);
+    RUN(unions_of_many_cells_equal_one_merged_hll);
+    RUN(union_views_check_their_sets);
+    RUN(multiset_union_of_views_counts_each_visitor_once);
     RUN(keys_and_names);
     return test_summary();
 }
