@@ -15,6 +15,7 @@
 #include "log/jslog.h"
 #include "http/http_server.h"
 #include "rollup/rollup.h"
+#include "store/memo.h"
 #include "tally/error.h"
 
 /* /healthz of a JetStream node. */
@@ -210,6 +211,23 @@ static void on_metrics(struct http_request *req, struct http_exchange *ex, void 
                            "tally_raw_compacted_blocks_total %llu\n",
                         (unsigned long long)lag.compacted_hours,
                         (unsigned long long)lag.compacted_blocks);
+    if (app->store) {
+        struct memo_stats ms;
+        memo_stats(store_memo(app->store), &ms);
+        evbuffer_add_printf(b, "# HELP tally_query_cache_lookups_total Day-range breakdowns "
+                               "looked up in the query cache, by outcome (stale: kept but a day "
+                               "of its range changed since).\n"
+                               "# TYPE tally_query_cache_lookups_total counter\n"
+                               "tally_query_cache_lookups_total{outcome=\"hit\"} %llu\n"
+                               "tally_query_cache_lookups_total{outcome=\"miss\"} %llu\n"
+                               "tally_query_cache_lookups_total{outcome=\"stale\"} %llu\n"
+                               "# HELP tally_query_cache_bytes Bytes the query cache holds "
+                               "(bound: query_cache_bytes_max).\n"
+                               "# TYPE tally_query_cache_bytes gauge\n"
+                               "tally_query_cache_bytes %llu\n",
+                            (unsigned long long)ms.hits, (unsigned long long)ms.misses,
+                            (unsigned long long)ms.stale, (unsigned long long)ms.bytes);
+    }
     size_t len = evbuffer_get_length(b);
     const void *data = evbuffer_pullup(b, -1);
     http_respond(ex, 200, "text/plain; version=0.0.4", data, len);

@@ -74,6 +74,7 @@
 #include "ingest/referrer.h"
 #include "ingest/timefmt.h"
 #include "ingest/ua.h"
+#include "store/memo.h"
 #include "rollup/rollup.h"
 #include "store/store.h"
 #include "tally/error.h"
@@ -131,7 +132,8 @@ static int open_log(const struct tally_config *cfg, const struct datadir *dd, bo
     return 0;
 }
 
-static int open_store(const struct datadir *dd, bool read_only, struct store **out)
+static int open_store(const struct datadir *dd, bool read_only, size_t cache_bytes_max,
+                      struct store **out)
 {
     char dir[4096];
     datadir_join(dd, "store", dir, sizeof dir);
@@ -143,6 +145,7 @@ static int open_store(const struct datadir *dd, bool read_only, struct store **o
     o.block_cache_bytes = 16u << 20;
     o.write_buffer_bytes = 8u << 20;
     o.background_low_priority = !read_only;
+    o.memo_bytes_max = cache_bytes_max;
     int rc = store_open(&o, out);
     if (rc != 0)
         fprintf(stderr, "tally: cannot open the store in %s: %s\n", dir, tally_strerror(rc));
@@ -458,6 +461,7 @@ static void reload(struct app *app, const struct app_options *opt,
     if (g.ratelimit) atomic_store_explicit(&app->ratelimit, g.ratelimit, memory_order_release);
     atomic_store_explicit(&app->sites, g.sites, memory_order_release);
     atomic_store_explicit(&app->cfg, n, memory_order_release);
+    if (app->store) memo_set_bytes_max(store_memo(app->store), (size_t)n->query_cache_bytes_max);
     if (consumers_differ && app->rollups) {
         g_consumers_cfg = n;
         if (rollup_service_reconfigure(app->rollups, n) != 0)
@@ -530,7 +534,7 @@ static int start_processing(struct app *app, const struct datadir *dd,
                             struct rollup_source **sources, size_t *nsources)
 {
     const struct tally_config *cfg = app->cfg;
-    int rc = open_store(dd, false, &app->store);
+    int rc = open_store(dd, false, (size_t)cfg->query_cache_bytes_max, &app->store);
     if (rc != 0) return rc;
     if ((rc = node_sources(cfg, app->log, app->js, sources, nsources)) != 0) {
         fprintf(stderr, "tally: no partitions to consume: %s\n", tally_strerror(rc));
@@ -902,7 +906,7 @@ int app_rebuild(const struct tally_config *cfg, const struct app_options *opt)
             goto out;
         }
     }
-    if (rc != 0 || open_store(dd, false, &store) != 0) goto out;
+    if (rc != 0 || open_store(dd, false, 0, &store) != 0) goto out;
     if (node_sources(cfg, log, js, &src, &nsrc) != 0) goto out;
     struct rollup_rebuild_opts ro;
     memset(&ro, 0, sizeof ro);
@@ -950,7 +954,7 @@ int app_digest(const struct tally_config *cfg, const struct app_options *opt)
     if (lock_data_dir(cfg, &dd) != 0) return 1;
     struct store *store = NULL;
     int exit_code = 1;
-    if (open_store(dd, false, &store) == 0) {
+    if (open_store(dd, false, 0, &store) == 0) {
         struct rollup_digest d;
         int rc = rollup_digest(store, opt->site, &d);
         if (rc == 0) {

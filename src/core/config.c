@@ -95,6 +95,11 @@ static const struct key_def g_keys[] = {
     {"server", "query_memory_bytes_max", KT_INT, CO(query_memory_bytes_max), 1 * MiB, 64 * GiB,
      "268435456", "bytes", "memory budget of one Stats API query; beyond it the query gets 400",
      NULL},
+    {"server", "query_cache_bytes_max", KT_INT, CO(query_cache_bytes_max), 0, 4 * GiB,
+     "16777216", "bytes",
+     "answers of whole-day breakdowns (the dashboard's top lists) kept in memory and reused "
+     "until a day of their range changes; 0 keeps none",
+     NULL},
     {"server", "live_connections_max", KT_INT, CO(live_connections_max), 1, 1000000, "1000",
      "connections", "open GET /api/v1/live WebSockets; beyond it new ones get 503", NULL},
     {"server", "live_events_per_s_max", KT_INT, CO(live_events_per_s_max), 1, 100000, "50",

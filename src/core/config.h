@@ -70,6 +70,7 @@ struct tally_config {
     int64_t query_queue_max;
     int64_t query_timeout_ms;
     int64_t query_memory_bytes_max;
+    int64_t query_cache_bytes_max;  /* answers of day-range breakdowns kept (store/memo.h) */
     char *tracker_path;             /* extra first-party path of the tracker script */
     int64_t live_connections_max;   /* GET /api/v1/live WebSockets open at once */
     int64_t live_events_per_s_max;  /* events pushed per second per live WebSocket */

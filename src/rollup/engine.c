@@ -31,6 +31,7 @@
 #include "rollup/dedup.h"
 #include "rollup/u64map.h"
 #include "store/codec.h"
+#include "store/memo.h"
 #include "store/strtab.h"
 #include "tally/error.h"
 
@@ -1521,6 +1522,29 @@ static uint64_t now_us(void)
     return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
+/* After a committed flush: tells the store's memo which (site, day bucket) cells changed, so that
+ * cached range results over those days are not used again (store/memo.h). A flush touching
+ * more than DAYS_NOTED_MAX of them marks everything changed. */
+#define DAYS_NOTED_MAX 128
+static void note_days(struct engine *e)
+{
+    const struct cmap *m = &e->cm[GRAN_D];
+    uint64_t tags[DAYS_NOTED_MAX];
+    size_t n = 0;
+    for (size_t i = 0; i < m->n; i++) {
+        uint64_t t = m->d[i].a; /* site << 32 | bucket */
+        size_t k = 0;
+        while (k < n && tags[k] != t) k++;
+        if (k < n) continue;
+        if (n == DAYS_NOTED_MAX) {
+            memo_note_all(store_memo(e->s));
+            return;
+        }
+        tags[n++] = t;
+    }
+    memo_note_days(store_memo(e->s), tags, n);
+}
+
 int engine_flush(struct engine *e)
 {
     if (e->err) return e->err;
@@ -1553,6 +1577,7 @@ int engine_flush(struct engine *e)
     e->st.write_us += now_us() - tw;
     store_batch_clear(e->batch);
     if (rc) return fail(e, rc);
+    note_days(e);
     if (mcut > e->mcut_saved) e->mcut_saved = mcut;
     dedup_commit(e->dd);
     for (int g = 0; g < TZ_GRAN_COUNT; g++) cmap_clear(&e->cm[g]);

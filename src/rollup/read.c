@@ -5,6 +5,7 @@
 #include <xxhash.h>
 
 #include "rollup/rollup.h"
+#include "store/memo.h"
 #include "store/strtab.h"
 #include "tally/error.h"
 
@@ -206,12 +207,33 @@ static int order_cmp(const void *a, const void *b)
     return x->len < y->len ? -1 : x->len > y->len;
 }
 
-int rollup_read_breakdown(struct store *s, uint32_t site, enum tz_gran g, int dim,
-                          int64_t from_ms, int64_t to_ms, size_t values_max,
-                          rollup_breakdown_fn fn, void *arg)
+/* A breakdown's answer as stored in the memo: per value, in ascending byte order,
+ * u32 vlen | value bytes | struct rollup_metrics (this process's layout: never persisted). */
+static int emit_answer(const uint8_t *p, size_t len, rollup_breakdown_fn fn, void *arg)
 {
-    struct breakdown_ctx c = {.values = strtab_new(),
-                              .max = values_max ? values_max : ROLLUP_BREAKDOWN_VALUES_MAX};
+    if (len == 0) return TALLY_OK;
+    const uint8_t *end = p + len;
+    int rc = TALLY_OK;
+    while (!rc && p < end) {
+        uint32_t vlen;
+        struct rollup_metrics m;
+        memcpy(&vlen, p, sizeof vlen);
+        p += sizeof vlen;
+        const char *v = (const char *)p;
+        p += vlen;
+        memcpy(&m, p, sizeof m);
+        p += sizeof m;
+        rc = fn(arg, v, vlen, &m);
+    }
+    return rc;
+}
+
+/* Reads every cell of the range and builds the answer (emit_answer's layout) in out. */
+static int breakdown_compute(struct store *s, uint32_t site, enum tz_gran g, int dim,
+                             int64_t from_ms, int64_t to_ms, size_t values_max,
+                             struct cbuf *out)
+{
+    struct breakdown_ctx c = {.values = strtab_new(), .max = values_max};
     if (!c.values) return TALLY_ENOMEM;
     int rc = each_cell(s, site, g, dim, from_ms, to_ms, breakdown_cb, &c);
     struct order *ord = NULL;
@@ -225,16 +247,59 @@ int rollup_read_breakdown(struct store *s, uint32_t site, enum tz_gran g, int di
             ord[i].i = i;
         }
         if (c.n > 1) qsort(ord, c.n, sizeof *ord, order_cmp);
-        for (size_t i = 0; i < c.n && !rc; i++) {
+        for (size_t i = 0; i < c.n; i++) {
             struct rollup_metrics m;
             agg_metrics(&c.aggs[ord[i].i], &m);
-            rc = fn(arg, ord[i].s, ord[i].len, &m);
+            cbuf_put(out, &ord[i].len, sizeof ord[i].len);
+            cbuf_put(out, ord[i].s, ord[i].len);
+            cbuf_put(out, &m, sizeof m);
         }
+        if (out->oom) rc = TALLY_ENOMEM;
     }
     for (size_t i = 0; i < c.n; i++) agg_free(&c.aggs[i]);
     free(c.aggs);
     free(ord);
     strtab_free(c.values);
+    return rc;
+}
+
+int rollup_read_breakdown(struct store *s, uint32_t site, enum tz_gran g, int dim,
+                          int64_t from_ms, int64_t to_ms, size_t values_max,
+                          rollup_breakdown_fn fn, void *arg)
+{
+    if (!values_max) values_max = ROLLUP_BREAKDOWN_VALUES_MAX;
+    uint32_t b0 = bucket_ceil(from_ms), b1 = bucket_ceil(to_ms);
+    if (b1 <= b0) return TALLY_OK;
+    /* Day breakdowns (the dashboard's top lists over whole days) go through the memo: their
+     * answer is kept until a cell of one of the range's days changes (store/memo.h). */
+    struct memo *mo = g == TZ_DAY ? store_memo(s) : NULL;
+    uint8_t key[1 + 4 + 1 + 4 + 4 + 8];
+    uint64_t built = 0;
+    int rc;
+    if (mo) {
+        built = memo_now(mo);
+        key[0] = 'B';
+        store_put_be32(key + 1, site);
+        key[5] = (uint8_t)dim;
+        store_put_be32(key + 6, b0);
+        store_put_be32(key + 10, b1);
+        store_put_be64(key + 14, (uint64_t)values_max);
+        uint64_t need = memo_range_seq(mo, site, b0, b1);
+        void *val;
+        size_t len;
+        rc = memo_get(mo, key, sizeof key, need, &val, &len);
+        if (rc < 0) return rc;
+        if (rc == 1) {
+            rc = emit_answer(val, len, fn, arg);
+            free(val);
+            return rc;
+        }
+    }
+    struct cbuf ans = {0};
+    rc = breakdown_compute(s, site, g, dim, from_ms, to_ms, values_max, &ans);
+    if (!rc && mo) memo_put(mo, key, sizeof key, ans.p, ans.len, built);
+    if (!rc) rc = emit_answer(ans.p, ans.len, fn, arg);
+    free(ans.p);
     return rc;
 }
 

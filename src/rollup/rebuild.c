@@ -9,6 +9,7 @@
 #include "log/evlog.h"
 #include "rollup/consumer.h"
 #include "rollup/rollup.h"
+#include "store/memo.h"
 #include "tally/error.h"
 
 #define MARKER_KEY ROLLUP_STATE_PREFIX "rebuilding"
@@ -118,6 +119,7 @@ static int delete_filtered(struct store *s, const struct tally_config *cfg,
     if (!rc) store_batch_put_u64(b, MARKER_KEY, 1);
     if (!rc) rc = store_write(s, b);
     store_batch_free(b);
+    memo_note_all(store_memo(s)); /* cached range results may cover deleted cells */
     return rc;
 }
 
@@ -158,6 +160,7 @@ static int delete_all(struct store *s)
     store_batch_delete_range(b, STORE_CF_META, p, strlen(p), end, strlen(end));
     int rc = store_write(s, b);
     store_batch_free(b);
+    memo_note_all(store_memo(s)); /* cached range results cover deleted cells */
     return rc;
 }
 

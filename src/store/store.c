@@ -14,6 +14,7 @@
 #include <sys/statvfs.h>
 
 #include "core/diag.h"
+#include "store/memo.h"
 #include "tally/error.h"
 
 #define STORE_RAW_DEL_WINDOW 1024 /* keys */
@@ -46,6 +47,8 @@ struct store {
     pthread_mutex_t sites_mu; /* guards the registry below */
     char **site_names;        /* index = id; [0] unused */
     uint32_t site_count;      /* highest id in use */
+
+    struct memo *memo; /* derived results and the change clock (memo.h) */
 };
 
 struct store_batch {
@@ -66,11 +69,17 @@ const char *store_cf_name(enum store_cf cf)
     return (unsigned)cf < STORE_CF_COUNT ? cf_names[cf] : "?";
 }
 
+struct memo *store_memo(struct store *s)
+{
+    return s->memo;
+}
+
 void store_options_default(struct store_options *o)
 {
     memset(o, 0, sizeof *o);
     o->block_cache_bytes = 64u << 20;
     o->write_buffer_bytes = 32u << 20;
+    o->memo_bytes_max = STORE_MEMO_BYTES_DEFAULT;
 }
 
 static int err_code(char *err, const char *what)
@@ -155,7 +164,8 @@ int store_open(const struct store_options *opt, struct store **out)
     pthread_rwlock_init(&s->life, NULL);
     s->read_only = opt->read_only;
     s->dir = strdup(opt->dir);
-    if (!s->dir) {
+    s->memo = memo_new(opt->memo_bytes_max);
+    if (!s->dir || !s->memo) {
         store_close(s);
         return TALLY_ENOMEM;
     }
@@ -255,6 +265,7 @@ void store_close(struct store *s)
 {
     if (!s) return;
     db_close(s);
+    memo_free(s->memo);
     free(s->dir);
     if (s->wopts) rocksdb_writeoptions_destroy(s->wopts);
     if (s->ropts) rocksdb_readoptions_destroy(s->ropts);

@@ -56,9 +56,17 @@ struct store_options {
     bool sync_writes;                /* fsync the WAL on every store_write; default false */
     bool background_low_priority;    /* RocksDB flush/compaction threads at a lower CPU
                                         priority (the server: ingest first); default false */
+    size_t memo_bytes_max;           /* derived results kept in memory (memo.h); 0: none;
+                                        default STORE_MEMO_BYTES_DEFAULT */
 };
 
+#define STORE_MEMO_BYTES_DEFAULT (16u << 20)
+
 void store_options_default(struct store_options *o);
+
+/* The store's memo (memo.h): the cache of derived results and the change clock that writers
+ * of rollup cells advance. Owned by the store, valid until store_close. Any thread. */
+struct memo *store_memo(struct store *s);
 
 /* Opens (creating) the database. *out is owned by the caller (store_close). Errors:
  * TALLY_EIO (RocksDB refused; the reason goes to diag), TALLY_ELOCKED (another process holds

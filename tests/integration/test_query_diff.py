@@ -692,6 +692,7 @@ def random_queries_scan_rollup_and_reference_agree():
         t0 = time.time()
         nrows = nempty = 0
         shapes = {}
+        rollup_answers = []
         while nq < QUERIES:
             qdoc, rng = random_query(rnd, ref, now_ms)
             nq += 1
@@ -712,6 +713,7 @@ def random_queries_scan_rollup_and_reference_agree():
                 else:
                     ncomparable += 1
                     got_rollup = rows_of(body2) if s2 == 200 else ["HTTP %d %s" % (s2, body2)]
+                    rollup_answers.append((qdoc, got_rollup))
             if got_scan != expect or (got_rollup is not None and
                                       (got_rollup != expect or got_rollup != got_scan)):
                 mismatches.append((qdoc, expect, got_scan, got_rollup))
@@ -719,6 +721,13 @@ def random_queries_scan_rollup_and_reference_agree():
               (nq, nrows, nempty, ", ".join("%s %d" % kv for kv in sorted(shapes.items()))))
         print("queries %d, rollup-comparable %d (rollup refused %d), mismatches %d (%.1fs)" %
               (nq, ncomparable, nskipped, len(mismatches), time.time() - t0))
+        # the same rollup queries again: whole-day breakdowns now come from the query cache
+        for qdoc, first in rollup_answers:
+            s2, body2 = query(t, key, qdoc, "rollup")
+            again = rows_of(body2) if s2 == 200 else ["HTTP %d %s" % (s2, body2)]
+            if again != first:
+                mismatches.append((qdoc, first, first, again))
+        print("rollup queries asked again: %d" % len(rollup_answers))
         if mismatches:
             msg = []
             for qdoc, expect, got_scan, got_rollup in mismatches[:4]:
@@ -1067,6 +1076,47 @@ def hand_comparisons_time_and_page():
             eq(sorted(got, key=str),
                sorted([row("/a", 2, 2, 0, time_first), row("/b", 1, 1, 0, time_first),
                        row("/c", 1, 0, 100, time_first)], key=str), "dimensions %s" % dims)
+    hand_case(evs, check_all)
+
+
+@test
+def hand_cache_is_reused_and_never_stale():
+    # Whole-day breakdowns are kept in the query cache (store/memo.h): a repeat is a hit
+    # (/metrics), and events that land later on a day of the range (a late event, an extended
+    # visit) are in the next answer. Days: Jan 14 and 15 (Berlin).
+    evs = [ev("A", "2026-01-14 10:00:00", "/a"), ev("B", "2026-01-15 10:00:00", "/b")]
+    rng = ["2026-01-14", "2026-01-15"]
+
+    def lookups(h):
+        s, _, body = h.t.request("GET", "/metrics")
+        eq(s, 200)
+        out = {}
+        for line in body.decode().splitlines():
+            if line.startswith("tally_query_cache_lookups_total{"):
+                out[line.split('"')[1]] = int(line.rsplit(" ", 1)[1])
+        return out
+
+    def check_all(h):
+        q = {"date_range": rng, "metrics": ["visitors", "pageviews"],
+             "dimensions": ["event:page"]}
+        x = {"date_range": rng, "metrics": ["visits"], "dimensions": ["visit:exit_page"]}
+        eq(sorted(h.results(q, ["rollup"]), key=str), [R(["/a"], [1, 1]), R(["/b"], [1, 1])])
+        eq(sorted(h.results(x, ["rollup"]), key=str), [R(["/a"], [1]), R(["/b"], [1])])
+        before = lookups(h)
+        eq(sorted(h.results(q, ["rollup"]), key=str), [R(["/a"], [1, 1]), R(["/b"], [1, 1])])
+        eq(sorted(h.results(x, ["rollup"]), key=str), [R(["/a"], [1]), R(["/b"], [1])])
+        after = lookups(h)
+        eq(after["hit"], before["hit"] + 2, "repeats are cache hits: %s -> %s" % (before, after))
+        # a late event on Jan 14 (new page) and one that extends B's visit of Jan 15 (its
+        # exit page moves from /b to /c)
+        send(h.t, h.key, [ev("C", "2026-01-14 18:00:00", "/new"),
+                          ev("B", "2026-01-15 10:05:00", "/c")])
+        h.t.wait_consumers(10)
+        eq(sorted(h.results(q, ["rollup", "scan"]), key=str),
+           [R(["/a"], [1, 1]), R(["/b"], [1, 1]), R(["/c"], [1, 1]), R(["/new"], [1, 1])])
+        eq(sorted(h.results(x, ["rollup", "scan"]), key=str),
+           [R(["/a"], [1]), R(["/c"], [1]), R(["/new"], [1])])
+        check(lookups(h)["stale"] >= before.get("stale", 0) + 2, "changed days drop answers")
     hand_case(evs, check_all)
 
 

@@ -4,6 +4,8 @@
 
 #include "test_rollup_util.h"
 
+#include "store/memo.h"
+
 static uint64_t next_off;
 
 /* Adds one pageview/custom event; returns its offset. */
@@ -515,6 +517,79 @@ TEST(series_and_breakdown)
     store_close(s);
 }
 
+/* Day breakdowns are kept in the store's memo: a repeat is a hit, a flush that changes a day
+ * of the range makes the next read compute again (never a stale answer), a flush elsewhere
+ * does not. */
+static int join_bd(void *arg, const char *value, size_t vlen, const struct rollup_metrics *m)
+{
+    (void)m;
+    char *out = arg;
+    size_t n = strlen(out);
+    snprintf(out + n, 64 - n, "%.*s ", (int)vlen, value);
+    return 0;
+}
+
+TEST(breakdown_memo_follows_the_engine)
+{
+    tr_zone_name = "Europe/Berlin";
+    struct store *s = tr_open_store(test_tmpdir());
+    struct engine *e = tr_engine(s);
+    next_off = 0;
+    add(e, "a.com", "2026-01-10T10:00:00Z", 1, "pageview", "/a");
+    add(e, "a.com", "2026-01-11T12:00:00Z", 2, "pageview", "/b");
+    ASSERT_EQ(engine_flush(e), 0);
+    uint32_t site = tr_site(s, "a.com");
+    const int64_t from = tr_ts("2026-01-09T23:00:00Z"), to = tr_ts("2026-01-11T23:00:00Z");
+    struct memo_stats st0, st;
+    memo_stats(store_memo(s), &st0);
+    struct bd b = {0};
+    ASSERT_EQ(rollup_read_breakdown(s, site, TZ_DAY, ROLLUP_DIM_PAGE, from, to, 0, collect_bd,
+                                    &b), 0);
+    ASSERT_EQ(b.n, 2);
+    memset(&b, 0, sizeof b);
+    ASSERT_EQ(rollup_read_breakdown(s, site, TZ_DAY, ROLLUP_DIM_PAGE, from, to, 0, collect_bd,
+                                    &b), 0);
+    ASSERT_EQ(b.n, 2);
+    memo_stats(store_memo(s), &st);
+    ASSERT_EQ(st.hits, st0.hits + 1);
+    /* a new page on the range's last local day (Jan 11, 23:30 Berlin) */
+    add(e, "a.com", "2026-01-11T22:30:00Z", 3, "pageview", "/0");
+    ASSERT_EQ(engine_flush(e), 0);
+    memset(&b, 0, sizeof b);
+    ASSERT_EQ(rollup_read_breakdown(s, site, TZ_DAY, ROLLUP_DIM_PAGE, from, to, 0, collect_bd,
+                                    &b), 0);
+    ASSERT_EQ(b.n, 3);
+    ASSERT_STREQ(b.first, "/0");
+    /* the next local day (Jan 12 00:30 Berlin) is outside: the answer is kept */
+    memo_stats(store_memo(s), &st0);
+    add(e, "a.com", "2026-01-11T23:30:00Z", 4, "pageview", "/1");
+    ASSERT_EQ(engine_flush(e), 0);
+    memset(&b, 0, sizeof b);
+    ASSERT_EQ(rollup_read_breakdown(s, site, TZ_DAY, ROLLUP_DIM_PAGE, from, to, 0, collect_bd,
+                                    &b), 0);
+    ASSERT_EQ(b.n, 3);
+    memo_stats(store_memo(s), &st);
+    ASSERT_EQ(st.hits, st0.hits + 1);
+    /* a visit dimension changed by a later event of an open visit: the exit page of
+     * visitor 2's visit of Jan 11 moves from /b to /c */
+    char vals[64] = "";
+    ASSERT_EQ(rollup_read_breakdown(s, site, TZ_DAY, ROLLUP_DIM_EXIT_PAGE, from, to, 0,
+                                    join_bd, vals), 0);
+    ASSERT_STREQ(vals, "/0 /a /b ");
+    vals[0] = 0;
+    ASSERT_EQ(rollup_read_breakdown(s, site, TZ_DAY, ROLLUP_DIM_EXIT_PAGE, from, to, 0,
+                                    join_bd, vals), 0);
+    ASSERT_STREQ(vals, "/0 /a /b ");
+    add(e, "a.com", "2026-01-11T12:05:00Z", 2, "pageview", "/c");
+    ASSERT_EQ(engine_flush(e), 0);
+    vals[0] = 0;
+    ASSERT_EQ(rollup_read_breakdown(s, site, TZ_DAY, ROLLUP_DIM_EXIT_PAGE, from, to, 0,
+                                    join_bd, vals), 0);
+    ASSERT_STREQ(vals, "/0 /a /c ");
+    engine_close(e);
+    store_close(s);
+}
+
 int main(void)
 {
     RUN(basic_visit_metrics);
@@ -528,6 +603,7 @@ int main(void)
     RUN(exclusions_and_bounces);
     RUN(props_revenue_and_minute_retention);
     RUN(series_and_breakdown);
+    RUN(breakdown_memo_follows_the_engine);
     tz_shutdown();
     return test_summary();
 }
