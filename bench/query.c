@@ -19,9 +19,11 @@
  * duration from sessions, and visit filters on events by the visit's attributes, as Plausible
  * does. Columns are listed in bench/clickhouse/schema.sql (same order).
  *
- * RUN. Opens STORE read-only with the server's cache sizes (server.c: 16 MiB block cache;
- * QUERY_CACHE_MB overrides), then for each query of the table below, in order: Tally (one
- * warm-up run that also gives the answer shown, then N timed runs of parse + execute + free,
+ * RUN. Opens STORE read-only with the server's cache sizes (server.c: 16 MiB block cache,
+ * QUERY_CACHE_MB overrides; 32 MiB query cache of day breakdowns, store/memo.h, QUERY_MEMO_MB
+ * overrides, 0 = off), then for each query of the table below, in order: Tally (one warm-up
+ * run with the query cache emptied first, which gives the answer shown and tally_cold_ms, then
+ * N timed runs of parse + execute + free,
  * plan Q_PLAN_AUTO unless QUERY_PLAN=rollup|scan), then ClickHouse over HTTP on
  * 127.0.0.1:CH_HTTP_PORT with keep-alive (one warm-up, N timed round trips: from writing the
  * request to the end of the body), with the SQL's date bounds taken from the PARSED Tally
@@ -31,8 +33,9 @@
  * and did at least RUNS_MIN runs (p99 of few runs is their maximum). QUERY_ROUNDS (1) repeats
  * the whole table; each figure printed is the median over rounds.
  * Output, one line per query and a summary:
- *   bench=query name=... class=dashboard|adhoc plan=rollup|scan tally_p50_ms=... tally_p99_ms=...
- *     ch_p50_ms=... ch_p99_ms=... ch_server_p50_ms=... ratio_p50=... ratio_p99=...
+ *   bench=query name=... class=dashboard|adhoc plan=rollup|scan tally_cold_ms=...
+ *     tally_p50_ms=... tally_p99_ms=... ch_p50_ms=... ch_p99_ms=... ch_server_p50_ms=...
+ *     ratio_p50=... ratio_p99=...
  *   bench=query_summary events=... counted=... dashboard_p99_ms=... adhoc_p99_ms=...
  *     slowest_ratio=... totals_visitors_tally=... totals_visitors_ch=... agree=yes|no
  *     (events: QUERY_EVENTS, the generated count; counted: the rows ClickHouse holds)
@@ -65,6 +68,7 @@
 #include "query/query.h"
 #include "rollup/tz.h"
 #include "store/codec.h"
+#include "store/memo.h"
 #include "store/raw.h"
 #include "store/store.h"
 #include "tally/error.h"
@@ -378,6 +382,20 @@ static void site_list_cb(void *arg, uint32_t id, const char *name)
     l->n++;
 }
 
+/* The query cache (store/memo.h): QUERY_MEMO_MB, default the server's 32 MiB; 0 = off. */
+static size_t memo_bytes(void)
+{
+    const char *mb = getenv("QUERY_MEMO_MB");
+    return (size_t)(mb ? atoi(mb) : 32) << 20;
+}
+
+/* Empties the query cache: the next run of a query computes its answer. */
+static void memo_forget(struct store *s)
+{
+    memo_set_bytes_max(store_memo(s), 0);
+    memo_set_bytes_max(store_memo(s), memo_bytes());
+}
+
 static struct store *open_store(const char *dir)
 {
     struct store_options o;
@@ -386,6 +404,7 @@ static struct store *open_store(const char *dir)
     o.read_only = true;
     const char *mb = getenv("QUERY_CACHE_MB");
     o.block_cache_bytes = (size_t)(mb ? atoi(mb) : 16) << 20; /* the server's (server.c) */
+    o.memo_bytes_max = memo_bytes();
     o.write_buffer_bytes = 8u << 20;
     struct store *s = NULL;
     int rc = store_open(&o, &s);
@@ -746,6 +765,7 @@ static double median(double *v, size_t n)
 struct qres {
     double t50[ROUNDS_MAX], t99[ROUNDS_MAX], c50[ROUNDS_MAX], c99[ROUNDS_MAX];
     double s50[ROUNDS_MAX], s99[ROUNDS_MAX];
+    double cold[ROUNDS_MAX]; /* the warm-up run: query cache emptied before it */
     int tally_runs, ch_runs; /* timed runs done (last round) */
     char plan[16];
     char *tally_first, *ch_first; /* first answer rows, last round */
@@ -883,9 +903,13 @@ static int cmd_run(const char *dir, int ch_port)
             struct qres *qr = &res[i];
             int reps = d->cls == DASHBOARD ? reps_dash : reps_adhoc;
             fprintf(stderr, "query: round %d/%d %s\n", r + 1, rounds, d->name);
-            /* Tally: warm-up (keeps the answer), then the timed runs */
+            /* Tally: warm-up with an empty query cache (keeps the answer and its time),
+             * then the timed runs */
             char *json = NULL;
+            memo_forget(s);
+            double tc = now_ms();
             tally_once(s, site_id, d, plan, &json);
+            qr->cold[r] = now_ms() - tc;
             free(qr->tally_first);
             tally_summary(json, qr->plan, sizeof qr->plan, &qr->tally_first);
             free(json);
@@ -942,6 +966,7 @@ static int cmd_run(const char *dir, int ch_port)
         double t50 = median(qr->t50, (size_t)rounds), t99 = median(qr->t99, (size_t)rounds);
         double c50 = median(qr->c50, (size_t)rounds), c99 = median(qr->c99, (size_t)rounds);
         double s50 = median(qr->s50, (size_t)rounds);
+        double cold = median(qr->cold, (size_t)rounds);
         double r50 = c50 / t50, r99 = c99 / t99;
         if (d->cls == DASHBOARD && t99 > dash_p99) dash_p99 = t99;
         if (d->cls == ADHOC && t99 > adhoc_p99) adhoc_p99 = t99;
@@ -949,18 +974,19 @@ static int cmd_run(const char *dir, int ch_port)
             slowest = r50;
             slowest_name = d->name;
         }
-        char a[32], b[32], e[32], f[32], g[32];
+        char a[32], b[32], e[32], f[32], g[32], h[32];
+        fmt_ms(h, sizeof h, cold);
         fmt_ms(a, sizeof a, t50);
         fmt_ms(b, sizeof b, t99);
         fmt_ms(e, sizeof e, c50);
         fmt_ms(f, sizeof f, c99);
         fmt_ms(g, sizeof g, s50);
         printf("bench=query name=%s class=%s plan=%s rounds=%d tally_runs=%d ch_runs=%d "
-               "tally_p50_ms=%s "
+               "tally_cold_ms=%s tally_p50_ms=%s "
                "tally_p99_ms=%s ch_p50_ms=%s ch_p99_ms=%s ch_server_p50_ms=%s ratio_p50=%.1f "
                "ratio_p99=%.1f\n",
                d->name, d->cls == DASHBOARD ? "dashboard" : "adhoc", qr->plan, rounds,
-               qr->tally_runs, qr->ch_runs, a, b, e, f, g,
+               qr->tally_runs, qr->ch_runs, h, a, b, e, f, g,
                ch_port ? r50 : NAN, ch_port ? r99 : NAN);
     }
     for (size_t i = 0; i < NQUERIES; i++)
@@ -1012,17 +1038,25 @@ static int cmd_once(const char *dir, const char *json, int reps)
     struct qdef d = {.name = "once", .cls = ADHOC, .json = json};
     enum q_plan plan = plan_from_env();
     char *out = NULL, planbuf[16], *first = NULL;
+    double tc = now_ms();
     tally_once(s, site_id, &d, plan, &out);
+    tc = now_ms() - tc;
     tally_summary(out, planbuf, sizeof planbuf, &first);
     double *v = malloc((size_t)reps * sizeof *v);
     if (!v) die("samples", TALLY_ENOMEM);
+    /* QUERY_TOUCH_DAY_MS=local midnight of a day (ms): that day is marked changed before each
+     * timed run, as the engine does for today while events arrive (the query cache then keeps
+     * only the state of the days before it) */
+    const char *touch = getenv("QUERY_TOUCH_DAY_MS");
+    uint64_t tag = touch ? (uint64_t)site_id << 32 | (uint64_t)(atoll(touch) / 60000) : 0;
     for (int k = 0; k < reps; k++) {
+        if (touch) memo_note_days(store_memo(s), &tag, 1);
         double t0 = now_ms();
         tally_once(s, site_id, &d, plan, NULL);
         v[k] = now_ms() - t0;
     }
-    printf("%s\nplan=%s runs=%d p50_ms=%.3f p99_ms=%.3f\n", out, planbuf, reps,
-           pct(v, (size_t)reps, 0.5), pct(v, (size_t)reps, 0.99));
+    printf("%s\nplan=%s runs=%d cold_ms=%.3f p50_ms=%.3f p99_ms=%.3f\n", out, planbuf, reps,
+           tc, pct(v, (size_t)reps, 0.5), pct(v, (size_t)reps, 0.99));
     free(v);
     free(first);
     free(out);

@@ -96,7 +96,7 @@ static const struct key_def g_keys[] = {
      "268435456", "bytes", "memory budget of one Stats API query; beyond it the query gets 400",
      NULL},
     {"server", "query_cache_bytes_max", KT_INT, CO(query_cache_bytes_max), 0, 4 * GiB,
-     "16777216", "bytes",
+     "33554432", "bytes",
      "answers of whole-day breakdowns (the dashboard's top lists) kept in memory and reused "
      "until a day of their range changes; 0 keeps none",
      NULL},

@@ -459,25 +459,38 @@ int cell_view_add_revenue(const struct cell_view *v, struct cell *sum)
 /* ---- unions ---- */
 
 /*
- * A union gathers visitors from many cells and counts them once at the end:
- *  - add-only sets: exact items are appended to hv (no merge per cell: a 30-day breakdown adds
- *    30 sorted runs per value, and merging each into the growing set cost O(days^2)); dense
- *    sketches are merged into hll. hv is deduplicated (unique_u64) when it has doubled since the
- *    last time (at least UNION_ITEMS_MAX items) and at the count; once the distinct items
- *    exceed HLL_EXACT_MAX_LIMIT, or any dense sketch was seen, they are folded into the sketch.
- *    The result is what merging every cell's hll into one hll with exact_max
- *    HLL_EXACT_MAX_LIMIT gives (an hll's state depends only on its set of items);
- *  - multisets: members are appended to v, filtered by the highest sampling level seen.
+ * A union gathers visitors from many cells and counts them once, at the end (merging each
+ * cell's set into a growing one cost O(cells^2) over a long range). Each cell's set arrives
+ * as a sorted RUN (strictly ascending ids); the union keeps its runs back to back, with their
+ * starts:
+ *  - add-only sets (hs): the exact items of each cell; dense sketches are merged into hll. At
+ *    the count, once the distinct items exceed HLL_EXACT_MAX_LIMIT or any dense sketch was
+ *    seen, the items are folded into the sketch. The result is what merging every cell's hll
+ *    into one hll with exact_max HLL_EXACT_MAX_LIMIT gives (an hll's state depends only on
+ *    its set of items);
+ *  - multisets (ms): each cell's members kept by the highest sampling level seen.
+ * COUNTING k runs (runs_distinct): the id space is cut by its top bits into partitions of
+ * about PART_ITEMS items; a run's part of a partition is contiguous, so one cursor per run
+ * walks every partition once, and a partition's items are counted in a table small enough
+ * for L1 (ids are hashes: their next bits index it). A set that passes compact_at raw items
+ * (or whose sampling level rises) is rewritten as one sorted distinct run.
  */
-struct cell_union {
-    struct hll *hll;  /* dense, or NULL */
-    uint64_t *hv;     /* add-only items; distinct after a compaction */
-    size_t hn, hcap, hcompact_at;
-    uint64_t *v;      /* multiset members */
+#define PART_ITEMS 256
+
+struct runs {
+    uint64_t *v;
     size_t n, cap;
+    size_t *start; /* start[i]: index of run i's first item */
+    size_t nruns, rcap;
+    size_t compact_at;
+};
+
+struct cell_union {
+    struct hll *hll; /* dense, or NULL */
+    struct runs hs, ms;
     uint8_t level;
     bool any_hll, any_ms;
-    bool counted; /* cell_union_count ran: hv may hold garbage, the answer is kept */
+    bool counted; /* cell_union_count ran: the answer is kept */
     bool count_exact;
     uint64_t count;
 };
@@ -487,13 +500,46 @@ struct cell_union *cell_union_new(void)
     return calloc(1, sizeof(struct cell_union));
 }
 
+static void runs_free(struct runs *r)
+{
+    free(r->v);
+    free(r->start);
+}
+
 void cell_union_free(struct cell_union *u)
 {
     if (!u) return;
     hll_free(u->hll);
-    free(u->hv);
-    free(u->v);
+    runs_free(&u->hs);
+    runs_free(&u->ms);
     free(u);
+}
+
+/* Room for `more` items and one more run. */
+static int runs_reserve(struct runs *r, size_t more)
+{
+    if (r->n + more > r->cap) {
+        size_t cap = r->cap ? r->cap : 1024;
+        while (cap < r->n + more) cap *= 2;
+        uint64_t *p = realloc(r->v, cap * sizeof *p);
+        if (!p) return TALLY_ENOMEM;
+        r->v = p;
+        r->cap = cap;
+    }
+    if (r->nruns == r->rcap) {
+        size_t cap = r->rcap ? r->rcap * 2 : 32;
+        size_t *p = realloc(r->start, cap * sizeof *p);
+        if (!p) return TALLY_ENOMEM;
+        r->start = p;
+        r->rcap = cap;
+    }
+    return TALLY_OK;
+}
+
+/* Ends a run that began at item n0 (items appended since; an empty run is not recorded). */
+static void runs_close(struct runs *r, size_t n0)
+{
+    if (r->n > n0) r->start[r->nruns++] = n0;
 }
 
 static void insertion_sort_u64(uint64_t *v, size_t n)
@@ -506,127 +552,232 @@ static void insertion_sort_u64(uint64_t *v, size_t n)
     }
 }
 
-/* Drops repeats from v[0..n) (the order of what stays is unspecified; with !keep, v holds
- * garbage after and only the count matters); returns the distinct count. Visitor ids are hashes, so their top bits index an open-addressing table directly
- * (linear probing, at most half full; 0 marks a free slot and is tracked apart). A cell's
- * items arrive ascending, so each run of them sweeps the table front to back. */
-static size_t unique_u64(uint64_t *v, size_t n, bool keep)
+/* Distinct count of m items whose top `bits` bits are equal, in table t of 2^tbits slots
+ * (zeroed here; 0 marks a free slot, and the item 0 is counted apart). */
+static size_t part_count(const uint64_t *b, size_t m, int bits, uint64_t *t, int tbits)
 {
-    size_t k = 0;
-    if (n < 32) {
-        insertion_sort_u64(v, n);
-        for (size_t i = 0; i < n; i++)
-            if (k == 0 || v[k - 1] != v[i]) v[k++] = v[i];
-        return k;
-    }
-    int bits = 1;
-    while (bits < 62 && ((size_t)1 << bits) < 2 * n) bits++;
-    size_t cap = (size_t)1 << bits, mask = cap - 1;
-    int shift = 64 - bits;
-    uint64_t *t = calloc(cap, sizeof *t);
-    if (!t) {
-        qsort(v, n, sizeof *v, cmp_u64_);
-        for (size_t i = 0; i < n; i++)
-            if (k == 0 || v[k - 1] != v[i]) v[k++] = v[i];
-        return k;
-    }
+    size_t cap = (size_t)1 << tbits, mask = cap - 1, k = 0;
+    memset(t, 0, cap * sizeof *t);
     bool zero = false;
-    for (size_t i = 0; i < n; i++) {
-        uint64_t x = v[i];
+    for (size_t i = 0; i < m; i++) {
+        uint64_t x = b[i];
         if (x == 0) {
             zero = true;
             continue;
         }
-        size_t slot = (size_t)(x >> shift);
+        size_t slot = (size_t)((bits ? x << bits : x) >> (64 - tbits));
         while (t[slot] != 0 && t[slot] != x) slot = (slot + 1) & mask;
+        k += t[slot] == 0;
         t[slot] = x;
     }
-    if (zero) v[k++] = 0;
-    if (keep) {
-        for (size_t i = 0; i < cap; i++) {
-            v[k] = t[i];
-            k += t[i] != 0;
-        }
-    } else {
-        for (size_t i = 0; i < cap; i++) k += t[i] != 0;
+    return k + zero;
+}
+
+/* Appends the distinct items of b[0..m) (their top `bits` bits equal) to out[k..), ascending;
+ * returns the new k. A counting sort on the next 8 bits leaves buckets of about m / 256 items
+ * for insertion sort (ids are hashes); b is reordered. TALLY_ENOMEM as a negative k. */
+static int64_t part_sorted(uint64_t *b, size_t m, int bits, uint64_t *out, int64_t k)
+{
+    if (m <= 32) {
+        insertion_sort_u64(b, m);
+        for (size_t i = 0; i < m; i++)
+            if (i == 0 || b[i] != b[i - 1]) out[k++] = b[i];
+        return k;
     }
+    uint64_t *tmp = malloc(m * sizeof *tmp);
+    if (!tmp) return TALLY_ENOMEM;
+    size_t cnt[257] = {0};
+    for (size_t i = 0; i < m; i++) cnt[((b[i] << bits) >> 56) + 1]++;
+    for (int d = 1; d <= 256; d++) cnt[d] += cnt[d - 1];
+    for (size_t i = 0; i < m; i++) tmp[cnt[(b[i] << bits) >> 56]++] = b[i];
+    size_t start = 0; /* cnt[d] is now the end of bucket d */
+    for (int d = 0; d < 256; d++) {
+        size_t n = cnt[d] - start;
+        uint64_t *p = tmp + start;
+        if (n > 32) qsort(p, n, sizeof *p, cmp_u64_);
+        else insertion_sort_u64(p, n);
+        for (size_t i = 0; i < n; i++)
+            if (i == 0 || p[i] != p[i - 1]) out[k++] = p[i];
+        start = cnt[d];
+    }
+    free(tmp);
+    return k;
+}
+
+static int64_t runs_distinct(const struct runs *r, uint64_t *out);
+
+/* Count only, when run 0 holds most items (a saved state from the query cache, then the
+ * cells of today): the distinct items of the other runs, each looked up in run 0 by a
+ * galloping search from where the previous one ended. -1: not this case; TALLY_ENOMEM. */
+static int64_t runs_distinct_big_first(const struct runs *r)
+{
+    size_t n0 = r->start[1] - r->start[0];
+    if (r->start[0] != 0 || n0 < 4096 || n0 * 2 < r->n) return -1;
+    size_t nr = r->nruns - 1, nrest = r->n - n0;
+    size_t *st = malloc(nr * sizeof *st);
+    uint64_t *rest = malloc((nrest ? nrest : 1) * sizeof *rest);
+    int64_t k = st && rest ? 0 : TALLY_ENOMEM;
+    if (k == 0) {
+        for (size_t i = 0; i < nr; i++) st[i] = r->start[i + 1] - n0;
+        struct runs tail = {.v = r->v + n0, .n = nrest, .start = st, .nruns = nr};
+        k = runs_distinct(&tail, rest);
+    }
+    if (k >= 0) {
+        const uint64_t *big = r->v;
+        size_t j = 0, found = 0;
+        for (int64_t i = 0; i < k && j < n0; i++) {
+            uint64_t x = rest[i];
+            size_t step = 1, lo = j, hi = j;
+            while (hi < n0 && big[hi] < x) {
+                lo = hi + 1;
+                hi = hi + step < n0 ? hi + step : n0;
+                step *= 2;
+            }
+            while (lo < hi) { /* first index in [lo, hi) with big[] >= x */
+                size_t mid = lo + (hi - lo) / 2;
+                if (big[mid] < x) lo = mid + 1;
+                else hi = mid;
+            }
+            j = lo;
+            if (j < n0 && big[j] == x) found++;
+        }
+        k = (int64_t)(n0 + (size_t)k - found);
+    }
+    free(st);
+    free(rest);
+    return k;
+}
+
+/* The number of distinct items over r's runs; with out (room for r->n) also the items
+ * themselves, ascending. TALLY_ENOMEM as a negative count. */
+static int64_t runs_distinct(const struct runs *r, uint64_t *out)
+{
+    if (r->nruns == 0) return 0;
+    if (r->nruns == 1) { /* one run is already sorted and distinct */
+        if (out) memcpy(out, r->v, r->n * sizeof *out);
+        return (int64_t)r->n;
+    }
+    if (!out) {
+        int64_t k = runs_distinct_big_first(r);
+        if (k != -1) return k;
+    }
+    int bits = 0;
+    while (bits < 40 && (r->n >> bits) > PART_ITEMS) bits++;
+    size_t nr = r->nruns, bcap = 4 * PART_ITEMS, tcap_bits = 11;
+    size_t *cur = malloc(2 * nr * sizeof *cur);
+    uint64_t *buf = malloc(bcap * sizeof *buf), *t = malloc(((size_t)1 << tcap_bits) * 8);
+    int64_t k = 0;
+    if (!cur || !buf || !t) k = TALLY_ENOMEM;
+    size_t *stop = cur + nr;
+    for (size_t i = 0; k >= 0 && i < nr; i++) {
+        cur[i] = r->start[i];
+        stop[i] = i + 1 < nr ? r->start[i + 1] : r->n;
+    }
+    const uint64_t nparts = (uint64_t)1 << bits;
+    for (uint64_t p = 0; k >= 0 && p < nparts; p++) {
+        /* the partition's items are <= lim; the last partition's bound wraps to ~0 */
+        uint64_t lim = bits ? ((p + 1) << (64 - bits)) - 1 : UINT64_MAX;
+        size_t m = 0;
+        for (size_t i = 0; i < nr; i++) {
+            size_t e = cur[i];
+            while (e < stop[i] && r->v[e] <= lim) e++;
+            size_t len = e - cur[i];
+            if (m + len > bcap) {
+                while (bcap < m + len) bcap *= 2;
+                uint64_t *nb = realloc(buf, bcap * sizeof *nb);
+                if (!nb) {
+                    k = TALLY_ENOMEM;
+                    break;
+                }
+                buf = nb;
+            }
+            memcpy(buf + m, r->v + cur[i], len * sizeof *buf);
+            m += len;
+            cur[i] = e;
+        }
+        if (k < 0 || m == 0) continue;
+        if (out) {
+            k = part_sorted(buf, m, bits, out, k);
+            continue;
+        }
+        int tbits = 4;
+        while (((size_t)1 << tbits) < 2 * m) tbits++;
+        if ((size_t)tbits > tcap_bits) {
+            uint64_t *nt = realloc(t, ((size_t)1 << tbits) * sizeof *nt);
+            if (!nt) {
+                k = TALLY_ENOMEM;
+                break;
+            }
+            t = nt;
+            tcap_bits = (size_t)tbits;
+        }
+        k += (int64_t)part_count(buf, m, bits, t, tbits);
+    }
+    free(cur);
+    free(buf);
     free(t);
     return k;
 }
 
-static void union_compact(struct cell_union *u)
+/* Rewrites r as one sorted distinct run, keeping only the ids `keep` accepts (NULL: all). */
+static int runs_compact(struct runs *r, bool (*keep)(uint64_t, uint8_t), uint8_t level)
 {
-    size_t k = 0, n = unique_u64(u->v, u->n, true);
-    for (size_t i = 0; i < n; i++)
-        if (sampled_in(u->v[i], u->level)) u->v[k++] = u->v[i];
-    u->n = k;
-}
-
-/* Sorts and deduplicates hv; folds it into the sketch when there is one or when it is too
- * large to stay exact. */
-static int hset_compact(struct cell_union *u, bool final)
-{
-    u->hn = unique_u64(u->hv, u->hn, !final || u->hll || u->hn > HLL_EXACT_MAX_LIMIT);
-    if (u->hn > HLL_EXACT_MAX_LIMIT && !u->hll && !(u->hll = hll_new(HLL_EXACT_MAX_LIMIT)))
-        return TALLY_ENOMEM;
-    if (u->hll && (final || u->hn > HLL_EXACT_MAX_LIMIT)) {
-        int rc = hll_add_many(u->hll, u->hv, u->hn);
-        if (rc) return rc;
-        u->hn = 0;
+    if (r->nruns == 0) return TALLY_OK;
+    uint64_t *out = malloc(r->n * sizeof *out);
+    if (!out) return TALLY_ENOMEM;
+    int64_t k = runs_distinct(r, out);
+    if (k < 0) {
+        free(out);
+        return (int)k;
     }
-    u->hcompact_at = u->hn * 2 > UNION_ITEMS_MAX ? u->hn * 2 : UNION_ITEMS_MAX;
+    size_t n = 0;
+    for (int64_t i = 0; i < k; i++)
+        if (!keep || keep(out[i], level)) out[n++] = out[i];
+    free(r->v);
+    r->v = out;
+    r->n = n;
+    r->cap = (size_t)k > 0 ? (size_t)k : 0;
+    if (r->cap == 0) {
+        free(out);
+        r->v = NULL;
+    }
+    r->nruns = n ? 1 : 0;
+    if (n) r->start[0] = 0;
+    r->compact_at = n * 2 > UNION_ITEMS_MAX ? n * 2 : UNION_ITEMS_MAX;
     return TALLY_OK;
 }
 
-static int hv_reserve(struct cell_union *u, size_t more)
+static int hs_after_add(struct cell_union *u)
 {
-    if (u->hn + more <= u->hcap) return TALLY_OK;
-    size_t cap = u->hcap ? u->hcap : 1024;
-    while (cap < u->hn + more) cap *= 2;
-    uint64_t *p = realloc(u->hv, cap * sizeof *p);
-    if (!p) return TALLY_ENOMEM;
-    u->hv = p;
-    u->hcap = cap;
-    return TALLY_OK;
-}
-
-static int v_reserve(struct cell_union *u, size_t more)
-{
-    if (u->n + more <= u->cap) return TALLY_OK;
-    size_t cap = u->cap ? u->cap : 1024;
-    while (cap < u->n + more) cap *= 2;
-    uint64_t *p = realloc(u->v, cap * sizeof *p);
-    if (!p) return TALLY_ENOMEM;
-    u->v = p;
-    u->cap = cap;
+    u->any_hll = true;
+    if (u->hs.compact_at == 0) u->hs.compact_at = UNION_ITEMS_MAX;
+    if (u->hs.n <= u->hs.compact_at) return TALLY_OK;
+    int rc = runs_compact(&u->hs, NULL, 0);
+    if (rc || u->hs.n <= HLL_EXACT_MAX_LIMIT) return rc;
+    /* too many to stay exact: into the sketch */
+    if (!u->hll && !(u->hll = hll_new(HLL_EXACT_MAX_LIMIT))) return TALLY_ENOMEM;
+    if ((rc = hll_add_many(u->hll, u->hs.v, u->hs.n))) return rc;
+    u->hs.n = u->hs.nruns = 0;
     return TALLY_OK;
 }
 
 static int ms_level(struct cell_union *u, uint8_t level)
 {
     u->any_ms = true;
-    if (level > u->level) {
-        u->level = level;
-        union_compact(u);
-    }
-    return TALLY_OK;
+    if (level <= u->level) return TALLY_OK;
+    u->level = level;
+    return runs_compact(&u->ms, sampled_in, u->level);
 }
 
-static void ms_bound(struct cell_union *u)
+static int ms_bound(struct cell_union *u)
 {
-    if (u->n > UNION_ITEMS_MAX) {
-        union_compact(u);
-        while (u->n > UNION_ITEMS_MAX && u->level < 63) {
-            u->level++;
-            union_compact(u);
-        }
+    if (u->ms.n <= UNION_ITEMS_MAX) return TALLY_OK;
+    int rc = runs_compact(&u->ms, sampled_in, u->level);
+    while (!rc && u->ms.n > UNION_ITEMS_MAX && u->level < 63) {
+        u->level++;
+        rc = runs_compact(&u->ms, sampled_in, u->level);
     }
-}
-
-static int hset_after_add(struct cell_union *u)
-{
-    u->any_hll = true;
-    return u->hn > u->hcompact_at ? hset_compact(u, false) : TALLY_OK;
+    return rc;
 }
 
 int cell_union_add(struct cell_union *u, const struct cell *c)
@@ -638,19 +789,22 @@ int cell_union_add(struct cell_union *u, const struct cell *c)
             if ((rc = hll_merge(u->hll, c->hll))) return rc;
         } else {
             const uint64_t *items;
-            size_t n = hll_items(c->hll, &items);
-            if ((rc = hv_reserve(u, n))) return rc;
-            memcpy(u->hv + u->hn, items, n * sizeof *items);
-            u->hn += n;
+            size_t n = hll_items(c->hll, &items), n0 = u->hs.n;
+            if ((rc = runs_reserve(&u->hs, n))) return rc;
+            if (n) memcpy(u->hs.v + n0, items, n * sizeof *items);
+            u->hs.n += n;
+            runs_close(&u->hs, n0);
         }
-        if ((rc = hset_after_add(u))) return rc;
+        if ((rc = hs_after_add(u))) return rc;
     }
     if (c->nms) {
-        ms_level(u, c->level);
-        if ((rc = v_reserve(u, c->nms))) return rc;
+        if ((rc = ms_level(u, c->level))) return rc;
+        if ((rc = runs_reserve(&u->ms, c->nms))) return rc;
+        size_t n0 = u->ms.n;
         for (size_t i = 0; i < c->nms; i++)
-            if (sampled_in(c->ms[i].visitor, u->level)) u->v[u->n++] = c->ms[i].visitor;
-        ms_bound(u);
+            if (sampled_in(c->ms[i].visitor, u->level)) u->ms.v[u->ms.n++] = c->ms[i].visitor;
+        runs_close(&u->ms, n0);
+        if ((rc = ms_bound(u))) return rc;
     }
     return TALLY_OK;
 }
@@ -677,35 +831,155 @@ int cell_union_add_view(struct cell_union *u, const struct cell_view *c)
             if (!u->hll && !(u->hll = hll_new(HLL_EXACT_MAX_LIMIT))) return TALLY_ENOMEM;
             if ((rc = hll_merge_serialized(u->hll, c->hll, c->hll_len))) return rc;
         } else {
-            if ((rc = hv_reserve(u, n))) return rc;
-            uint64_t *out = u->hv + u->hn, prev = 0;
+            if ((rc = runs_reserve(&u->hs, n))) return rc;
+            uint64_t *out = u->hs.v + u->hs.n, prev = 0;
             for (size_t i = 0; i < n; i++) {
                 uint64_t x = load_le64_(body + 8 * i);
                 if (i > 0 && x <= prev) return TALLY_ECORRUPT;
                 out[i] = prev = x;
             }
-            u->hn += n;
+            u->hs.n += n;
+            runs_close(&u->hs, u->hs.n - n);
         }
-        if ((rc = hset_after_add(u))) return rc;
+        if ((rc = hs_after_add(u))) return rc;
     }
     if (c->has_ms) {
         struct creader r;
         creader_init(&r, c->ms, c->ms_len);
         if (c->nms) {
-            ms_level(u, c->level);
-            if ((rc = v_reserve(u, c->nms))) return rc;
+            if ((rc = ms_level(u, c->level))) return rc;
+            if ((rc = runs_reserve(&u->ms, c->nms))) return rc;
         }
+        size_t n0 = u->ms.n;
         uint64_t prev = 0;
         for (size_t i = 0; i < c->nms; i++) {
             uint64_t x = creader_le64(&r);
             uint64_t count = creader_varint(&r);
-            if (r.err || count < 1 || (i > 0 && x <= prev)) return TALLY_ECORRUPT;
+            if (r.err || count < 1 || (i > 0 && x <= prev)) {
+                u->ms.n = n0;
+                return TALLY_ECORRUPT;
+            }
             prev = x;
-            if (sampled_in(x, u->level)) u->v[u->n++] = x;
+            if (sampled_in(x, u->level)) u->ms.v[u->ms.n++] = x;
         }
-        if (!creader_done(&r)) return TALLY_ECORRUPT;
-        if (c->nms) ms_bound(u);
+        if (!creader_done(&r)) {
+            u->ms.n = n0;
+            return TALLY_ECORRUPT;
+        }
+        runs_close(&u->ms, n0);
+        if (c->nms && (rc = ms_bound(u))) return rc;
     }
+    return TALLY_OK;
+}
+
+/* ---- saved unions (in-process only: native byte order, never persisted) ----
+ *   u8 flags: 1 add-only sets seen, 2 multisets seen, 4 a sketch follows
+ *   u8 level
+ *   u64 nh, nh x u64 add-only items (ascending, distinct)
+ *   u64 nm, nm x u64 multiset members (ascending, distinct, kept at level)
+ *   [u64 blen, blen bytes: the sketch, hll_serialize]
+ */
+size_t cell_union_saved_bytes_max(const struct cell_union *u)
+{
+    return 2 + 16 + (u->hs.n + u->ms.n) * 8 + (u->hll ? 8 + hll_serialized_bytes(u->hll) : 0);
+}
+
+int cell_union_compact(struct cell_union *u)
+{
+    if (u->counted) return TALLY_EINVAL;
+    int rc = runs_compact(&u->hs, NULL, 0);
+    if (!rc && u->hs.n > HLL_EXACT_MAX_LIMIT) {
+        if (!u->hll && !(u->hll = hll_new(HLL_EXACT_MAX_LIMIT))) return TALLY_ENOMEM;
+        if ((rc = hll_add_many(u->hll, u->hs.v, u->hs.n))) return rc;
+        u->hs.n = u->hs.nruns = 0;
+    }
+    return rc ? rc : runs_compact(&u->ms, sampled_in, u->level);
+}
+
+int cell_union_save(struct cell_union *u, struct cbuf *out)
+{
+    int rc = cell_union_compact(u);
+    if (rc) return rc;
+    uint8_t head[2] = {(uint8_t)((u->any_hll ? 1 : 0) | (u->any_ms ? 2 : 0) | (u->hll ? 4 : 0)),
+                       u->level};
+    cbuf_put(out, head, 2);
+    uint64_t n = u->hs.n;
+    cbuf_put(out, &n, 8);
+    cbuf_put(out, u->hs.v, u->hs.n * 8);
+    n = u->ms.n;
+    cbuf_put(out, &n, 8);
+    cbuf_put(out, u->ms.v, u->ms.n * 8);
+    if (u->hll) {
+        uint64_t bl = hll_serialized_bytes(u->hll);
+        cbuf_put(out, &bl, 8);
+        if (cbuf_reserve(out, bl)) out->len += hll_serialize(u->hll, out->p + out->len);
+    }
+    return out->oom ? TALLY_ENOMEM : TALLY_OK;
+}
+
+/* Appends n native u64 items (one sorted distinct run) to r. */
+static int runs_add_saved(struct runs *r, const uint8_t *p, size_t n)
+{
+    if (n == 0) return TALLY_OK;
+    int rc = runs_reserve(r, n);
+    if (rc) return rc;
+    memcpy(r->v + r->n, p, n * 8);
+    r->n += n;
+    runs_close(r, r->n - n);
+    return TALLY_OK;
+}
+
+int cell_union_add_saved(struct cell_union *u, const uint8_t *p, size_t len, size_t *used)
+{
+    const uint8_t *q = p, *end = p + len;
+    uint64_t nh, nm;
+    if (end - q < 10) return TALLY_ECORRUPT;
+    uint8_t flags = q[0], level = q[1];
+    q += 2;
+    memcpy(&nh, q, 8);
+    q += 8;
+    if (nh > (uint64_t)(end - q) / 8) return TALLY_ECORRUPT;
+    const uint8_t *hv = q;
+    q += nh * 8;
+    if (end - q < 8) return TALLY_ECORRUPT;
+    memcpy(&nm, q, 8);
+    q += 8;
+    if (nm > (uint64_t)(end - q) / 8) return TALLY_ECORRUPT;
+    const uint8_t *mv = q;
+    q += nm * 8;
+    int rc = TALLY_OK;
+    if (flags & 4) {
+        uint64_t bl;
+        if (end - q < 8) return TALLY_ECORRUPT;
+        memcpy(&bl, q, 8);
+        q += 8;
+        if (bl > (uint64_t)(end - q)) return TALLY_ECORRUPT;
+        if (!u->hll && !(u->hll = hll_new(HLL_EXACT_MAX_LIMIT))) return TALLY_ENOMEM;
+        if ((rc = hll_merge_serialized(u->hll, q, (size_t)bl))) return rc;
+        q += bl;
+    }
+    if (flags & 1) {
+        if ((rc = runs_add_saved(&u->hs, hv, (size_t)nh))) return rc;
+        if ((rc = hs_after_add(u))) return rc;
+    }
+    if (flags & 2) {
+        if ((rc = ms_level(u, level))) return rc;
+        if (u->level > level) {
+            /* kept at a lower level than the union's: only the members still sampled in */
+            if ((rc = runs_reserve(&u->ms, (size_t)nm))) return rc;
+            size_t n0 = u->ms.n;
+            for (uint64_t i = 0; i < nm; i++) {
+                uint64_t x;
+                memcpy(&x, mv + 8 * i, 8);
+                if (sampled_in(x, u->level)) u->ms.v[u->ms.n++] = x;
+            }
+            runs_close(&u->ms, n0);
+        } else if ((rc = runs_add_saved(&u->ms, mv, (size_t)nm))) {
+            return rc;
+        }
+        if ((rc = ms_bound(u))) return rc;
+    }
+    *used = (size_t)(q - p);
     return TALLY_OK;
 }
 
@@ -719,20 +993,33 @@ uint64_t cell_union_count(const struct cell_union *u_, bool *exact)
     uint64_t n = 0;
     *exact = true;
     if (u->any_hll || u->hll) {
-        if (hset_compact(u, true) != TALLY_OK) {
-            /* out of memory folding the items into the sketch: count what is exact */
-            *exact = false;
-        }
+        int64_t k = 0;
         if (u->hll) {
-            n = hll_count(u->hll) + u->hn;
+            /* a sketch already: every exact item joins it */
+            if (hll_add_many(u->hll, u->hs.v, u->hs.n) != TALLY_OK) *exact = false;
+        } else {
+            k = runs_distinct(&u->hs, NULL);
+            if (k > (int64_t)HLL_EXACT_MAX_LIMIT &&
+                (runs_compact(&u->hs, NULL, 0) != TALLY_OK ||
+                 !(u->hll = hll_new(HLL_EXACT_MAX_LIMIT)) ||
+                 hll_add_many(u->hll, u->hs.v, u->hs.n) != TALLY_OK))
+                *exact = false; /* out of memory: the exact count stands */
+        }
+        if (u->hll && hll_count(u->hll) > 0) {
+            n = hll_count(u->hll);
             if (!hll_is_exact(u->hll)) *exact = false;
         } else {
-            n = u->hn;
+            n = k > 0 ? (uint64_t)k : 0;
+            if (k < 0) *exact = false;
         }
     }
     if (u->any_ms) {
-        union_compact(u);
-        n += (uint64_t)u->n << u->level;
+        int64_t k = runs_distinct(&u->ms, NULL);
+        if (k < 0) {
+            k = 0;
+            *exact = false;
+        }
+        n += (uint64_t)k << u->level;
         if (u->level) *exact = false;
     }
     u->counted = true;

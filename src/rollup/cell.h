@@ -189,6 +189,17 @@ void cell_union_free(struct cell_union *u);
 int cell_union_add(struct cell_union *u, const struct cell *c);
 /* The same from a view; TALLY_ECORRUPT when its sets are malformed. */
 int cell_union_add_view(struct cell_union *u, const struct cell_view *v);
+/* A union's state, appended to out (in-process form: native byte order, for the query cache;
+ * never persisted); its sets are compacted first. Not after a count (TALLY_EINVAL). */
+int cell_union_save(struct cell_union *u, struct cbuf *out);
+/* Rewrites the union's sets as sorted distinct runs (what a count or a save does first), so
+ * that cell_union_saved_bytes_max becomes exact. 0, TALLY_ENOMEM, TALLY_EINVAL after a count. */
+int cell_union_compact(struct cell_union *u);
+/* An upper bound of the bytes cell_union_save would append now (exact after a compaction). */
+size_t cell_union_saved_bytes_max(const struct cell_union *u);
+/* Adds a saved state at p (as if the cells it came from were added); *used = its bytes.
+ * TALLY_ECORRUPT when it does not parse, TALLY_ENOMEM. */
+int cell_union_add_saved(struct cell_union *u, const uint8_t *p, size_t len, size_t *used);
 /* The count ends the union: no adds after it (a second count returns the same answer). */
 uint64_t cell_union_count(const struct cell_union *u, bool *exact);
 

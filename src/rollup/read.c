@@ -169,27 +169,51 @@ struct breakdown_ctx {
     size_t n, cap, max;
 };
 
-static int breakdown_cb(void *arg, uint32_t bucket, const char *value, size_t vlen,
-                        const uint8_t *val, size_t len)
+static void bd_free(struct breakdown_ctx *c)
 {
-    struct breakdown_ctx *c = arg;
-    (void)bucket;
+    for (size_t i = 0; i < c->n; i++) agg_free(&c->aggs[i]);
+    free(c->aggs);
+    strtab_free(c->values);
+}
+
+/* The aggregate of value (created empty on first sight). NULL with *rc set on failure. */
+static struct agg *bd_agg(struct breakdown_ctx *c, const char *value, size_t vlen, int *rc)
+{
     bool created;
     int64_t i = strtab_intern(c->values, 0, value, (uint32_t)vlen, &created);
-    if (i < 0) return TALLY_ENOMEM;
+    if (i < 0) {
+        *rc = TALLY_ENOMEM;
+        return NULL;
+    }
     if (created) {
-        if ((size_t)i >= c->max) return TALLY_ETOOBIG;
+        if ((size_t)i >= c->max) {
+            *rc = TALLY_ETOOBIG;
+            return NULL;
+        }
         if ((size_t)i >= c->cap) {
             size_t cap = c->cap ? c->cap * 2 : 256;
             struct agg *p = realloc(c->aggs, cap * sizeof *p);
-            if (!p) return TALLY_ENOMEM;
+            if (!p) {
+                *rc = TALLY_ENOMEM;
+                return NULL;
+            }
             c->aggs = p;
             c->cap = cap;
         }
         agg_init(&c->aggs[i]);
         c->n = (size_t)i + 1;
     }
-    return agg_add(&c->aggs[i], val, len);
+    return &c->aggs[i];
+}
+
+static int breakdown_cb(void *arg, uint32_t bucket, const char *value, size_t vlen,
+                        const uint8_t *val, size_t len)
+{
+    struct breakdown_ctx *c = arg;
+    (void)bucket;
+    int rc = TALLY_OK;
+    struct agg *a = bd_agg(c, value, vlen, &rc);
+    return a ? agg_add(a, val, len) : rc;
 }
 
 struct order {
@@ -228,38 +252,152 @@ static int emit_answer(const uint8_t *p, size_t len, rollup_breakdown_fn fn, voi
     return rc;
 }
 
-/* Reads every cell of the range and builds the answer (emit_answer's layout) in out. */
-static int breakdown_compute(struct store *s, uint32_t site, enum tz_gran g, int dim,
-                             int64_t from_ms, int64_t to_ms, size_t values_max,
-                             struct cbuf *out)
+/* The answer of c (emit_answer's layout) into out; counts the unions (they end there). */
+static int bd_answer(struct breakdown_ctx *c, struct cbuf *out)
 {
-    struct breakdown_ctx c = {.values = strtab_new(), .max = values_max};
-    if (!c.values) return TALLY_ENOMEM;
-    int rc = each_cell(s, site, g, dim, from_ms, to_ms, breakdown_cb, &c);
-    struct order *ord = NULL;
-    if (!rc && c.n) {
-        ord = malloc(c.n * sizeof *ord);
-        if (!ord) rc = TALLY_ENOMEM;
+    if (!c->n) return TALLY_OK;
+    struct order *ord = malloc(c->n * sizeof *ord);
+    if (!ord) return TALLY_ENOMEM;
+    for (size_t i = 0; i < c->n; i++) {
+        ord[i].s = strtab_str(c->values, (uint32_t)i, &ord[i].len);
+        ord[i].i = i;
     }
-    if (!rc) {
-        for (size_t i = 0; i < c.n; i++) {
-            ord[i].s = strtab_str(c.values, (uint32_t)i, &ord[i].len);
-            ord[i].i = i;
-        }
-        if (c.n > 1) qsort(ord, c.n, sizeof *ord, order_cmp);
-        for (size_t i = 0; i < c.n; i++) {
-            struct rollup_metrics m;
-            agg_metrics(&c.aggs[ord[i].i], &m);
-            cbuf_put(out, &ord[i].len, sizeof ord[i].len);
-            cbuf_put(out, ord[i].s, ord[i].len);
-            cbuf_put(out, &m, sizeof m);
-        }
-        if (out->oom) rc = TALLY_ENOMEM;
+    if (c->n > 1) qsort(ord, c->n, sizeof *ord, order_cmp);
+    for (size_t i = 0; i < c->n; i++) {
+        struct rollup_metrics m;
+        agg_metrics(&c->aggs[ord[i].i], &m);
+        cbuf_put(out, &ord[i].len, sizeof ord[i].len);
+        cbuf_put(out, ord[i].s, ord[i].len);
+        cbuf_put(out, &m, sizeof m);
     }
-    for (size_t i = 0; i < c.n; i++) agg_free(&c.aggs[i]);
-    free(c.aggs);
     free(ord);
-    strtab_free(c.values);
+    return out->oom ? TALLY_ENOMEM : TALLY_OK;
+}
+
+/*
+ * A breakdown's partial state (the days before the split), kept in the memo so that a range
+ * ending today reads only today's cells: per value, u32 vlen | value | 5 x i64 counters
+ * (pageviews, events, visits, bounces, duration) | u32 nrev | nrev x struct cell_rev | the
+ * value's saved union (cell.h). In-process only.
+ */
+static int bd_save(struct breakdown_ctx *c, struct cbuf *out)
+{
+    int rc = TALLY_OK;
+    for (size_t i = 0; i < c->n && !rc; i++) {
+        uint32_t vlen;
+        const char *v = strtab_str(c->values, (uint32_t)i, &vlen);
+        const struct agg *a = &c->aggs[i];
+        int64_t k[5] = {a->sum.pageviews, a->sum.events, a->sum.visits, a->sum.bounces,
+                        a->sum.duration_ms};
+        uint8_t has_u = a->u ? 1 : 0;
+        cbuf_put(out, &vlen, sizeof vlen);
+        cbuf_put(out, v, vlen);
+        cbuf_put(out, k, sizeof k);
+        cbuf_put(out, &a->sum.nrev, sizeof a->sum.nrev);
+        cbuf_put(out, a->sum.rev, a->sum.nrev * sizeof *a->sum.rev);
+        cbuf_put(out, &has_u, 1);
+        if (a->u) rc = cell_union_save(a->u, out);
+    }
+    return rc ? rc : out->oom ? TALLY_ENOMEM : TALLY_OK;
+}
+
+static int bd_load(struct breakdown_ctx *c, const uint8_t *p, size_t len)
+{
+    const uint8_t *end = p + len;
+    int rc = TALLY_OK;
+    while (!rc && p < end) {
+        uint32_t vlen, nrev;
+        int64_t k[5];
+        memcpy(&vlen, p, sizeof vlen);
+        p += sizeof vlen;
+        const char *v = (const char *)p;
+        p += vlen;
+        memcpy(k, p, sizeof k);
+        p += sizeof k;
+        memcpy(&nrev, p, sizeof nrev);
+        p += sizeof nrev;
+        struct agg *a = bd_agg(c, v, vlen, &rc);
+        if (!a) break;
+        a->sum.pageviews += k[0];
+        a->sum.events += k[1];
+        a->sum.visits += k[2];
+        a->sum.bounces += k[3];
+        a->sum.duration_ms += k[4];
+        for (uint32_t i = 0; i < nrev && !rc; i++, p += sizeof(struct cell_rev)) {
+            struct cell_rev r;
+            memcpy(&r, p, sizeof r);
+            rc = cell_add_revenue(&a->sum, r.cur, r.micros);
+        }
+        uint8_t has_u = *p++;
+        if (!rc && has_u) {
+            size_t used = 0;
+            if (!a->u && !(a->u = cell_union_new())) rc = TALLY_ENOMEM;
+            if (!rc) rc = cell_union_add_saved(a->u, p, (size_t)(end - p), &used);
+            p += used;
+        }
+    }
+    return rc;
+}
+
+/* The memo key of a breakdown answer ('B') or partial state ('P') over [b0, b1). */
+static void bd_key(uint8_t key[22], uint8_t kind, uint32_t site, int dim, uint32_t b0,
+                   uint32_t b1, size_t values_max)
+{
+    key[0] = kind;
+    store_put_be32(key + 1, site);
+    key[5] = (uint8_t)dim;
+    store_put_be32(key + 6, b0);
+    store_put_be32(key + 10, b1);
+    store_put_be64(key + 14, (uint64_t)values_max);
+}
+
+/* Fills c with the cells of [from_ms, split_ms) from the memo's partial state, or reads them
+ * and keeps their state when it fits. */
+static int bd_prefix(struct store *s, struct memo *mo, uint64_t built, uint32_t site,
+                     enum tz_gran g, int dim, int64_t from_ms, int64_t split_ms,
+                     size_t values_max, struct breakdown_ctx *c)
+{
+    uint32_t b0 = bucket_ceil(from_ms), bs = bucket_ceil(split_ms);
+    uint8_t key[22];
+    bd_key(key, 'P', site, dim, b0, bs, values_max);
+    void *val;
+    size_t len;
+    int rc = memo_get(mo, key, sizeof key, memo_range_seq(mo, site, b0, bs), &val, &len);
+    if (rc < 0) return rc;
+    bool too_large = false;
+    if (rc == 1) {
+        /* u8 1 and the state, or u8 0: the state was too large to keep */
+        too_large = len < 1 || ((uint8_t *)val)[0] == 0;
+        rc = too_large ? TALLY_OK : bd_load(c, (uint8_t *)val + 1, len - 1);
+        free(val);
+        if (!too_large) return rc;
+    }
+    rc = each_cell(s, site, g, dim, from_ms, split_ms, breakdown_cb, c);
+    if (rc || too_large) return rc;
+    /* kept when its sets, deduplicated, take at most a quarter of the memo; hopeless sizes
+     * (a 30-day page breakdown of a busy site: one id per visitor, page and day) are not
+     * even deduplicated */
+    struct memo_stats ms;
+    memo_stats(mo, &ms);
+    size_t bound = 0;
+    for (size_t i = 0; i < c->n; i++)
+        bound += 64 + (c->aggs[i].u ? cell_union_saved_bytes_max(c->aggs[i].u) : 0);
+    if (bound <= ms.bytes_max) {
+        bound = 0;
+        for (size_t i = 0; i < c->n && !rc; i++) {
+            bound += 64;
+            if (!c->aggs[i].u) continue;
+            rc = cell_union_compact(c->aggs[i].u);
+            bound += cell_union_saved_bytes_max(c->aggs[i].u);
+        }
+        if (rc) return rc;
+    }
+    struct cbuf st = {0};
+    uint8_t kind = bound <= ms.bytes_max / 4;
+    cbuf_put(&st, &kind, 1); /* 0: remembered as too large, so the next read does not try */
+    if (kind) rc = bd_save(c, &st);
+    if (!rc) memo_put(mo, key, sizeof key, st.p, st.len, built);
+    free(st.p);
     return rc;
 }
 
@@ -267,27 +405,30 @@ int rollup_read_breakdown(struct store *s, uint32_t site, enum tz_gran g, int di
                           int64_t from_ms, int64_t to_ms, size_t values_max,
                           rollup_breakdown_fn fn, void *arg)
 {
+    return rollup_read_breakdown_split(s, site, g, dim, from_ms, to_ms, to_ms, values_max, fn,
+                                       arg);
+}
+
+int rollup_read_breakdown_split(struct store *s, uint32_t site, enum tz_gran g, int dim,
+                                int64_t from_ms, int64_t split_ms, int64_t to_ms,
+                                size_t values_max, rollup_breakdown_fn fn, void *arg)
+{
     if (!values_max) values_max = ROLLUP_BREAKDOWN_VALUES_MAX;
     uint32_t b0 = bucket_ceil(from_ms), b1 = bucket_ceil(to_ms);
     if (b1 <= b0) return TALLY_OK;
-    /* Day breakdowns (the dashboard's top lists over whole days) go through the memo: their
-     * answer is kept until a cell of one of the range's days changes (store/memo.h). */
+    /* Day breakdowns (the dashboard's top lists) go through the memo (store/memo.h): the
+     * answer is kept until a cell of one of the range's days changes; the state of the days
+     * before split_ms too, so that a range ending today reads only today's cells. */
     struct memo *mo = g == TZ_DAY ? store_memo(s) : NULL;
-    uint8_t key[1 + 4 + 1 + 4 + 4 + 8];
+    uint8_t key[22];
     uint64_t built = 0;
     int rc;
     if (mo) {
         built = memo_now(mo);
-        key[0] = 'B';
-        store_put_be32(key + 1, site);
-        key[5] = (uint8_t)dim;
-        store_put_be32(key + 6, b0);
-        store_put_be32(key + 10, b1);
-        store_put_be64(key + 14, (uint64_t)values_max);
-        uint64_t need = memo_range_seq(mo, site, b0, b1);
+        bd_key(key, 'B', site, dim, b0, b1, values_max);
         void *val;
         size_t len;
-        rc = memo_get(mo, key, sizeof key, need, &val, &len);
+        rc = memo_get(mo, key, sizeof key, memo_range_seq(mo, site, b0, b1), &val, &len);
         if (rc < 0) return rc;
         if (rc == 1) {
             rc = emit_answer(val, len, fn, arg);
@@ -295,8 +436,17 @@ int rollup_read_breakdown(struct store *s, uint32_t site, enum tz_gran g, int di
             return rc;
         }
     }
+    struct breakdown_ctx c = {.values = strtab_new(), .max = values_max};
+    if (!c.values) return TALLY_ENOMEM;
+    if (mo && split_ms > from_ms && split_ms < to_ms) {
+        rc = bd_prefix(s, mo, built, site, g, dim, from_ms, split_ms, values_max, &c);
+        if (!rc) rc = each_cell(s, site, g, dim, split_ms, to_ms, breakdown_cb, &c);
+    } else {
+        rc = each_cell(s, site, g, dim, from_ms, to_ms, breakdown_cb, &c);
+    }
     struct cbuf ans = {0};
-    rc = breakdown_compute(s, site, g, dim, from_ms, to_ms, values_max, &ans);
+    if (!rc) rc = bd_answer(&c, &ans);
+    bd_free(&c);
     if (!rc && mo) memo_put(mo, key, sizeof key, ans.p, ans.len, built);
     if (!rc) rc = emit_answer(ans.p, ans.len, fn, arg);
     free(ans.p);

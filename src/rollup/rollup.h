@@ -90,6 +90,13 @@ typedef int (*rollup_breakdown_fn)(void *arg, const char *value, size_t vlen,
 int rollup_read_breakdown(struct store *s, uint32_t site, enum tz_gran g, int dim,
                           int64_t from_ms, int64_t to_ms, size_t values_max,
                           rollup_breakdown_fn fn, void *arg);
+/* The same, for day cells (TZ_DAY) cached in the store's memo in two parts: the answer over
+ * the whole range, and the state (sums and visitor sets) of [from_ms, split_ms), so that when
+ * the days from split_ms on change (today), only their cells are read again. split_ms outside
+ * (from_ms, to_ms): no split. The answer is the same with or without the memo. */
+int rollup_read_breakdown_split(struct store *s, uint32_t site, enum tz_gran g, int dim,
+                                int64_t from_ms, int64_t split_ms, int64_t to_ms,
+                                size_t values_max, rollup_breakdown_fn fn, void *arg);
 
 /* Metrics summed over every value of dim that pred accepts (pred NULL: every value), with
  * visitors as ONE union over those values' cells (so a visitor seen with two accepted values

@@ -262,7 +262,7 @@ bool memo_put(struct memo *m, const void *key, size_t klen, const void *val, siz
     e->built = built;
     e->hash = XXH3_64bits(key, klen);
     pthread_mutex_lock(&m->mu);
-    bool kept = entry_bytes(e) <= m->bytes_max / 8;
+    bool kept = entry_bytes(e) <= m->bytes_max / 4;
     struct entry *old = find(m, key, klen, e->hash);
     if (old && (!kept || old->built <= built)) entry_unlink(m, old);
     else if (old) kept = false; /* a newer result is already there */

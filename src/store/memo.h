@@ -17,7 +17,7 @@
  * `built_min`; an older entry is dropped.
  *
  * LIMITS. Results: at most bytes_max bytes of keys and values (least recently used first out;
- * a result over bytes_max / 8 is not kept; bytes_max 0 keeps nothing). Tags: at most
+ * a result over bytes_max / 4 is not kept; bytes_max 0 keeps nothing). Tags: at most
  * MEMO_TAGS_MAX; beyond it the table is cleared and a floor takes its place (every range then
  * reads as changed at the floor's sequence: conservative, never stale). A tag that changes
  * costs a binary search, a new one also a move of the tags after it (a new day per site per

@@ -60,7 +60,7 @@ struct store_options {
                                         default STORE_MEMO_BYTES_DEFAULT */
 };
 
-#define STORE_MEMO_BYTES_DEFAULT (16u << 20)
+#define STORE_MEMO_BYTES_DEFAULT (32u << 20)
 
 void store_options_default(struct store_options *o);
 

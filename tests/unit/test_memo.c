@@ -125,9 +125,9 @@ TEST(results_are_bounded_least_recently_used_first)
     ASSERT_EQ(get(m, "k99", 0, buf, sizeof buf), 1);
     ASSERT_EQ(get(m, "k0", 0, buf, sizeof buf), 1);
     ASSERT_EQ(get(m, "k1", 0, buf, sizeof buf), 0);
-    /* too large for one entry (over bytes_max / 8): not kept */
-    char *big = calloc(1, 9000);
-    ASSERT_TRUE(!memo_put(m, "big", 3, big, 9000, 0));
+    /* too large for one entry (over bytes_max / 4): not kept */
+    char *big = calloc(1, 17000);
+    ASSERT_TRUE(!memo_put(m, "big", 3, big, 17000, 0));
     free(big);
     /* shrinking evicts at once; 0 keeps nothing */
     memo_set_bytes_max(m, 0);

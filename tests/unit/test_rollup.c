@@ -529,6 +529,14 @@ static int join_bd(void *arg, const char *value, size_t vlen, const struct rollu
     return 0;
 }
 
+static int join_vis(void *arg, const char *value, size_t vlen, const struct rollup_metrics *m)
+{
+    char *out = arg;
+    size_t n = strlen(out);
+    snprintf(out + n, 64 - n, "%.*s=%llu ", (int)vlen, value, (unsigned long long)m->visitors);
+    return 0;
+}
+
 TEST(breakdown_memo_follows_the_engine)
 {
     tr_zone_name = "Europe/Berlin";
@@ -590,6 +598,57 @@ TEST(breakdown_memo_follows_the_engine)
     store_close(s);
 }
 
+/* rollup_read_breakdown_split with the split at the range's last day (what the planner does):
+ * a change on the last day reuses the kept state of the days before it (a memo hit) and still
+ * counts a visitor seen on both sides once; a change before it drops that state. */
+TEST(breakdown_split_keeps_the_days_before_today)
+{
+    tr_zone_name = "UTC";
+    struct store *s = tr_open_store(test_tmpdir());
+    struct engine *e = tr_engine(s);
+    next_off = 0;
+    for (int v = 1; v <= 6; v++) {
+        char at[32];
+        snprintf(at, sizeof at, "2026-01-%02dT10:00:00Z", 10 + v % 3);
+        add(e, "a.com", at, (uint64_t)v, "pageview", v % 2 ? "/a" : "/b");
+    }
+    ASSERT_EQ(engine_flush(e), 0);
+    uint32_t site = tr_site(s, "a.com");
+    const int64_t from = tr_ts("2026-01-10T00:00:00Z"), split = tr_ts("2026-01-12T00:00:00Z"),
+                  to = tr_ts("2026-01-13T00:00:00Z");
+    char v1[64] = "";
+    ASSERT_EQ(rollup_read_breakdown_split(s, site, TZ_DAY, ROLLUP_DIM_SOURCE, from, split, to,
+                                          0, join_vis, v1), 0);
+    ASSERT_STREQ(v1, "Direct / None=6 ");
+    struct memo_stats st0, st;
+    for (int round = 0; round < 3; round++) {
+        memo_stats(store_memo(s), &st0);
+        /* "today" (Jan 12) changes: visitor 1 (seen Jan 11) and a new visitor 9 */
+        add(e, "a.com", round == 0 ? "2026-01-12T10:00:00Z" : "2026-01-12T11:00:00Z",
+            round == 0 ? 1 : 9 + (uint64_t)round, "pageview", "/a");
+        ASSERT_EQ(engine_flush(e), 0);
+        char got[64] = "";
+        ASSERT_EQ(rollup_read_breakdown_split(s, site, TZ_DAY, ROLLUP_DIM_PAGE, from, split, to,
+                                              0, join_vis, got), 0);
+        memo_stats(store_memo(s), &st);
+        if (round > 0) ASSERT_EQ(st.hits, st0.hits + 1); /* the state of Jan 10-11 */
+        /* visitors: /a = 1, 3, 5 (+ 10, 11 in later rounds), /b = 2, 4, 6 */
+        ASSERT_STREQ(got, round == 0 ? "/a=3 /b=3 " : round == 1 ? "/a=4 /b=3 " : "/a=5 /b=3 ");
+    }
+    /* a late event on Jan 10 (before the split): the kept state is stale */
+    memo_stats(store_memo(s), &st0);
+    add(e, "a.com", "2026-01-10T20:00:00Z", 20, "pageview", "/c");
+    ASSERT_EQ(engine_flush(e), 0);
+    char got[64] = "";
+    ASSERT_EQ(rollup_read_breakdown_split(s, site, TZ_DAY, ROLLUP_DIM_PAGE, from, split, to, 0,
+                                          join_vis, got), 0);
+    ASSERT_STREQ(got, "/a=5 /b=3 /c=1 ");
+    memo_stats(store_memo(s), &st);
+    ASSERT_EQ(st.stale, st0.stale + 2); /* the answer and the state */
+    engine_close(e);
+    store_close(s);
+}
+
 int main(void)
 {
     RUN(basic_visit_metrics);
@@ -604,6 +663,7 @@ int main(void)
     RUN(props_revenue_and_minute_retention);
     RUN(series_and_breakdown);
     RUN(breakdown_memo_follows_the_engine);
+    RUN(breakdown_split_keeps_the_days_before_today);
     tz_shutdown();
     return test_summary();
 }

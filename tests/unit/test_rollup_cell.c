@@ -342,6 +342,97 @@ TEST(multiset_union_of_views_counts_each_visitor_once)
     free(b.p);
 }
 
+/* A union saved after some cells and loaded into another counts what the first would have
+ * counted after all the cells: add-only sets (exact, with a dense cell, beyond the exact
+ * limit) and multisets at different sampling levels. */
+static void saved_case(size_t ncells, size_t split, const size_t *sizes, uint64_t universe,
+                       bool multiset)
+{
+    struct cell_union *all = cell_union_new(), *pre = cell_union_new(), *re = cell_union_new();
+    struct cbuf b = {0}, st = {0};
+    struct cell *cells = calloc(ncells, sizeof *cells);
+    for (size_t k = 0; k < ncells; k++) {
+        cell_init(&cells[k]);
+        size_t n = sizes[k];
+        if (multiset) {
+            struct cell_mentry *d = malloc((n ? n : 1) * sizeof *d);
+            for (size_t i = 0; i < n; i++) d[i] = (struct cell_mentry){rnd() % universe + 1, 1};
+            ASSERT_EQ(cell_apply_multiset(&cells[k], d, n), 0);
+            free(d);
+        } else {
+            uint64_t *items = malloc((n ? n : 1) * sizeof *items);
+            for (size_t i = 0; i < n; i++) items[i] = rnd() % universe;
+            ASSERT_EQ(cell_add_uniques(&cells[k], items, n), 0);
+            free(items);
+        }
+        enc(&cells[k], &b);
+        struct cell_view v;
+        ASSERT_EQ(cell_view_parse(b.p, b.len, &v), 0);
+        ASSERT_EQ(cell_union_add_view(all, &v), 0);
+        ASSERT_EQ(cell_union_add_view(k < split ? pre : re, &v), 0);
+    }
+    ASSERT_EQ(cell_union_save(pre, &st), 0);
+    ASSERT_TRUE(st.len <= cell_union_saved_bytes_max(pre));
+    /* the saved state first (as the query cache loads it), then the later cells */
+    struct cell_union *merged = cell_union_new();
+    size_t used = 0;
+    ASSERT_EQ(cell_union_add_saved(merged, st.p, st.len, &used), 0);
+    ASSERT_EQ(used, st.len);
+    for (size_t k = split; k < ncells; k++) ASSERT_EQ(cell_union_add(merged, &cells[k]), 0);
+    /* and the other way round: the later cells first */
+    struct cell_union *merged2 = cell_union_new();
+    for (size_t k = split; k < ncells; k++) ASSERT_EQ(cell_union_add(merged2, &cells[k]), 0);
+    ASSERT_EQ(cell_union_add_saved(merged2, st.p, st.len, &used), 0);
+    bool e1, e2, e3;
+    uint64_t n1 = cell_union_count(all, &e1), n2 = cell_union_count(merged, &e2);
+    ASSERT_EQ(n2, n1);
+    ASSERT_EQ(e2, e1);
+    ASSERT_EQ(cell_union_count(merged2, &e3), n1);
+    ASSERT_EQ(e3, e1);
+    cell_union_free(merged2);
+    /* a truncated state is refused */
+    struct cell_union *bad = cell_union_new();
+    ASSERT_EQ(cell_union_add_saved(bad, st.p, st.len > 20 ? 20 : st.len - 1, &used),
+              TALLY_ECORRUPT);
+    cell_union_free(bad);
+    for (size_t k = 0; k < ncells; k++) cell_free(&cells[k]);
+    free(cells);
+    cell_union_free(all);
+    cell_union_free(pre);
+    cell_union_free(re);
+    cell_union_free(merged);
+    free(b.p);
+    free(st.p);
+}
+
+TEST(saved_unions_continue_where_they_stopped)
+{
+    size_t sizes[80];
+    /* 29 days kept, the 30th added: mostly one big saved run and a small one (the galloping
+     * count), overlapping */
+    for (int i = 0; i < 30; i++) sizes[i] = 2000 + rnd() % 3000;
+    saved_case(30, 29, sizes, 60000, false);
+    saved_case(30, 29, sizes, 60000, true);
+    /* several later cells, little overlap */
+    saved_case(30, 20, sizes, UINT64_MAX - 1, false);
+    saved_case(30, 20, sizes, UINT64_MAX - 1, true);
+    /* a dense cell in the saved part, and in the later part */
+    for (int i = 0; i < 10; i++) sizes[i] = 300;
+    sizes[2] = CELL_UNIQ_EXACT_MAX + 100;
+    saved_case(10, 5, sizes, UINT64_MAX - 1, false);
+    saved_case(10, 1, sizes, UINT64_MAX - 1, false);
+    /* sampled multisets: the later cells' level is higher than the saved one's, and lower */
+    for (int i = 0; i < 10; i++) sizes[i] = 100;
+    sizes[7] = CELL_VISIT_SET_MAX * 3;
+    saved_case(10, 5, sizes, UINT64_MAX - 1, true);
+    sizes[7] = 100;
+    sizes[1] = CELL_VISIT_SET_MAX * 3;
+    saved_case(10, 5, sizes, UINT64_MAX - 1, true);
+    /* beyond the exact limit in the saved part: it is saved as a sketch */
+    for (int i = 0; i < 80; i++) sizes[i] = CELL_UNIQ_EXACT_MAX - 1;
+    saved_case(80, 70, sizes, UINT64_MAX, false);
+}
+
 TEST(keys_and_names)
 {
     uint8_t k[CELL_KEY_BYTES_MAX];
@@ -379,6 +470,7 @@ int main(void)
     RUN(unions_of_many_cells_equal_one_merged_hll);
     RUN(union_views_check_their_sets);
     RUN(multiset_union_of_views_counts_each_visitor_once);
+    RUN(saved_unions_continue_where_they_stopped);
     RUN(keys_and_names);
     return test_summary();
 }
