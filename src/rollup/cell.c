@@ -829,7 +829,7 @@ int cell_union_add_view(struct cell_union *u, const struct cell_view *c)
         if ((rc = hll_blob(c->hll, c->hll_len, &dense, &n, &body))) return rc;
         if (dense) {
             if (!u->hll && !(u->hll = hll_new(HLL_EXACT_MAX_LIMIT))) return TALLY_ENOMEM;
-            if ((rc = hll_merge_serialized(u->hll, c->hll, c->hll_len))) return rc;
+            if ((rc = hll_merge_dense(u->hll, body))) return rc;
         } else {
             if ((rc = runs_reserve(&u->hs, n))) return rc;
             uint64_t *out = u->hs.v + u->hs.n, prev = 0;

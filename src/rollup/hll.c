@@ -84,6 +84,13 @@ static inline void reg_add(uint8_t *reg, uint64_t item)
     if (v > reg[idx]) reg[idx] = v;
 }
 
+/* dst[i] := max(dst[i], src[i]) over every register; a select, so the compiler vectorizes it
+ * (the branch on each byte mispredicted: merging 30 dense cells was half of a series query). */
+static void regs_max(uint8_t *restrict dst, const uint8_t *restrict src)
+{
+    for (uint32_t i = 0; i < HLL_REGISTERS; i++) dst[i] = dst[i] > src[i] ? dst[i] : src[i];
+}
+
 static int to_dense(struct hll *h)
 {
     uint8_t *reg = calloc(HLL_REGISTERS, 1);
@@ -213,8 +220,7 @@ int hll_merge(struct hll *dst, const struct hll *src)
             int rc = to_dense(dst);
             if (rc) return rc;
         }
-        for (uint32_t i = 0; i < HLL_REGISTERS; i++)
-            if (src->reg[i] > dst->reg[i]) dst->reg[i] = src->reg[i];
+        regs_max(dst->reg, src->reg);
         return TALLY_OK;
     }
     if (dst->dense) {
@@ -253,9 +259,17 @@ static double ertl_tau(double x)
 double hll_estimate(const struct hll *h)
 {
     if (!h->dense) return (double)h->count;
-    uint32_t c[HLL_Q + 2];
-    memset(c, 0, sizeof c);
-    for (uint32_t i = 0; i < HLL_REGISTERS; i++) c[h->reg[i]]++;
+    /* four histograms: neighbouring registers mostly hold the same value, and one counter
+     * incremented back to back waits for its own store each time */
+    uint32_t c4[4][HLL_Q + 2], c[HLL_Q + 2];
+    memset(c4, 0, sizeof c4);
+    for (uint32_t i = 0; i < HLL_REGISTERS; i += 4) {
+        c4[0][h->reg[i]]++;
+        c4[1][h->reg[i + 1]]++;
+        c4[2][h->reg[i + 2]]++;
+        c4[3][h->reg[i + 3]]++;
+    }
+    for (int k = 0; k < HLL_Q + 2; k++) c[k] = c4[0][k] + c4[1][k] + c4[2][k] + c4[3][k];
     const double m = HLL_REGISTERS;
     if (c[0] == HLL_REGISTERS) return 0.0;
     double z = m * ertl_tau(1.0 - c[HLL_Q + 1] / m);
@@ -314,8 +328,9 @@ static int parse_header(const uint8_t *buf, size_t len, int *mode, size_t *n,
     *mode = buf[1];
     if (*mode == 1) {
         if (len != 3 + HLL_REGISTERS || buf[2] != HLL_P) return TALLY_ECORRUPT;
-        for (uint32_t i = 0; i < HLL_REGISTERS; i++)
-            if (buf[3 + i] > HLL_Q + 1) return TALLY_ECORRUPT;
+        uint8_t top = 0;
+        for (uint32_t i = 0; i < HLL_REGISTERS; i++) top = buf[3 + i] > top ? buf[3 + i] : top;
+        if (top > HLL_Q + 1) return TALLY_ECORRUPT;
         *body = buf + 3;
         *n = HLL_REGISTERS;
         return TALLY_OK;
@@ -361,6 +376,14 @@ static uint64_t load_le64(const uint8_t *p)
     return x;
 }
 
+int hll_merge_dense(struct hll *dst, const uint8_t *regs)
+{
+    int rc;
+    if (!dst->dense && (rc = to_dense(dst))) return rc;
+    regs_max(dst->reg, regs);
+    return TALLY_OK;
+}
+
 int hll_blob(const uint8_t *buf, size_t len, bool *dense, size_t *n, const uint8_t **body)
 {
     int mode;
@@ -378,8 +401,7 @@ int hll_merge_serialized(struct hll *dst, const uint8_t *buf, size_t len)
     if (rc) return rc;
     if (mode == 1) {
         if (!dst->dense && (rc = to_dense(dst))) return rc;
-        for (uint32_t i = 0; i < HLL_REGISTERS; i++)
-            if (body[i] > dst->reg[i]) dst->reg[i] = body[i];
+        regs_max(dst->reg, body);
         return TALLY_OK;
     }
     if (dst->dense) {

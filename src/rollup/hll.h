@@ -82,6 +82,10 @@ int hll_deserialize(const uint8_t *buf, size_t len, uint32_t exact_max, struct h
  * them). 0 or TALLY_ECORRUPT. */
 int hll_blob(const uint8_t *buf, size_t len, bool *dense, size_t *n, const uint8_t **body);
 
+/* dst := dst U the dense registers regs (HLL_REGISTERS bytes as hll_blob returns them: already
+ * checked). dst turns dense. 0 or TALLY_ENOMEM. */
+int hll_merge_dense(struct hll *dst, const uint8_t *regs);
+
 /* dst := dst U (the serialized hll in buf). 0, TALLY_ECORRUPT, TALLY_ENOMEM. */
 int hll_merge_serialized(struct hll *dst, const uint8_t *buf, size_t len);
 
