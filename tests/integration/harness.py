@@ -46,6 +46,7 @@ class Tally:
         self.write_config(config)
         self.proc = None
         self.saved_stderr = None
+        self.shared = False  # True: lives across tests; its test file cleans it up
         _INSTANCES.append(self)
 
     def write_config(self, extra):
@@ -236,10 +237,11 @@ def run_all():
                       (inst.port, rc, inst.stderr_text()[-int(os.environ.get("TALLY_STDERR_TAIL", "3000")):]), flush=True)
         finally:
             # every server the test made is stopped (by its PID) and its directory removed,
-            # whether or not the test did so: a run of `make test` used to leave ~50 of them
-            # (3-4 GB) behind in /tmp
+            # whether or not the test did so (a run of `make test` used to leave ~50 of them,
+            # 3-4 GB, in /tmp); shared ones (test_cluster's cluster) stay for the next test
             for inst in _INSTANCES:
-                inst.cleanup()
+                if not inst.shared:
+                    inst.cleanup()
     sys.exit(1 if failed else 0)
 
 

@@ -122,6 +122,8 @@ class Cluster:
         self.single = Tally()                      # role all, local log: the reference
         self.owned = [set(range(0, 4)), set(range(4, PARTITIONS))]
         self.answering = {p: 0 if p < 4 else 1 for p in range(PARTITIONS)}
+        for t in self.proc + self.ingest + [self.single]:
+            t.shared = True  # the cluster lives across tests: main() cleans it up
         self.configure()
         self.single.write_config("[server]\nthreads = 2\nauto_sites = false\n" + self.auth +
                                  "[storage]\nfsync = interval\n" + sites_config())
@@ -129,6 +131,7 @@ class Cluster:
     def add_proc(self, data_dir=None):
         """A new processing node (consuming nothing until owned[k] is set)."""
         t = Tally(data_dir=data_dir)
+        t.shared = True
         self.proc.append(t)
         self.owned.append(set())
         return t
