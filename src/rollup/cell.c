@@ -340,56 +340,34 @@ bool cell_encode_fresh(const struct cell *c, const struct cell_rev *rev, uint32_
 int cell_decode(const void *val, size_t len, struct cell *c)
 {
     cell_init(c);
-    struct creader r;
-    creader_init(&r, val, len);
-    if (creader_u8(&r) != CELL_VERSION) return TALLY_ECORRUPT;
-    uint64_t present = creader_varint(&r);
-    if (present > 0xff) return TALLY_ECORRUPT;
-    if (present & PRESENT_PV) c->pageviews = creader_svarint(&r);
-    if (present & PRESENT_EV) c->events = creader_svarint(&r);
-    if (present & PRESENT_VISITS) c->visits = creader_svarint(&r);
-    if (present & PRESENT_BOUNCES) c->bounces = creader_svarint(&r);
-    if (present & PRESENT_DUR) c->duration_ms = creader_svarint(&r);
-    int rc = TALLY_OK;
-    if (present & PRESENT_REV) {
-        uint64_t n = creader_varint(&r);
-        if (n == 0 || n > 20000) rc = TALLY_ECORRUPT;
-        for (uint64_t i = 0; i < n && !rc && !r.err; i++) {
-            char cur[3];
-            for (int k = 0; k < 3; k++) cur[k] = (char)creader_u8(&r);
-            rc = cell_add_revenue(c, cur, creader_svarint(&r));
-        }
-    }
-    if (!rc && (present & PRESENT_HLL)) {
-        uint64_t n = creader_varint(&r);
-        if (r.err || n > (uint64_t)(r.end - r.p)) {
-            rc = TALLY_ECORRUPT;
-        } else {
-            rc = hll_deserialize(r.p, (size_t)n, CELL_UNIQ_EXACT_MAX, &c->hll);
-            r.p += n;
-        }
-    }
-    if (!rc && (present & PRESENT_MS)) {
+    struct cell_view v;
+    int rc = cell_view_parse(val, len, &v);
+    if (rc) return rc;
+    c->pageviews = v.pageviews;
+    c->events = v.events;
+    c->visits = v.visits;
+    c->bounces = v.bounces;
+    c->duration_ms = v.duration_ms;
+    if (v.nrev) rc = cell_view_add_revenue(&v, c);
+    if (!rc && v.hll) rc = hll_deserialize(v.hll, v.hll_len, CELL_UNIQ_EXACT_MAX, &c->hll);
+    if (!rc && v.has_ms) {
         c->has_ms = true;
-        c->level = creader_u8(&r);
-        uint64_t n = creader_varint(&r);
-        if (c->level > 63 || n > (uint64_t)(r.end - r.p) / 9 + 1) {
-            rc = TALLY_ECORRUPT;
-        } else {
-            c->ms = malloc((n ? n : 1) * sizeof *c->ms);
-            if (!c->ms) rc = TALLY_ENOMEM;
-            c->capms = n;
-            for (uint64_t i = 0; i < n && !rc; i++) {
-                c->ms[i].visitor = creader_le64(&r);
-                c->ms[i].count = (int64_t)creader_varint(&r);
-                if (r.err || c->ms[i].count < 1 ||
-                    (i > 0 && c->ms[i].visitor <= c->ms[i - 1].visitor))
-                    rc = TALLY_ECORRUPT;
-            }
-            if (!rc) c->nms = n;
+        c->level = v.level;
+        c->ms = malloc((v.nms ? v.nms : 1) * sizeof *c->ms);
+        if (!c->ms) rc = TALLY_ENOMEM;
+        c->capms = v.nms;
+        struct creader r;
+        creader_init(&r, v.ms, v.ms_len);
+        for (size_t i = 0; i < v.nms && !rc; i++) {
+            c->ms[i].visitor = creader_le64(&r);
+            c->ms[i].count = (int64_t)creader_varint(&r);
+            if (r.err || c->ms[i].count < 1 ||
+                (i > 0 && c->ms[i].visitor <= c->ms[i - 1].visitor))
+                rc = TALLY_ECORRUPT;
         }
+        if (!rc && !creader_done(&r)) rc = TALLY_ECORRUPT;
+        if (!rc) c->nms = v.nms;
     }
-    if (!rc && (r.err || !creader_done(&r))) rc = TALLY_ECORRUPT;
     if (rc) cell_free(c);
     return rc;
 }
@@ -855,7 +833,7 @@ int cell_union_add_view(struct cell_union *u, const struct cell_view *c)
         for (size_t i = 0; i < c->nms; i++) {
             uint64_t x = creader_le64(&r);
             uint64_t count = creader_varint(&r);
-            if (r.err || count < 1 || (i > 0 && x <= prev)) {
+            if (r.err || count < 1 || count > INT64_MAX || (i > 0 && x <= prev)) {
                 u->ms.n = n0;
                 return TALLY_ECORRUPT;
             }

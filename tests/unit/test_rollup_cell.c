@@ -3,6 +3,8 @@
 #include "test.h"
 
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 #include "rollup/cell.h"
 #include "tally/error.h"
@@ -14,10 +16,27 @@ static uint64_t rnd(void)
     return hll_mix(rng);
 }
 
+/* With CELL_FUZZ_SEEDS=DIR, every cell encoded here is also written to DIR (the seed corpus
+ * of tests/fuzz/fuzz_cell.c), named by a hash of its bytes. */
+static void seed(const struct cbuf *b)
+{
+    const char *dir = getenv("CELL_FUZZ_SEEDS");
+    if (!dir || b->len > 4096) return; /* small ones: the corpus is committed */
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < b->len; i++) h = (h ^ b->p[i]) * 1099511628211ULL;
+    char path[512];
+    snprintf(path, sizeof path, "%s/%016llx", dir, (unsigned long long)h);
+    FILE *f = fopen(path, "wb");
+    if (!f) return;
+    fwrite(b->p, 1, b->len, f);
+    fclose(f);
+}
+
 static void enc(const struct cell *c, struct cbuf *b)
 {
     cbuf_reset(b);
     cell_encode(c, b);
+    seed(b);
 }
 
 TEST(round_trip_is_canonical)
