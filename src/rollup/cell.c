@@ -91,7 +91,10 @@ int cell_add_revenue(struct cell *c, const char cur[3], int64_t micros)
     uint32_t i = 0;
     while (i < c->nrev && memcmp(c->rev[i].cur, cur, 3) < 0) i++;
     if (i < c->nrev && memcmp(c->rev[i].cur, cur, 3) == 0) {
-        c->rev[i].micros += micros;
+        /* saturates: 9.2e12 currency units only overflow in a corrupt store or a forged
+         * event stream, and then the sum stays defined */
+        if (__builtin_add_overflow(c->rev[i].micros, micros, &c->rev[i].micros))
+            c->rev[i].micros = micros > 0 ? INT64_MAX : INT64_MIN;
         if (c->rev[i].micros == 0) {
             memmove(c->rev + i, c->rev + i + 1, (c->nrev - i - 1) * sizeof *c->rev);
             c->nrev--;
@@ -392,9 +395,14 @@ int cell_view_parse(const void *val, size_t len, struct cell_view *v)
         if (n == 0 || n > 20000) return TALLY_ECORRUPT;
         v->rev = r.p;
         v->nrev = (uint32_t)n;
+        const uint8_t *prev = NULL;
         for (uint64_t i = 0; i < n && !r.err; i++) {
+            const uint8_t *cur = r.p;
             for (int k = 0; k < 3; k++) (void)creader_u8(&r);
-            (void)creader_svarint(&r);
+            /* canonical: currencies strictly ascending, no zero sums */
+            if (creader_svarint(&r) == 0 || (prev && !r.err && memcmp(prev, cur, 3) >= 0))
+                return TALLY_ECORRUPT;
+            prev = cur;
         }
         v->rev_len = r.err ? 0 : (size_t)(r.p - v->rev);
     }
