@@ -1414,6 +1414,7 @@ static struct query *query_new(struct pctx *c, int64_t now_ms, char *err, size_t
     if (!q) return NULL;
     q->zone = tz_utc();
     q->limit = QUERY_LIMIT_DEFAULT;
+    q->now_ms = c->now_ms;
     c->q = q;
     return q;
 }

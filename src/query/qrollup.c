@@ -89,6 +89,8 @@ static bool wants_visit_metrics(const struct query *q)
 }
 
 /* Whether [r) can be read from cells of g; *to_out is the end to read up to. */
+#define SPLIT_RECENT_MS (48 * 3600 * 1000LL) /* a last day starting after now - this: split */
+
 static bool aligned(const struct query *q, struct q_range r, enum tz_gran g, int64_t now_ms,
                     int64_t *to_out)
 {
@@ -170,7 +172,8 @@ int qexec_rollup(struct store *s, uint32_t site_id, const struct query *q, struc
                  bool want_total, const struct q_budget *b, struct q_table *t)
 {
     if (!qplan_rollup_can(q)) return TALLY_ENOTSUP;
-    int64_t now_ms = timefmt_now_ms();
+    /* the parser's now: the range was resolved and clamped against it */
+    int64_t now_ms = q->now_ms ? q->now_ms : timefmt_now_ms();
     const struct q_dim *d = q->ndims ? &q->dims[0] : NULL;
     bool is_time = d && d->field == Q_DIM_TIME;
     int fdim = filter_field(q->filter);
@@ -269,9 +272,12 @@ int qexec_rollup(struct store *s, uint32_t site_id, const struct query *q, struc
     }
     /* a breakdown by d (a filter, if any, is on d too) */
     struct bd_ctx c = {q, t, b, q->filter, false};
-    /* over days: the range's last day is read apart, so that while it changes (today) the
-     * days before it come from the query cache (rollup.h) */
+    /* over days: when the range ends today (or yesterday, which still changes for a while
+     * after midnight), its last day is read apart, so that while that day changes the days
+     * before it come from the query cache (rollup.h); older ranges do not change, and their
+     * whole answer is kept, so keeping their state too would be work for nothing */
     int64_t split_ms = g == TZ_DAY ? tz_bucket_start_ms(q->zone, to_ms - 1, TZ_DAY) : to_ms;
+    if (split_ms < now_ms - SPLIT_RECENT_MS) split_ms = to_ms;
     rc = rollup_read_breakdown_split(s, site_id, g, d->field, r.from_ms, split_ms, to_ms,
                                      b && b->rows_max ? b->rows_max : 0, breakdown_fn, &c);
     if (rc) return rc;

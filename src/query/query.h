@@ -149,6 +149,7 @@ struct query {
     char currency[4];             /* the site's revenue currency */
     size_t nmetrics;
     enum q_metric metrics[QUERY_METRICS_MAX];
+    int64_t now_ms;               /* the "now" the parser resolved ranges against */
     struct q_range range;         /* the resolved date range (end clamped to now) */
     bool realtime;
     size_t ndims;
