@@ -340,6 +340,19 @@ bool cell_encode_fresh(const struct cell *c, const struct cell_rev *rev, uint32_
     return true;
 }
 
+/* Reads multiset entry i (u64 LE visitor, varint count) at r, after the entry whose visitor
+ * was prev: false when it is malformed (truncated, count not in 1..INT64_MAX, visitors not
+ * ascending). cell_decode and the unions read entries only through this, so they accept the
+ * same values. */
+static bool ms_entry(struct creader *r, size_t i, uint64_t prev, uint64_t *visitor,
+                     int64_t *count)
+{
+    *visitor = creader_le64(r);
+    uint64_t n = creader_varint(r);
+    *count = (int64_t)n;
+    return !r->err && n >= 1 && n <= INT64_MAX && (i == 0 || *visitor > prev);
+}
+
 int cell_decode(const void *val, size_t len, struct cell *c)
 {
     cell_init(c);
@@ -361,13 +374,10 @@ int cell_decode(const void *val, size_t len, struct cell *c)
         c->capms = v.nms;
         struct creader r;
         creader_init(&r, v.ms, v.ms_len);
-        for (size_t i = 0; i < v.nms && !rc; i++) {
-            c->ms[i].visitor = creader_le64(&r);
-            c->ms[i].count = (int64_t)creader_varint(&r);
-            if (r.err || c->ms[i].count < 1 ||
-                (i > 0 && c->ms[i].visitor <= c->ms[i - 1].visitor))
+        for (size_t i = 0; i < v.nms && !rc; i++)
+            if (!ms_entry(&r, i, i ? c->ms[i - 1].visitor : 0, &c->ms[i].visitor,
+                          &c->ms[i].count))
                 rc = TALLY_ECORRUPT;
-        }
         if (!rc && !creader_done(&r)) rc = TALLY_ECORRUPT;
         if (!rc) c->nms = v.nms;
     }
@@ -526,6 +536,18 @@ static int runs_reserve(struct runs *r, size_t more)
 static void runs_close(struct runs *r, size_t n0)
 {
     if (r->n > n0) r->start[r->nruns++] = n0;
+}
+
+/* Appends n native u64 items (one sorted distinct run) to r. */
+static int runs_append(struct runs *r, const void *items, size_t n)
+{
+    if (n == 0) return TALLY_OK;
+    int rc = runs_reserve(r, n);
+    if (rc) return rc;
+    memcpy(r->v + r->n, items, n * sizeof *r->v);
+    r->n += n;
+    runs_close(r, r->n - n);
+    return TALLY_OK;
 }
 
 static void insertion_sort_u64(uint64_t *v, size_t n)
@@ -733,18 +755,23 @@ static int runs_compact(struct runs *r, bool (*keep)(uint64_t, uint8_t), uint8_t
     return TALLY_OK;
 }
 
-static int hs_after_add(struct cell_union *u)
+/* Rewrites the add-only items as one sorted distinct run; beyond HLL_EXACT_MAX_LIMIT of them
+ * they cannot stay exact and go into the sketch. */
+static int hs_compact(struct cell_union *u)
 {
-    u->any_hll = true;
-    if (u->hs.compact_at == 0) u->hs.compact_at = UNION_ITEMS_MAX;
-    if (u->hs.n <= u->hs.compact_at) return TALLY_OK;
     int rc = runs_compact(&u->hs, NULL, 0);
     if (rc || u->hs.n <= HLL_EXACT_MAX_LIMIT) return rc;
-    /* too many to stay exact: into the sketch */
     if (!u->hll && !(u->hll = hll_new(HLL_EXACT_MAX_LIMIT))) return TALLY_ENOMEM;
     if ((rc = hll_add_many(u->hll, u->hs.v, u->hs.n))) return rc;
     u->hs.n = u->hs.nruns = 0;
     return TALLY_OK;
+}
+
+static int hs_after_add(struct cell_union *u)
+{
+    u->any_hll = true;
+    if (u->hs.compact_at == 0) u->hs.compact_at = UNION_ITEMS_MAX;
+    return u->hs.n > u->hs.compact_at ? hs_compact(u) : TALLY_OK;
 }
 
 static int ms_level(struct cell_union *u, uint8_t level)
@@ -775,11 +802,8 @@ int cell_union_add(struct cell_union *u, const struct cell *c)
             if ((rc = hll_merge(u->hll, c->hll))) return rc;
         } else {
             const uint64_t *items;
-            size_t n = hll_items(c->hll, &items), n0 = u->hs.n;
-            if ((rc = runs_reserve(&u->hs, n))) return rc;
-            if (n) memcpy(u->hs.v + n0, items, n * sizeof *items);
-            u->hs.n += n;
-            runs_close(&u->hs, n0);
+            size_t n = hll_items(c->hll, &items);
+            if ((rc = runs_append(&u->hs, items, n))) return rc;
         }
         if ((rc = hs_after_add(u))) return rc;
     }
@@ -839,9 +863,9 @@ int cell_union_add_view(struct cell_union *u, const struct cell_view *c)
         size_t n0 = u->ms.n;
         uint64_t prev = 0;
         for (size_t i = 0; i < c->nms; i++) {
-            uint64_t x = creader_le64(&r);
-            uint64_t count = creader_varint(&r);
-            if (r.err || count < 1 || count > INT64_MAX || (i > 0 && x <= prev)) {
+            uint64_t x;
+            int64_t count;
+            if (!ms_entry(&r, i, prev, &x, &count)) {
                 u->ms.n = n0;
                 return TALLY_ECORRUPT;
             }
@@ -873,12 +897,7 @@ size_t cell_union_saved_bytes_max(const struct cell_union *u)
 int cell_union_compact(struct cell_union *u)
 {
     if (u->counted) return TALLY_EINVAL;
-    int rc = runs_compact(&u->hs, NULL, 0);
-    if (!rc && u->hs.n > HLL_EXACT_MAX_LIMIT) {
-        if (!u->hll && !(u->hll = hll_new(HLL_EXACT_MAX_LIMIT))) return TALLY_ENOMEM;
-        if ((rc = hll_add_many(u->hll, u->hs.v, u->hs.n))) return rc;
-        u->hs.n = u->hs.nruns = 0;
-    }
+    int rc = hs_compact(u);
     return rc ? rc : runs_compact(&u->ms, sampled_in, u->level);
 }
 
@@ -901,18 +920,6 @@ int cell_union_save(struct cell_union *u, struct cbuf *out)
         if (cbuf_reserve(out, bl)) out->len += hll_serialize(u->hll, out->p + out->len);
     }
     return out->oom ? TALLY_ENOMEM : TALLY_OK;
-}
-
-/* Appends n native u64 items (one sorted distinct run) to r. */
-static int runs_add_saved(struct runs *r, const uint8_t *p, size_t n)
-{
-    if (n == 0) return TALLY_OK;
-    int rc = runs_reserve(r, n);
-    if (rc) return rc;
-    memcpy(r->v + r->n, p, n * 8);
-    r->n += n;
-    runs_close(r, r->n - n);
-    return TALLY_OK;
 }
 
 int cell_union_add_saved(struct cell_union *u, const uint8_t *p, size_t len, size_t *used)
@@ -945,7 +952,7 @@ int cell_union_add_saved(struct cell_union *u, const uint8_t *p, size_t len, siz
         q += bl;
     }
     if (flags & 1) {
-        if ((rc = runs_add_saved(&u->hs, hv, (size_t)nh))) return rc;
+        if ((rc = runs_append(&u->hs, hv, (size_t)nh))) return rc;
         if ((rc = hs_after_add(u))) return rc;
     }
     if (flags & 2) {
@@ -960,7 +967,7 @@ int cell_union_add_saved(struct cell_union *u, const uint8_t *p, size_t len, siz
                 if (sampled_in(x, u->level)) u->ms.v[u->ms.n++] = x;
             }
             runs_close(&u->ms, n0);
-        } else if ((rc = runs_add_saved(&u->ms, mv, (size_t)nm))) {
+        } else if ((rc = runs_append(&u->ms, mv, (size_t)nm))) {
             return rc;
         }
         if ((rc = ms_bound(u))) return rc;
@@ -985,10 +992,7 @@ uint64_t cell_union_count(const struct cell_union *u_, bool *exact)
             if (hll_add_many(u->hll, u->hs.v, u->hs.n) != TALLY_OK) *exact = false;
         } else {
             k = runs_distinct(&u->hs, NULL);
-            if (k > (int64_t)HLL_EXACT_MAX_LIMIT &&
-                (runs_compact(&u->hs, NULL, 0) != TALLY_OK ||
-                 !(u->hll = hll_new(HLL_EXACT_MAX_LIMIT)) ||
-                 hll_add_many(u->hll, u->hs.v, u->hs.n) != TALLY_OK))
+            if (k > (int64_t)HLL_EXACT_MAX_LIMIT && hs_compact(u) != TALLY_OK)
                 *exact = false; /* out of memory: the exact count stands */
         }
         if (u->hll && hll_count(u->hll) > 0) {

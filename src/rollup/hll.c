@@ -215,14 +215,7 @@ int hll_add_many(struct hll *h, uint64_t *items, size_t n)
 
 int hll_merge(struct hll *dst, const struct hll *src)
 {
-    if (src->dense) {
-        if (!dst->dense) {
-            int rc = to_dense(dst);
-            if (rc) return rc;
-        }
-        regs_max(dst->reg, src->reg);
-        return TALLY_OK;
-    }
+    if (src->dense) return hll_merge_dense(dst, src->reg);
     if (dst->dense) {
         for (size_t i = 0; i < src->count; i++) reg_add(dst->reg, src->items[i]);
         return TALLY_OK;
@@ -399,11 +392,7 @@ int hll_merge_serialized(struct hll *dst, const uint8_t *buf, size_t len)
     const uint8_t *body;
     int rc = parse(buf, len, &mode, &n, &body);
     if (rc) return rc;
-    if (mode == 1) {
-        if (!dst->dense && (rc = to_dense(dst))) return rc;
-        regs_max(dst->reg, body);
-        return TALLY_OK;
-    }
+    if (mode == 1) return hll_merge_dense(dst, body);
     if (dst->dense) {
         for (size_t i = 0; i < n; i++) reg_add(dst->reg, load_le64(body + 8 * i));
         return TALLY_OK;
