@@ -200,9 +200,15 @@ static void on_metrics(struct http_request *req, struct http_exchange *ex, void 
                            "# HELP tally_consumer_events_total Events processed by a consumer "
                            "since start.\n# TYPE tally_consumer_events_total counter\n"
                            "tally_consumer_events_total{consumer=\"raw\"} %llu\n"
-                           "tally_consumer_events_total{consumer=\"rollup\"} %llu\n",
+                           "tally_consumer_events_total{consumer=\"rollup\"} %llu\n"
+                           "# HELP tally_consumer_flushes_total Batches of output and cursor a "
+                           "consumer wrote since start.\n# TYPE tally_consumer_flushes_total "
+                           "counter\ntally_consumer_flushes_total{consumer=\"raw\"} %llu\n"
+                           "tally_consumer_flushes_total{consumer=\"rollup\"} %llu\n",
                         (unsigned long long)lag.raw_lag, (unsigned long long)lag.rollup_lag,
-                        (unsigned long long)lag.raw_events, (unsigned long long)lag.rollup_events);
+                        (unsigned long long)lag.raw_events, (unsigned long long)lag.rollup_events,
+                        (unsigned long long)lag.raw_flushes,
+                        (unsigned long long)lag.rollup_flushes);
     evbuffer_add_printf(b, "# HELP tally_raw_compacted_hours_total Hours of the raw store rewritten "
                            "as full blocks since start.\n# TYPE tally_raw_compacted_hours_total "
                            "counter\ntally_raw_compacted_hours_total %llu\n"

@@ -2,6 +2,7 @@
 and the promise that aggregates are a pure function of the log: the digest of the incrementally
 built store equals the digest after `tally --rebuild`, also after kill -9 of the server."""
 import json
+import re
 import random
 import time
 
@@ -36,6 +37,14 @@ def acknowledged_event_is_processed_within_one_second():
                     break
                 check(time.time() - t0 < 1.0, "event not processed within 1 s: %s" % h)
                 time.sleep(0.02)
+        # each consumer wrote its output (with its cursor) in at least one batch per event
+        # here (the events were seconds apart), and says so in /metrics
+        _, _, raw = t.request("GET", "/metrics")
+        text = raw.decode()
+        for c in ("raw", "rollup"):
+            m = re.search(r'^tally_consumer_flushes_total\{consumer="%s"\} (\d+)$' % c, text, re.M)
+            check(m is not None, "no tally_consumer_flushes_total for %s" % c)
+            check(int(m.group(1)) >= 5, "%s consumer flushes: %s" % (c, m.group(1)))
     finally:
         t.cleanup()
 

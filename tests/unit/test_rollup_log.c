@@ -318,6 +318,82 @@ TEST(partitioned_sources_match_one_log)
     config_free(cfg);
 }
 
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Live consumers under steady traffic: they keep up and flush about every 100 ms
+ * (CAUGHT_UP_FLUSH_MS in consumer.c), not once per read burst (they once flushed each time
+ * they caught up with the log: hundreds of RocksDB batches a second under load, most of a
+ * core); and what they hold is flushed when the traffic stops, well before flush_interval_ms. */
+TEST(live_consumers_flush_in_time_not_per_burst)
+{
+    const char *dir = test_tmpdir();
+    char logdir[300], dbdir[300];
+    snprintf(logdir, sizeof logdir, "%s/log", dir);
+    snprintf(dbdir, sizeof dbdir, "%s/db", dir);
+    struct tally_config *cfg = config_new_defaults();
+    ASSERT_TRUE(cfg != NULL);
+    struct seglog_options lo;
+    seglog_options_default(&lo);
+    lo.dir = logdir;
+    lo.fsync = SEGLOG_FSYNC_NONE;
+    struct seglog *log = NULL;
+    ASSERT_EQ(seglog_open(&lo, &log, NULL), 0);
+    struct store *s = tr_open_store(dbdir);
+    struct rollup_config rc;
+    rollup_config_default(&rc);
+    rc.cfg = cfg;
+    rc.flush_interval_ms = 30000; /* only the caught-up flush can make events visible */
+    struct rollup_service *svc = NULL;
+    struct rollup_source src = {.name = ""};
+    evlog_local(log, &src.log);
+    ASSERT_EQ(rollup_service_start(s, &src, 1, &rc, &svc), 0);
+
+    const int64_t base = tr_ts("2026-10-24T12:00:00Z");
+    const int bursts = 80;
+    const int64_t t0 = mono_ms();
+    for (int i = 0; i < bursts; i++) {
+        append_events(log, 10, base + i * 60000LL, 100 + (uint64_t)i);
+        sleep_ms(4);
+    }
+    const int64_t traffic_ms = mono_ms() - t0;
+    /* every event is flushed (cursor saved with the output) within a second of the last */
+    struct rollup_lag lag;
+    int64_t waited_ms = 0;
+    const int64_t t1 = mono_ms();
+    for (;;) {
+        rollup_service_lag(svc, &lag);
+        waited_ms = mono_ms() - t1;
+        if (lag.raw_cursor == lag.log_end && lag.rollup_cursor == lag.log_end) break;
+        if (waited_ms > 1000) break;
+        sleep_ms(5);
+    }
+    ASSERT_EQ(lag.raw_cursor, lag.log_end);
+    ASSERT_EQ(lag.rollup_cursor, lag.log_end);
+    ASSERT_TRUE(waited_ms <= 1000);
+    ASSERT_EQ(lag.rollup_events, (uint64_t)bursts * 10);
+    /* about one flush per 100 ms of traffic and waiting (plus the last), not one per burst */
+    const uint64_t bound = (uint64_t)((traffic_ms + waited_ms) / 100) + 3;
+    if (lag.raw_flushes > bound || lag.rollup_flushes > bound)
+        printf("  flushes raw %llu rollup %llu over %lld ms (bound %llu)\n",
+               (unsigned long long)lag.raw_flushes, (unsigned long long)lag.rollup_flushes,
+               (long long)(traffic_ms + waited_ms), (unsigned long long)bound);
+    ASSERT_TRUE(lag.raw_flushes >= 1 && lag.raw_flushes <= bound);
+    ASSERT_TRUE(lag.rollup_flushes >= 1 && lag.rollup_flushes <= bound);
+    ASSERT_TRUE(bound < (uint64_t)bursts); /* else the test could not tell */
+    rollup_service_stop(svc);
+    struct rollup_metrics m = tr_read(s, "a.com", TZ_DAY, ROLLUP_DIM_TOTAL, "", 0,
+                                      INT64_MAX / 2);
+    ASSERT_TRUE(m.pageviews > 0);
+    store_close(s);
+    seglog_close(log);
+    config_free(cfg);
+}
+
 int main(void)
 {
     if (ua_init(1024) != 0 || bots_init() != 0 || referrer_init() != 0) {
@@ -326,6 +402,7 @@ int main(void)
     }
     RUN(service_and_rebuilds_agree);
     RUN(partitioned_sources_match_one_log);
+    RUN(live_consumers_flush_in_time_not_per_burst);
     referrer_shutdown();
     bots_shutdown();
     ua_shutdown();
