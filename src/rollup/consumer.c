@@ -28,6 +28,11 @@
  * times a second: flushing at every catch-up (each read burst, a few hundred events at
  * 60,000 events/s) cost the rollup consumer 1-2 ms per flush, most of a core. */
 #define CAUGHT_UP_FLUSH_MS 100
+/* A live consumer woken by new records after it caught up sleeps CAUGHT_UP_LINGER_MS before
+ * reading them, so that it reads the records of many group commits per wake-up instead of
+ * waking for each (under fsync `always` at 30,000 single-event requests a second that is
+ * ~8,000 commits a second, each waking both consumers). Freshness costs at most this much. */
+#define CAUGHT_UP_LINGER_MS 10
 #define RAW_RETENTION_INTERVAL_MS (3600LL * 1000)
 /* A live reader that returns nothing for this long while the log's committed end is beyond
  * its position is reopened there (seen with JetStream: after a stream leader was killed, a
@@ -290,6 +295,9 @@ static int loop(struct evlog *log, struct feeder *fd, const struct loop_ops *ops
                 }
                 int w = evlog_wait(log, evlog_reader_position(r), (int)wait_ms);
                 if (w == TALLY_ECLOSED) break;
+                if (w == TALLY_OK && st) atomic_fetch_add(&st->wakeups, 1);
+                if (w == TALLY_OK && !(st && atomic_load(&st->stop)))
+                    sleep_ms(CAUGHT_UP_LINGER_MS);
             }
         } else if (n == TALLY_ERANGE) {
             uint64_t s0 = evlog_start_offset(log);
@@ -1099,6 +1107,8 @@ void rollup_service_lag(struct rollup_service *svc, struct rollup_lag *out)
         out->rollup_events += atomic_load(&pt->roll.st.events);
         out->raw_flushes += atomic_load(&pt->raw.st.flushes);
         out->rollup_flushes += atomic_load(&pt->roll.st.flushes);
+        out->raw_wakeups += atomic_load(&pt->raw.st.wakeups);
+        out->rollup_wakeups += atomic_load(&pt->roll.st.wakeups);
         out->duplicates += atomic_load(&pt->roll.st.duplicates);
         out->excluded += atomic_load(&pt->roll.st.excluded);
         out->compacted_hours += atomic_load(&pt->raw.st.compacted_hours);

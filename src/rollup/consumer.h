@@ -34,6 +34,7 @@ struct consumer_status {
     _Atomic uint64_t cursor;
     _Atomic uint64_t events;
     _Atomic uint64_t flushes; /* output + cursor batches written (since start) */
+    _Atomic uint64_t wakeups; /* live: times it was woken by new records after catching up */
     _Atomic uint64_t duplicates; /* rollup: events left out as duplicates (since start) */
     _Atomic uint64_t excluded;   /* rollup: bot / host-not-allowed events left out */
     _Atomic uint64_t compacted_hours;  /* raw: hours rewritten by compaction (since start) */

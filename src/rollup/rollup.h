@@ -143,6 +143,7 @@ struct rollup_lag {
     uint64_t raw_lag, rollup_lag; /* log_end - cursor */
     uint64_t raw_events, rollup_events; /* events processed since start */
     uint64_t raw_flushes, rollup_flushes; /* output batches written since start */
+    uint64_t raw_wakeups, rollup_wakeups; /* woken by new records after catching up */
     int raw_err, rollup_err;  /* last error (0 when healthy) */
     uint64_t duplicates;      /* events the rollup consumer left out as duplicates, since start */
     uint64_t excluded;        /* bot / host-not-allowed events it left out, since start */

@@ -354,11 +354,11 @@ TEST(live_consumers_flush_in_time_not_per_burst)
     ASSERT_EQ(rollup_service_start(s, &src, 1, &rc, &svc), 0);
 
     const int64_t base = tr_ts("2026-10-24T12:00:00Z");
-    const int bursts = 80;
+    const int bursts = 200;
     const int64_t t0 = mono_ms();
     for (int i = 0; i < bursts; i++) {
         append_events(log, 10, base + i * 60000LL, 100 + (uint64_t)i);
-        sleep_ms(4);
+        sleep_ms(1);
     }
     const int64_t traffic_ms = mono_ms() - t0;
     /* every event is flushed (cursor saved with the output) within a second of the last */
@@ -385,6 +385,15 @@ TEST(live_consumers_flush_in_time_not_per_burst)
     ASSERT_TRUE(lag.raw_flushes >= 1 && lag.raw_flushes <= bound);
     ASSERT_TRUE(lag.rollup_flushes >= 1 && lag.rollup_flushes <= bound);
     ASSERT_TRUE(bound < (uint64_t)bursts); /* else the test could not tell */
+    /* woken at most once per CAUGHT_UP_LINGER_MS (10 ms), not once per group commit */
+    const uint64_t wake_bound = (uint64_t)((traffic_ms + waited_ms) / 10) + 3;
+    const uint64_t commits = bursts; /* at least one per burst: each waits for its commit */
+    if (lag.raw_wakeups > wake_bound || lag.rollup_wakeups > wake_bound)
+        printf("  wake-ups raw %llu rollup %llu over %lld ms (bound %llu)\n",
+               (unsigned long long)lag.raw_wakeups, (unsigned long long)lag.rollup_wakeups,
+               (long long)(traffic_ms + waited_ms), (unsigned long long)wake_bound);
+    ASSERT_TRUE(lag.raw_wakeups <= wake_bound && lag.rollup_wakeups <= wake_bound);
+    ASSERT_TRUE(wake_bound < commits); /* else the test could not tell */
     rollup_service_stop(svc);
     struct rollup_metrics m = tr_read(s, "a.com", TZ_DAY, ROLLUP_DIM_TOTAL, "", 0,
                                       INT64_MAX / 2);
