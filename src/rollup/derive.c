@@ -72,25 +72,50 @@ void derive_ctx_free(struct derive_ctx *c)
     free(c);
 }
 
+/* The referrer cache's key: each part as a tag byte (0: NULL, 1: present) followed, when
+ * present, by its bytes and NUL (so NULL differs from "" and parts cannot run together). The
+ * key is hashed in one call when it fits KEY_BYTES_MAX (nearly always), else streamed: the
+ * same bytes, so the same hash. */
+#define REF_KEY_PARTS 7
+#define REF_KEY_BYTES_MAX 1024
+
 static void hash_part(XXH3_state_t *xs, const char *s)
 {
-    size_t n = s ? strlen(s) + 1 : 0; /* the NUL separates parts; NULL differs from "" */
+    size_t n = s ? strlen(s) + 1 : 0;
     uint8_t tag = s ? 1 : 0;
     XXH3_128bits_update(xs, &tag, 1);
     if (n) XXH3_128bits_update(xs, s, n);
 }
 
+static XXH128_hash_t ref_key_hash(XXH3_state_t *xs, const char *const part[REF_KEY_PARTS])
+{
+    uint8_t key[REF_KEY_BYTES_MAX];
+    size_t len = 0, n[REF_KEY_PARTS];
+    for (int i = 0; i < REF_KEY_PARTS; i++) {
+        n[i] = part[i] ? strlen(part[i]) + 1 : 0;
+        len += 1 + n[i];
+    }
+    if (len > sizeof key) {
+        XXH3_128bits_reset(xs);
+        for (int i = 0; i < REF_KEY_PARTS; i++)
+            hash_part(xs, part[i]);
+        return XXH3_128bits_digest(xs);
+    }
+    uint8_t *p = key;
+    for (int i = 0; i < REF_KEY_PARTS; i++) {
+        *p++ = part[i] ? 1 : 0;
+        memcpy(p, part[i] ? part[i] : "", n[i]);
+        p += n[i];
+    }
+    return XXH3_128bits(key, len);
+}
+
 static void classify_referrer(struct derive_ctx *c, const char *host, const referrer_tags *t)
 {
-    XXH3_128bits_reset(c->xs);
-    hash_part(c->xs, c->ref_nt);
-    hash_part(c->xs, host);
-    hash_part(c->xs, t->utm_source);
-    hash_part(c->xs, t->utm_medium);
-    hash_part(c->xs, t->utm_campaign);
-    hash_part(c->xs, t->ref);
-    hash_part(c->xs, t->click_id);
-    XXH128_hash_t h = XXH3_128bits_digest(c->xs);
+    const char *const part[REF_KEY_PARTS] = {c->ref_nt,      host,   t->utm_source,
+                                             t->utm_medium,  t->utm_campaign, t->ref,
+                                             t->click_id};
+    XXH128_hash_t h = ref_key_hash(c->xs, part);
     struct ref_entry *e = &c->ref_cache[h.low64 % DERIVE_REF_CACHE_ENTRIES];
     if (!e->used || !XXH128_isEqual(e->key, h)) {
         referrer_classify(c->ref_nt, host, t, &e->info);
