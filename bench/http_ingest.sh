@@ -13,6 +13,9 @@
 #                                    10 events; target p99 <= 5 ms (nginx at the same rate)
 #   bench=http_ingest_latency_single http_load, 20000 req/s of 1 event over
 #                                    BENCH_SINGLE_CONNECTIONS (256) connections
+#   bench=http_ingest_cpu            http_load, 11000 and 35000 single events/s: tally's CPU
+#                                    microseconds per event (all threads, consumers included)
+#                                    and nginx's per request
 #   bench=http_ingest_rss            tally's peak RSS over all of it; target <= 128 MiB
 #   bench=http_ingest_env            cores and load average (other work on the machine)
 # A value is "na" when its target could not be measured (e.g. tally did not start).
@@ -326,6 +329,51 @@ if [ -x "$HTTP_LOAD" ]; then
     latency_line http_ingest_latency_single "$T/one.json" $JSON 20000 1 "$SINGLE_CONNS"
 else
     say "$HTTP_LOAD not built (make unit); latency skipped"
+fi
+
+# --- CPU per event at the product's rates, http_load -------------------------------------------
+# cpu_ticks PID...: utime + stime of the processes (all threads), in clock ticks.
+cpu_ticks() {
+    t=0
+    for p in "$@"; do
+        v=$(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)
+        t=$((t + ${v:-0}))
+    done
+    echo "$t"
+}
+# cpu_line RATE: CPU microseconds per event of tally and of nginx (its workers) while
+# http_load sends RATE single-event requests a second over 64 connections. CPU time, not
+# throughput: it hardly depends on what else the machine runs. Tally's includes the log
+# writer and the consumers (counted 1 s after the load, when they have caught up).
+cpu_line() {
+    hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
+    nw=$(pgrep -P "$NGINX_PID" 2>/dev/null | tr '\n' ' ')
+    # shellcheck disable=SC2086
+    n0=$(cpu_ticks $nw)
+    run_load "$NGINX_PORT" "$T/one.json" $JSON "$1" 64 "nginx_cpu_$1" >/dev/null
+    # shellcheck disable=SC2086
+    n1=$(cpu_ticks $nw)
+    ncpu=$(awk -v t=$((n1 - n0)) -v hz="$hz" -v r="$1" -v d=$((DUR + WARM)) \
+        'BEGIN { printf "%.1f\n", t / hz * 1e6 / (r * d) }')
+    tcpu=na
+    if [ $TALLY_OK = 1 ]; then
+        e0=$(curl -s -m 5 "http://127.0.0.1:$TALLY_PORT/metrics" |
+            awk '/^tally_log_records_written_total/ { print $2 }')
+        t0=$(cpu_ticks "$TALLY_PID")
+        run_load "$TALLY_PORT" "$T/one.json" $JSON "$1" 64 "tally_cpu_$1" >/dev/null
+        sleep 1
+        t1=$(cpu_ticks "$TALLY_PID")
+        e1=$(curl -s -m 5 "http://127.0.0.1:$TALLY_PORT/metrics" |
+            awk '/^tally_log_records_written_total/ { print $2 }')
+        tcpu=$(awk -v t=$((t1 - t0)) -v hz="$hz" -v e0="${e0:-0}" -v e1="${e1:-0}" 'BEGIN {
+            if (e1 - e0 <= 0) print "na"; else printf "%.1f\n", t / hz * 1e6 / (e1 - e0) }')
+    fi
+    echo "bench=http_ingest_cpu events_per_s=$1 tally_cpu_us_per_event=$tcpu" \
+        "nginx_cpu_us_per_request=$ncpu connections=64 seconds=$DUR"
+}
+if [ -x "$HTTP_LOAD" ]; then
+    cpu_line 11000 # the product's average: 1 billion events a day
+    cpu_line 35000 # its peaks
 fi
 
 # --- peak RSS -----------------------------------------------------------------------------------
