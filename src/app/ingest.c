@@ -211,9 +211,20 @@ static void refuse_append(struct app *app, struct http_exchange *ex, int rc, uin
 static void native_ok(void *arg, struct http_exchange *ex, uint32_t accepted)
 {
     (void)arg;
-    char body[64];
-    int n = snprintf(body, sizeof body, "{\"accepted\": %u}", accepted);
-    http_exchange_complete(ex, 202, "application/json", body, (size_t)n, NULL);
+    /* Formatted by hand: this runs once per request on the log writer's thread, where
+     * snprintf was ~1% of the server's CPU under single-event load. */
+    static const char head[] = "{\"accepted\": ";
+    char digits[10], body[sizeof head + sizeof digits + 1];
+    size_t nd = 0;
+    do {
+        digits[nd++] = (char)('0' + accepted % 10);
+        accepted /= 10;
+    } while (accepted);
+    size_t n = sizeof head - 1;
+    memcpy(body, head, n);
+    while (nd) body[n++] = digits[--nd];
+    body[n++] = '}';
+    http_exchange_complete(ex, 202, "application/json", body, n, NULL);
 }
 
 static void native_error(void *arg, struct http_exchange *ex, int status, const char *msg,

@@ -24,6 +24,20 @@ def with_server(config="", **kw):
 
 
 @test
+def accepted_count_is_exact_for_any_size():
+    t = with_server()
+    try:
+        for n in (9, 10, 120, 1000):
+            s, _, raw = t.request("POST", "/v1/events",
+                                  json.dumps([pv(id="n%d-%d" % (n, i)) for i in range(n)]),
+                                  {"Content-Type": "application/json"})
+            eq(s, 202, raw)
+            eq(raw, b'{"accepted": %d}' % n)
+    finally:
+        t.cleanup()
+
+
+@test
 def single_array_and_ndjson_are_durable():
     t = with_server()
     try:
