@@ -138,6 +138,20 @@ static void catch_up(struct store *s, struct seglog *log, const struct tally_con
     rollup_service_stop(svc);
 }
 
+/* A seglog in dir/sub without fsync (tests only: durability is not what they check). */
+static struct seglog *open_test_log(const char *dir, const char *sub)
+{
+    char path[300];
+    snprintf(path, sizeof path, "%s/%s", dir, sub);
+    struct seglog_options lo;
+    seglog_options_default(&lo);
+    lo.dir = path;
+    lo.fsync = SEGLOG_FSYNC_NONE;
+    struct seglog *log = NULL;
+    if (seglog_open(&lo, &log, NULL) != 0) abort();
+    return log;
+}
+
 struct counts {
     uint64_t n, bots, dups;
 };
@@ -154,19 +168,13 @@ static int count_raw(void *arg, const struct raw_event *ev)
 TEST(service_and_rebuilds_agree)
 {
     const char *dir = test_tmpdir();
-    char logdir[300], dbdir[300], err[CONFIG_ERROR_BYTES_MAX];
-    snprintf(logdir, sizeof logdir, "%s/log", dir);
+    char dbdir[300], err[CONFIG_ERROR_BYTES_MAX];
     snprintf(dbdir, sizeof dbdir, "%s/db", dir);
     struct tally_config *cfg = config_new_defaults();
     ASSERT_TRUE(cfg != NULL);
     ASSERT_EQ(config_load_string(cfg, "[site b.com]\ntimezone = Europe/Berlin\n", "t.ini", err),
               0);
-    struct seglog_options lo;
-    seglog_options_default(&lo);
-    lo.dir = logdir;
-    lo.fsync = SEGLOG_FSYNC_NONE;
-    struct seglog *log = NULL;
-    ASSERT_EQ(seglog_open(&lo, &log, NULL), 0);
+    struct seglog *log = open_test_log(dir, "log");
     struct store *s = tr_open_store(dbdir);
     struct rollup_source src1 = {.name = ""};
     evlog_local(log, &src1.log);
@@ -246,19 +254,8 @@ TEST(partitioned_sources_match_one_log)
     ASSERT_TRUE(cfg != NULL);
     ASSERT_EQ(config_load_string(cfg, "[site b.com]\ntimezone = Europe/Berlin\n", "t.ini", err),
               0);
-    struct seglog *one = NULL, *part[2] = {NULL, NULL};
-    struct seglog_options lo;
-    seglog_options_default(&lo);
-    lo.fsync = SEGLOG_FSYNC_NONE;
-    snprintf(path, sizeof path, "%s/one", dir);
-    lo.dir = path;
-    ASSERT_EQ(seglog_open(&lo, &one, NULL), 0);
-    for (int i = 0; i < 2; i++) {
-        char pd[300];
-        snprintf(pd, sizeof pd, "%s/p%d", dir, i);
-        lo.dir = pd;
-        ASSERT_EQ(seglog_open(&lo, &part[i], NULL), 0);
-    }
+    struct seglog *one = open_test_log(dir, "one");
+    struct seglog *part[2] = {open_test_log(dir, "p0"), open_test_log(dir, "p1")};
     snprintf(path, sizeof path, "%s/db1", dir);
     struct store *s1 = tr_open_store(path);
     snprintf(path, sizeof path, "%s/db2", dir);
@@ -332,17 +329,11 @@ static int64_t mono_ms(void)
 TEST(live_consumers_flush_in_time_not_per_burst)
 {
     const char *dir = test_tmpdir();
-    char logdir[300], dbdir[300];
-    snprintf(logdir, sizeof logdir, "%s/log", dir);
+    char dbdir[300];
     snprintf(dbdir, sizeof dbdir, "%s/db", dir);
     struct tally_config *cfg = config_new_defaults();
     ASSERT_TRUE(cfg != NULL);
-    struct seglog_options lo;
-    seglog_options_default(&lo);
-    lo.dir = logdir;
-    lo.fsync = SEGLOG_FSYNC_NONE;
-    struct seglog *log = NULL;
-    ASSERT_EQ(seglog_open(&lo, &log, NULL), 0);
+    struct seglog *log = open_test_log(dir, "log");
     struct store *s = tr_open_store(dbdir);
     struct rollup_config rc;
     rollup_config_default(&rc);
