@@ -11,7 +11,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include "core/diag.h"
 #include "store/memo.h"
@@ -231,17 +235,82 @@ int store_failed(struct store *s)
     return atomic_load(&s->failed_rc);
 }
 
+/* Free bytes for us on the file system of dir (UINT64_MAX when unknown: no floor). */
+static uint64_t store_free_bytes(const char *dir)
+{
+    struct statvfs vfs;
+    if (statvfs(dir, &vfs) != 0) return UINT64_MAX;
+    return (uint64_t)vfs.f_bavail * vfs.f_frsize;
+}
+
+/* Bytes this process holds under dir that closing the database would release: files deleted
+ * but still open (from /proc/self/fd) and space allocated beyond the end of the files that
+ * remain (RocksDB preallocates its WAL). An estimate for store_reopen's floor check. */
+static uint64_t store_held_bytes(const char *dir)
+{
+    uint64_t held = 0;
+    size_t dl = strlen(dir);
+    DIR *d = opendir("/proc/self/fd");
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL) {
+            char link[64], target[4096];
+            if (e->d_name[0] == '.') continue;
+            snprintf(link, sizeof link, "/proc/self/fd/%s", e->d_name);
+            ssize_t n = readlink(link, target, sizeof target - 1);
+            if (n <= 0) continue;
+            target[n] = 0;
+            static const char del[] = " (deleted)";
+            size_t dlen = sizeof del - 1;
+            if ((size_t)n <= dlen || strcmp(target + n - dlen, del) != 0) continue;
+            if (strncmp(target, dir, dl) != 0 || target[dl] != '/') continue;
+            struct stat st;
+            if (stat(link, &st) == 0) held += (uint64_t)st.st_blocks * 512;
+        }
+        closedir(d);
+    }
+    d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL) {
+            struct stat st;
+            if (fstatat(dirfd(d), e->d_name, &st, 0) != 0 || !S_ISREG(st.st_mode)) continue;
+            uint64_t alloc = (uint64_t)st.st_blocks * 512;
+            if (alloc > (uint64_t)st.st_size) held += alloc - (uint64_t)st.st_size;
+        }
+        closedir(d);
+    }
+    return held;
+}
+
 int store_reopen(struct store *s)
 {
     /* Reopening writes (a new WAL, MANIFEST, OPTIONS, the LOG header); on a still-full disk
-     * it would only fail, and a failed LOG write is fatal in RocksDB 7.8. */
-    struct statvfs vfs;
-    if (statvfs(s->dir, &vfs) == 0 &&
-        (uint64_t)vfs.f_bavail * vfs.f_frsize < STORE_REOPEN_FREE_BYTES_MIN) {
-        diag_info("store: %llu bytes free in %s, reopening needs %llu",
-                  (unsigned long long)vfs.f_bavail * vfs.f_frsize, s->dir,
-                  (unsigned long long)STORE_REOPEN_FREE_BYTES_MIN);
-        return TALLY_ENOSPC;
+     * it would only fail, and a failed LOG write is fatal in RocksDB 7.8. But the failed
+     * database itself can hold the missing space: its preallocated WAL, and files it deleted
+     * but still has open (seen on a 10 MiB tmpfs: 7.8 MiB, so the floor was never reached
+     * while it stayed open). What closing would release counts as free; the database is
+     * closed only when that is enough (else reads keep working while the disk is full). */
+    uint64_t free_bytes = store_free_bytes(s->dir);
+    if (free_bytes < STORE_REOPEN_FREE_BYTES_MIN) {
+        uint64_t held = s->db ? store_held_bytes(s->dir) : 0;
+        if (free_bytes + held < STORE_REOPEN_FREE_BYTES_MIN) {
+            diag_info("store: %llu bytes free in %s (%llu more held by the failed database), "
+                      "reopening needs %llu", (unsigned long long)free_bytes, s->dir,
+                      (unsigned long long)held,
+                      (unsigned long long)STORE_REOPEN_FREE_BYTES_MIN);
+            return TALLY_ENOSPC;
+        }
+        pthread_rwlock_wrlock(&s->life);
+        db_close(s);
+        pthread_rwlock_unlock(&s->life);
+        free_bytes = store_free_bytes(s->dir);
+        if (free_bytes < STORE_REOPEN_FREE_BYTES_MIN) {
+            diag_info("store: %llu bytes free in %s after closing the failed database, "
+                      "reopening needs %llu", (unsigned long long)free_bytes, s->dir,
+                      (unsigned long long)STORE_REOPEN_FREE_BYTES_MIN);
+            return TALLY_ENOSPC;
+        }
     }
     pthread_rwlock_wrlock(&s->life);
     db_close(s);

@@ -80,7 +80,9 @@ void store_close(struct store *s);
  * touching RocksDB (whose 7.8 WAL writer must not be used again after an error), reads still
  * work. store_failed gives the error (0 while healthy); store_reopen closes and reopens the
  * database (RocksDB recovers its WAL), reloads the site registry and clears the mark: 0, or
- * TALLY_ENOSPC while the disk has less than 4 MiB free (nothing changed), or the open error
+ * TALLY_ENOSPC while the disk has less than 4 MiB free, counting what the failed database
+ * holds (deleted files it keeps open, its preallocated WAL: when that makes enough, it is
+ * closed first; else nothing changed and reads keep working), or the open error
  * (the store stays failed and closed; call again later). store_reopen needs
  * its own thread: it waits until no other call or iterator uses the database (queries may
  * run meanwhile: they wait, and see TALLY_ECLOSED if the reopen failed). Consumer threads
