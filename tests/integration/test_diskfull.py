@@ -62,12 +62,13 @@ def enospc_gives_503_then_recovers_without_loss():
         # The consumers' store hit the full disk too: it recovers by itself and catches up.
         try:
             t.wait_consumers(30)
-        except AssertionError:
+        except AssertionError as e:
+            # In the FAIL line itself: tests/run.sh shows only the last lines of the output.
             du = subprocess.run(["du", "-ab", mnt], capture_output=True, text=True).stdout
             df = subprocess.run(["df", "-B1", mnt], capture_output=True, text=True).stdout
-            print("disk use at the failure:\n%s\n%s" % (df, "\n".join(
-                l for l in du.splitlines() if int(l.split()[0]) > 100000)))
-            raise
+            raise AssertionError("%s; disk use at the failure: %s; files: %s" % (
+                e, " ".join(df.split()[-6:]), ", ".join(
+                    l.replace("\t", " ") for l in du.splitlines() if int(l.split()[0]) > 100000)))
         health = json.loads(t.request("GET", "/healthz")[2])
         eq(health["consumers"]["raw"]["error"], 0, health)
         eq(health["consumers"]["rollup"]["error"], 0, health)
