@@ -35,6 +35,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/decimal.h"
 #include "core/metrics.h"
 #include "http/http_inflate.h"
 #include "http/http_url.h"
@@ -257,19 +258,6 @@ static inline char *put(char *p, const char *s, size_t n)
 }
 #define PUTS(p, lit) put((p), (lit), sizeof(lit) - 1)
 
-static char *put_u64(char *p, uint64_t v)
-{
-    char tmp[24];
-    int n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        *p++ = tmp[--n];
-    return p;
-}
-
 static void worker_date(struct worker *w)
 {
     static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
@@ -345,7 +333,7 @@ static bool conn_emit(struct conn *c, struct http_exchange *ex, int status, cons
     }
     char *p = c->out + c->out_len;
     p = PUTS(p, "HTTP/1.1 ");
-    p = put_u64(p, (uint64_t)status);
+    p = decimal_u64(p, (uint64_t)status);
     *p++ = ' ';
     p = put(p, reason, reason_len);
     p = PUTS(p, "\r\n");
@@ -367,7 +355,7 @@ static bool conn_emit(struct conn *c, struct http_exchange *ex, int status, cons
         p = PUTS(p, "Transfer-Encoding: chunked\r\n"); /* HEAD: what GET would send */
     } else if (!bodyless) {
         p = PUTS(p, "Content-Length: ");
-        p = put_u64(p, blen);
+        p = decimal_u64(p, blen);
         p = PUTS(p, "\r\n");
     }
     if (close)

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/decimal.h"
 #include "ingest/timefmt.h"
 #include "ingest/url.h"
 #include "tally/error.h"
@@ -420,18 +421,11 @@ static size_t format_number(double v, char out[EVENT_PROP_NUMBER_BYTES_MAX])
         return 1;
     }
     if (fabs(v) < 1e15 && v == floor(v)) { /* integers, the common case, without printf */
-        char tmp[24];
-        uint64_t u = (uint64_t)(v < 0 ? -v : v);
-        size_t n = 0, k = 0;
-        do {
-            tmp[n++] = (char)('0' + u % 10);
-            u /= 10;
-        } while (u);
-        if (v < 0) out[k++] = '-';
-        while (n)
-            out[k++] = tmp[--n];
-        out[k] = 0;
-        return k;
+        char *p = out;
+        if (v < 0) *p++ = '-';
+        p = decimal_u64(p, (uint64_t)(v < 0 ? -v : v));
+        *p = 0;
+        return (size_t)(p - out);
     }
     int n = 0;
     for (int prec = 15; prec <= 17; prec++) {

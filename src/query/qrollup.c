@@ -88,9 +88,9 @@ static bool wants_visit_metrics(const struct query *q)
     return false;
 }
 
-/* Whether [r) can be read from cells of g; *to_out is the end to read up to. */
 #define SPLIT_RECENT_MS (48 * 3600 * 1000LL) /* a last day starting after now - this: split */
 
+/* Whether [r) can be read from cells of g; *to_out is the end to read up to. */
 static bool aligned(const struct query *q, struct q_range r, enum tz_gran g, int64_t now_ms,
                     int64_t *to_out)
 {
