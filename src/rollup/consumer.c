@@ -33,6 +33,10 @@
  * waking for each (under fsync `always` at 30,000 single-event requests a second that is
  * ~8,000 commits a second, each waking both consumers). Freshness costs at most this much. */
 #define CAUGHT_UP_LINGER_MS 10
+/* The raw consumer also flushes once its pending events hold this many string and property
+ * bytes, so one batch stays small next to a nearly full disk (a whole backlog written at
+ * once after a disk-full recovery could fill it again) and next to its memory bound. */
+#define RAW_FLUSH_BYTES_MAX (1u << 20)
 #define RAW_RETENTION_INTERVAL_MS (3600LL * 1000)
 /* A live reader that returns nothing for this long while the log's committed end is beyond
  * its position is reopened there (seen with JetStream: after a stream leader was killed, a
@@ -699,6 +703,7 @@ struct rawcons {
     uint64_t cursor;
     int64_t wm;
     size_t pending, flush_max;
+    size_t pending_bytes; /* the pending events' string and property bytes (an estimate) */
     struct strtab *site_names; /* site name -> index into site_ids */
     uint32_t *site_ids;
     size_t nsites, capsites;
@@ -762,6 +767,9 @@ static int raw_add(void *p, const struct devent *ev)
     struct rawcons *c = p;
     c->cursor = ev->offset + 1;
     c->pending++;
+    for (int f = 0; f < DE_FIELD_COUNT; f++) c->pending_bytes += ev->str[f].len;
+    for (uint32_t k = 0; k < ev->props_count; k++)
+        c->pending_bytes += ev->props[k].key.len + ev->props[k].value.len;
     if (ev->received_ms > c->wm) c->wm = ev->received_ms;
     uint32_t site;
     int64_t i = strtab_find(c->site_names, 0, ev->site.ptr, ev->site.len);
@@ -849,7 +857,7 @@ static void raw_skip(void *p, uint64_t off)
 static bool raw_should(void *p)
 {
     struct rawcons *c = p;
-    return c->pending >= c->flush_max;
+    return c->pending >= c->flush_max || c->pending_bytes >= RAW_FLUSH_BYTES_MAX;
 }
 
 static size_t raw_pending(void *p)
@@ -876,6 +884,7 @@ static int raw_flush(void *p)
     raw_writer_commit(c->w);
     dedup_commit(c->dd);
     c->pending = 0;
+    c->pending_bytes = 0;
     return TALLY_OK;
 }
 

@@ -12,6 +12,7 @@
 #include "ingest/referrer.h"
 #include "ingest/ua.h"
 #include "log/seglog.h"
+#include "rollup/consumer.h"
 #include "rollup/rollup.h"
 #include "store/raw.h"
 #include "test_rollup_util.h"
@@ -394,6 +395,64 @@ TEST(live_consumers_flush_in_time_not_per_burst)
     config_free(cfg);
 }
 
+/* The raw consumer writes a backlog of large events in batches of about RAW_FLUSH_BYTES_MAX
+ * (1 MiB of strings and props, consumer.c), not all at once: one batch must fit next to a
+ * nearly full disk (test_diskfull: a whole backlog written at once after the recovery filled
+ * the disk again). */
+TEST(raw_consumer_flushes_large_backlogs_in_pieces)
+{
+    const char *dir = test_tmpdir();
+    char dbdir[300];
+    snprintf(dbdir, sizeof dbdir, "%s/db", dir);
+    struct tally_config *cfg = config_new_defaults();
+    ASSERT_TRUE(cfg != NULL);
+    struct seglog *log = open_test_log(dir, "log");
+    struct store *s = tr_open_store(dbdir);
+    static char pad[1900];
+    memset(pad, 'p', sizeof pad);
+    const int n = 2000; /* ~3.8 MiB of props */
+    uint64_t before = atomic_load(&done_count);
+    for (int i = 0; i < n; i++) {
+        struct event ev;
+        event_init(&ev);
+        char id[32];
+        snprintf(id, sizeof id, "big%d", i);
+        ev.received_ms = ev.ts_ms = tr_ts("2026-10-24T12:00:00Z") + i;
+        ev.site = (struct event_str){"a.com", 5};
+        ev.url = (struct event_str){"https://a.com/", 14};
+        ev.visitor = 1 + (uint64_t)i % 50;
+        ev.client_id = (struct event_str){id, strlen(id)};
+        struct event_prop prop = {{"pad", 3}, {pad, sizeof pad}, EVENT_PROP_STRING};
+        ev.props = &prop;
+        ev.props_count = 1;
+        static uint8_t buf[8192];
+        int len = event_encode(&ev, buf, sizeof buf);
+        ASSERT_TRUE(len > 0);
+        struct seglog_rec rec = {buf, (uint32_t)len, ev.received_ms};
+        while (seglog_append(log, &rec, 1, on_done, NULL) == TALLY_EFULL) sleep_ms(1);
+    }
+    while (atomic_load(&done_count) < before + (uint64_t)n) sleep_ms(2);
+    struct rollup_config rc;
+    rollup_config_default(&rc);
+    rc.cfg = cfg;
+    struct evlog el;
+    evlog_local(log, &el);
+    struct consumer_status st;
+    memset(&st, 0, sizeof st);
+    ASSERT_EQ(consumer_run_raw(s, &el, "raw.", &rc, seglog_committed_offset(log), false, &st),
+              0);
+    ASSERT_EQ(atomic_load(&st.cursor), seglog_committed_offset(log));
+    /* 3.8 MiB in pieces of 1 MiB: 4 batches (the last one at the end), not 1 */
+    ASSERT_TRUE(atomic_load(&st.flushes) >= 4);
+    ASSERT_TRUE(atomic_load(&st.flushes) <= 5);
+    struct counts c = {0};
+    ASSERT_EQ(raw_scan(s, tr_site(s, "a.com"), 0, INT64_MAX / 2, count_raw, &c), 0);
+    ASSERT_EQ(c.n, (uint64_t)n);
+    store_close(s);
+    seglog_close(log);
+    config_free(cfg);
+}
+
 int main(void)
 {
     if (ua_init(1024) != 0 || bots_init() != 0 || referrer_init() != 0) {
@@ -403,6 +462,7 @@ int main(void)
     RUN(service_and_rebuilds_agree);
     RUN(partitioned_sources_match_one_log);
     RUN(live_consumers_flush_in_time_not_per_burst);
+    RUN(raw_consumer_flushes_large_backlogs_in_pieces);
     referrer_shutdown();
     bots_shutdown();
     ua_shutdown();
