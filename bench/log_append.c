@@ -55,11 +55,11 @@ struct producer {
     atomic_int waiting;
     atomic_int *stop;
     uint64_t appended;
-    uint64_t completed_in_window; /* written by the writer thread only */
+    uint64_t completed_in_window; /* written by the completion thread only */
     uint64_t errors;
     atomic_int measuring;
     int window;                  /* appends in flight at most */
-    uint64_t hist[HIST_BUCKETS]; /* latency, written by the writer thread only */
+    uint64_t hist[HIST_BUCKETS]; /* latency, written by the completion thread only */
     struct slot slots[WINDOW];
     pthread_t thread;
     char pad[64];
@@ -100,7 +100,7 @@ static void futex_wake(atomic_int *addr)
     syscall(SYS_futex, (int *)addr, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
 }
 
-/* Runs on the log's writer thread: must stay short. */
+/* Runs on the log's completion thread: must stay short. */
 static void bench_done(void *arg, int err, uint64_t first_offset)
 {
     (void)first_offset;

@@ -144,7 +144,7 @@ struct pending {
     struct live_batch *live; /* summaries for GET /api/v1/live, or NULL (live.h) */
 };
 
-/* On the log writer thread: short, non-blocking (http_exchange_complete only queues). */
+/* On the log's completion thread: short, non-blocking (http_exchange_complete only queues). */
 /* The 503 text for a failed append: names the backend (JetStream: a publish timeout means no
  * acknowledgement within publish_timeout_ms). */
 static void log_failure_text(const struct app *app, int err, char *msg, size_t cap)
@@ -212,7 +212,7 @@ static void refuse_append(struct app *app, struct http_exchange *ex, int rc, uin
 static void native_ok(void *arg, struct http_exchange *ex, uint32_t accepted)
 {
     (void)arg;
-    /* Formatted by hand: this runs once per request on the log writer's thread, where
+    /* Formatted by hand: this runs once per request on the log's completion thread, where
      * snprintf was ~1% of the server's CPU under single-event load. */
     static const char head[] = "{\"accepted\": ";
     char body[sizeof head + DECIMAL_U64_BYTES_MAX + 1];

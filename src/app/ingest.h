@@ -6,13 +6,13 @@
  * format into native_events (ingest/native.h: an event plus the optional client visitor id and
  * privileged IP) and say how to answer.
  *
- * INVARIANT (durability): ans->ok is called only from the log writer's completion with the
+ * INVARIANT (durability): ans->ok is called only from the log's completion with the
  * records committed (fdatasync under fsync = always); every other path calls ans->error and
  * appends nothing. Exactly one of the two is called, exactly once, for each ingest_submit.
  *
  * THREADS. ingest_submit runs on the connection's HTTP worker thread (a route handler). The
- * answer callbacks run on that worker thread (errors found before the append) or on the log
- * writer thread (after the append): they must be short and only complete the exchange
+ * answer callbacks run on that worker thread (errors found before the append) or on the log's
+ * completion thread (after the append, seglog.h): they must be short and only complete the exchange
  * (http_exchange_complete queues the response back to the worker). evs and the strings they
  * point to need only live until ingest_submit returns (it encodes them before returning).
  */

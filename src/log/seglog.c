@@ -150,6 +150,7 @@ void seglog_free(struct seglog *log)
     pthread_cond_destroy(&log->hcv);
     pthread_cond_destroy(&log->hdcv);
     pthread_cond_destroy(&log->scv);
+    pthread_cond_destroy(&log->dcv);
     free(log);
 }
 
@@ -191,6 +192,7 @@ int seglog_open(const struct seglog_options *opt, struct seglog **out,
     pthread_cond_init(&log->hcv, &ca);
     pthread_cond_init(&log->hdcv, &ca);
     pthread_cond_init(&log->scv, &ca);
+    pthread_cond_init(&log->dcv, &ca);
     pthread_condattr_destroy(&ca);
 
     r = seglog_recover(log, report);
@@ -265,7 +267,10 @@ int seglog_append(struct seglog *log, const struct seglog_rec *recs, uint32_t n,
             b->apps[b->napps++] = (struct qappend){done, arg, n, (uint32_t)bytes, tmin, tmax};
             log->queued_records += n;
             log->queued_bytes += bytes;
-            if (log->writer_idle) pthread_cond_signal(&log->qcv);
+            /* Only the first append of a buffer wakes an idle writer: an idle writer that
+             * finds work waiting is held back by the pipeline (the completer wakes it) or a
+             * reset, and a signal per append would cost a futex call under qmu each. */
+            if (log->writer_idle && b->napps == 1) pthread_cond_signal(&log->qcv);
         }
     }
     pthread_mutex_unlock(&log->qmu);

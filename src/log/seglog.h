@@ -21,11 +21,14 @@
  *            fsync_interval_ms plus the duration of one write + fdatasync (a process crash
  *            loses nothing that was acknowledged: the bytes are in the page cache).
  *   none     never fdatasync (tests only): an OS crash can lose anything not written back.
- * Then the writer thread calls every append's done(arg, err, first_offset), ON THE WRITER
- * THREAD, in offset order. Callbacks must be short and non-blocking (they stall every producer
- * behind them); they may call seglog_append, never seglog_close, seglog_reset_poison or
- * seglog_wait. Producers hop back to their own thread themselves (the HTTP server posts to its
- * event loop, the bench bumps an atomic counter and wakes its thread only when needed).
+ * Then every append's done(arg, err, first_offset) is called, in offset order, ON THE LOG'S
+ * COMPLETION THREAD: under always the completer thread (so the writer and the syncer go on
+ * with the next groups meanwhile), or the writer itself for a group it synced inline because
+ * nothing else was in flight; under interval and none the writer thread. One callback runs at a
+ * time. Callbacks must be short and non-blocking (they delay every completion behind them);
+ * they may call seglog_append, never seglog_close, seglog_reset_poison or seglog_wait.
+ * Producers hop back to their own thread themselves (the HTTP server posts to its event loop,
+ * the bench bumps an atomic counter and wakes its thread only when needed).
  * A segment is rolled (closed, fdatasync'ed unless policy none, its index written, a new one
  * created and the directory fsync'ed) before a batch would push it past segment_bytes; a
  * batch never straddles segments.
@@ -157,7 +160,7 @@ struct seglog_rec {
     int64_t ts_ms;
 };
 
-/* Called once per successful seglog_append, on the writer thread (see the top of this file).
+/* Called once per successful seglog_append, on the log's completion thread (the top of this file).
  * err is 0 (records [first_offset, first_offset + n) are committed) or a TALLY_E* code (they
  * were not; they may or may not survive in the log). */
 typedef void (*seglog_done_fn)(void *arg, int err, uint64_t first_offset);

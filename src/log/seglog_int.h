@@ -3,17 +3,22 @@
  * syncer and encode helper threads), seglog_open.c (recovery), seglog_reader.c and
  * seglog_retention.c. Not for use outside src/log/.
  *
- * Threads: producers (any), the writer, the syncer (FSYNC_ALWAYS only), compress_threads encode
- * helpers, readers and consumers (any), the caller of retention (any).
+ * Threads: producers (any), the writer, the syncer and the completer (FSYNC_ALWAYS only),
+ * compress_threads encode helpers, readers and consumers (any), the caller of retention (any).
  * Locks (each a leaf: no function holds two at once):
  *   qmu  the append queue, queue buffer ownership, the writer wake-up and reset handshake, and
- *        the writer/syncer pipeline (pend[], sync_* fields);
+ *        the writer/syncer/completer pipeline (pend[], sync_*, complet* fields);
  *   smu  the segment list (and each segment's index), committed_seg, the consumer registry,
  *        the reader count;
  *   hmu  the encode helpers' job handshake;
  *   cmu  seglog_wait's condition variable.
  * Offsets published lock-free (atomics): committed_end, durable_end, written_end, poison_err.
  * log->fd is changed only by the writer, with the syncer held off (sync_hold).
+ * Completing (commit, then the callbacks) runs on ONE thread at a time, oldest group first: the
+ * completer (FSYNC_ALWAYS, while it has set `completing`), or the writer (other policies; under
+ * ALWAYS only when pend[] is empty, or with the completer held off by complete_hold). So
+ * committed_pos and committed_seg are written by the completing thread, and the writer reads
+ * committed_pos only with the completer held off or idle.
  *
  * Invariants:
  *   1. segs[] is sorted by base; segs[i].end <= segs[i+1].base (equal unless a repair left a
@@ -72,7 +77,9 @@ struct bjob {
 #define SEGLOG_QBUFS 4
 #define SEGLOG_PIPELINE_MAX (SEGLOG_QBUFS - 1)
 
-/* A group written under FSYNC_ALWAYS, waiting for the syncer to make it durable. */
+/* A group written under FSYNC_ALWAYS: waiting for the syncer to make it durable, then for the
+ * completer, which removes it from pend[] only after its callbacks ran (so npend counts every
+ * queue buffer that the writer handed on and that is not free yet). */
 struct pgroup {
     int qi;            /* its queue buffer */
     uint64_t first;    /* offset of its first record */
@@ -119,7 +126,8 @@ struct seglog {
     uint64_t queued_records, queued_bytes;
     int closing;
     int writer_idle;
-    /* FSYNC_ALWAYS pipeline (qmu): the syncer thread fdatasyncs while the writer writes on */
+    /* FSYNC_ALWAYS pipeline (qmu): the syncer thread fdatasyncs while the writer writes on, and
+     * the completer thread runs the callbacks of durable groups while both go on */
     struct pgroup pend[SEGLOG_PIPELINE_MAX]; /* FIFO, oldest first */
     int npend;
     uint64_t sync_req_end;  /* written through here: please make it durable */
@@ -131,6 +139,12 @@ struct seglog {
     pthread_cond_t scv; /* the syncer waits for work */
     pthread_t syncer;
     int syncer_started;
+    int completing;    /* the completer is completing pend[0] (outside qmu) */
+    int complete_hold; /* the writer completes or fails pend[] itself: start nothing */
+    int completer_stop;
+    pthread_cond_t dcv; /* the completer waits for a durable group */
+    pthread_t completer;
+    int completer_started;
     int reset_pending;
     int reset_result;
     uint64_t reset_done_gen;

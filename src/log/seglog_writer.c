@@ -17,11 +17,19 @@
  *          syncer thread is asked to fdatasync through its end, while the writer already takes,
  *          encodes and writes the next group (at most SEGLOG_PIPELINE_MAX groups written and not
  *          yet durable). INTERVAL and NONE: the group is complete after the write;
- *   complete on the writer thread, in offset order: the committed (and durable) offset is
- *          published, the queue bounds released, then every append's callback is called.
+ *   complete in offset order: the committed (and durable) offset is published, the queue
+ *          bounds released, then every append's callback is called. ALWAYS: on the completer
+ *          thread as soon as the syncer made a group durable, so that the writer goes on
+ *          writing while callbacks run (a callback that wakes a producer thread often yields
+ *          its CPU to it; on the writer that stalled the whole pipeline); an inline-synced group
+ *          is completed by the writer itself (nothing else is in flight then). Other policies:
+ *          on the writer thread after the write.
  *
  * The syncer never touches log->fd while sync_hold is set; the writer sets it (and waits for a
  * running fdatasync to end) before it closes or replaces the descriptor (roll, rollback, reset).
+ * The completer starts no group while complete_hold is set; the writer sets it (and waits for a
+ * running completion to end) before it completes or fails pending groups itself (failure,
+ * reset).
  * At a roll the writer fdatasyncs the old segment itself, which also makes every pending group
  * in it durable.
  *
@@ -98,6 +106,25 @@ static void syncer_release(struct seglog *log, uint64_t durable_through)
     log->sync_hold--;
     if (durable_through > log->sync_done_end) log->sync_done_end = durable_through;
     pthread_cond_signal(&log->scv);
+    pthread_cond_signal(&log->dcv);
+    pthread_mutex_unlock(&log->qmu);
+}
+
+/* Keeps the completer from starting a group (waits for a running one). Writer thread. */
+static void completer_hold(struct seglog *log)
+{
+    pthread_mutex_lock(&log->qmu);
+    log->complete_hold++;
+    while (log->completing)
+        pthread_cond_wait(&log->qcv, &log->qmu);
+    pthread_mutex_unlock(&log->qmu);
+}
+
+static void completer_release(struct seglog *log)
+{
+    pthread_mutex_lock(&log->qmu);
+    log->complete_hold--;
+    pthread_cond_signal(&log->dcv);
     pthread_mutex_unlock(&log->qmu);
 }
 
@@ -122,7 +149,8 @@ static void *syncer_main(void *arg)
             log->sync_err = r;
         else if (target > log->sync_done_end)
             log->sync_done_end = target;
-        pthread_cond_broadcast(&log->qcv); /* the writer completes or stops waiting */
+        pthread_cond_signal(&log->dcv);    /* the completer completes */
+        pthread_cond_broadcast(&log->qcv); /* the writer fails, or stops waiting for a hold */
     }
     pthread_mutex_unlock(&log->qmu);
     return NULL;
@@ -442,8 +470,9 @@ static void commit(struct seglog *log, uint64_t end, uint64_t seg_base, uint64_t
     notify_committed(log);
 }
 
-/* Releases the queue bounds of buffer qi, calls its callbacks, frees the buffer. */
-static void finish_group(struct seglog *log, int qi, int err, uint64_t first)
+/* Releases the queue bounds of buffer qi, calls its callbacks, frees the buffer; with pop, also
+ * removes the group (pend[0]) from the pipeline and ends `completing`, at the same moment. */
+static void finish_group_pop(struct seglog *log, int qi, int err, uint64_t first, int pop)
 {
     struct qbuf *b = &log->q[qi];
     pthread_mutex_lock(&log->qmu);
@@ -460,11 +489,43 @@ static void finish_group(struct seglog *log, int qi, int err, uint64_t first)
     b->records = 0;
     pthread_mutex_lock(&log->qmu);
     log->qbusy[qi] = 0;
+    if (pop) {
+        memmove(log->pend, log->pend + 1, (size_t)(log->npend - 1) * sizeof *log->pend);
+        log->npend--;
+        log->completing = 0;
+        pthread_cond_broadcast(&log->qcv); /* the writer: room in the pipeline, or a hold */
+    }
     pthread_mutex_unlock(&log->qmu);
 }
 
+static void finish_group(struct seglog *log, int qi, int err, uint64_t first)
+{
+    finish_group_pop(log, qi, err, first, 0);
+}
+
+/* FSYNC_ALWAYS: completes durable groups, oldest first, while the writer writes the next ones. */
+static void *completer_main(void *arg)
+{
+    struct seglog *log = arg;
+    pthread_mutex_lock(&log->qmu);
+    for (;;) {
+        while (!log->completer_stop &&
+               (log->complete_hold || log->npend == 0 || log->sync_done_end < log->pend[0].end))
+            pthread_cond_wait(&log->dcv, &log->qmu);
+        if (log->completer_stop) break;
+        struct pgroup g = log->pend[0];
+        log->completing = 1;
+        pthread_mutex_unlock(&log->qmu);
+        commit(log, g.end, g.seg_base, g.pos, 1);
+        finish_group_pop(log, g.qi, 0, g.first, 1);
+        pthread_mutex_lock(&log->qmu);
+    }
+    pthread_mutex_unlock(&log->qmu);
+    return NULL;
+}
+
 /* Completes (success) the pending groups that the syncer or a roll made durable, oldest first.
- * Writer thread, qmu not held. */
+ * Writer thread with the completer held off, qmu not held. */
 static void complete_durable(struct seglog *log)
 {
     for (;;) {
@@ -482,7 +543,8 @@ static void complete_durable(struct seglog *log)
     }
 }
 
-/* Fails every pending group with err, oldest first. Writer thread, qmu not held. */
+/* Fails every pending group with err, oldest first. Writer thread with the completer held off,
+ * qmu not held. */
 static void fail_pending(struct seglog *log, int err)
 {
     for (;;) {
@@ -563,6 +625,7 @@ static void writer_fail(struct seglog *log, int err, int qi, uint64_t first)
 {
     writer_poison(log, err);
     syncer_hold(log);
+    completer_hold(log);
     complete_durable(log);
     int rb = writer_rollback(log);
     if (rb)
@@ -571,6 +634,7 @@ static void writer_fail(struct seglog *log, int err, int qi, uint64_t first)
                    log->dir, tally_strerror(rb));
     syncer_release(log, 0);
     fail_pending(log, err);
+    completer_release(log);
     if (qi >= 0) finish_group(log, qi, err, first);
 }
 
@@ -579,6 +643,7 @@ static int writer_reset(struct seglog *log)
 {
     if (atomic_load(&log->poison_err) == 0) return TALLY_OK;
     syncer_hold(log);
+    completer_hold(log); /* idle: nothing is pending; held for committed_pos */
     int r = writer_rollback(log);
     uint64_t committed = atomic_load(&log->committed_end);
     if (!r) {
@@ -614,6 +679,7 @@ static int writer_reset(struct seglog *log)
                   tally_strerror(old), committed);
     }
     syncer_release(log, 0);
+    completer_release(log);
     return r;
 }
 
@@ -649,8 +715,9 @@ static void writer_group(struct seglog *log, int qi)
     }
     if (log->opt.fsync == SEGLOG_FSYNC_ALWAYS) {
         pthread_mutex_lock(&log->qmu);
-        /* Nothing else in flight and nothing waiting: fdatasync right here, which saves two
-         * thread hand-offs of latency. Otherwise the syncer overlaps it with the next group. */
+        /* Nothing else in flight and nothing waiting: fdatasync and complete right here, which
+         * saves thread hand-offs of latency (npend == 0: the completer is idle too). Otherwise
+         * the syncer overlaps it with the next group, and the completer completes it. */
         int inline_sync = log->npend == 0 && !log->sync_busy && log->q[log->qfill].napps == 0;
         if (!inline_sync) {
             log->pend[log->npend++] = (struct pgroup){qi, first, w.next, w.base, w.bytes};
@@ -718,12 +785,10 @@ static void *writer_main(void *arg)
     log->last_sync_ms = seglog_mono_ms();
     pthread_mutex_lock(&log->qmu);
     for (;;) {
-        if ((log->npend > 0 && log->sync_done_end >= log->pend[0].end) ||
-            (log->sync_err && !atomic_load(&log->poison_err))) {
+        if (log->sync_err && !atomic_load(&log->poison_err)) {
             int err = log->sync_err;
             pthread_mutex_unlock(&log->qmu);
-            complete_durable(log);
-            if (err) writer_fail(log, err, -1, 0);
+            writer_fail(log, err, -1, 0);
             pthread_mutex_lock(&log->qmu);
             continue;
         }
@@ -786,6 +851,14 @@ void seglog_writer_stop(struct seglog *log)
         pthread_join(log->syncer, NULL);
         log->syncer_started = 0;
     }
+    if (log->completer_started) {
+        pthread_mutex_lock(&log->qmu);
+        log->completer_stop = 1;
+        pthread_cond_signal(&log->dcv);
+        pthread_mutex_unlock(&log->qmu);
+        pthread_join(log->completer, NULL);
+        log->completer_started = 0;
+    }
 }
 
 int seglog_writer_start(struct seglog *log)
@@ -800,6 +873,9 @@ int seglog_writer_start(struct seglog *log)
     if (!e && log->opt.fsync == SEGLOG_FSYNC_ALWAYS &&
         !(e = pthread_create(&log->syncer, NULL, syncer_main, log)))
         log->syncer_started = 1;
+    if (!e && log->opt.fsync == SEGLOG_FSYNC_ALWAYS &&
+        !(e = pthread_create(&log->completer, NULL, completer_main, log)))
+        log->completer_started = 1;
     if (!e && !(e = pthread_create(&log->writer, NULL, writer_main, log))) log->writer_started = 1;
     if (e) {
         seglog_writer_stop(log);
