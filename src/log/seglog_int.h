@@ -172,7 +172,8 @@ struct seglog {
     struct bjob *jobs;     /* owned by the writer; read by helpers during a job */
     uint32_t njobs, capjobs;
     _Atomic uint32_t job_next;
-    _Atomic int lz4_skip; /* batches left to store raw without trying LZ4 (it did not help) */
+    _Atomic int lz4_skip;     /* batches left to store raw without trying LZ4 (it did not help) */
+    _Atomic int lz4_skip_len; /* batches to skip after the next failed LZ4 probe */
 
     /* writer thread only */
     pthread_t writer;

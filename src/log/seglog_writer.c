@@ -339,9 +339,13 @@ static int writer_cut(struct seglog *log, const struct qbuf *b, uint64_t first)
 
 /* Incompressible data (already compressed or encrypted payloads) would cost a full LZ4 attempt
  * per batch for little: after a batch of at least LZ4_PROBE_BYTES that LZ4 could not shrink by
- * LZ4_MIN_GAIN_PCT, the next LZ4_SKIP_BATCHES batches are stored raw without trying, then LZ4 is
- * tried again. Small batches (low load) are cheap to try and say little about the data. */
+ * LZ4_MIN_GAIN_PCT, the next batches are stored raw without trying, then LZ4 is tried again. The
+ * number skipped starts at LZ4_SKIP_BATCHES and doubles with each further failed probe, up to
+ * LZ4_SKIP_BATCHES_MAX (at 256 KiB batches: 32 MiB stored raw between probes, while a probe costs
+ * as much as storing ~20 batches raw); a probe that helps brings it back to LZ4_SKIP_BATCHES.
+ * Small batches (low load) are cheap to try and say little about the data. */
 #define LZ4_SKIP_BATCHES 16
+#define LZ4_SKIP_BATCHES_MAX 128
 #define LZ4_MIN_GAIN_PCT 10
 #define LZ4_PROBE_BYTES (16u << 10)
 
@@ -354,10 +358,18 @@ static void encode_job(struct seglog *log, struct bjob *j)
     }
     j->enc_len = batch_encode(log->out + j->dst, j->base_offset, j->src, j->raw_len, j->count,
                               j->ts_min_ms, j->ts_max_ms, try_lz4);
+    if (!try_lz4 || j->raw_len < LZ4_PROBE_BYTES) return;
     size_t stored = j->enc_len - BATCH_HEADER_BYTES;
-    if (try_lz4 && j->raw_len >= LZ4_PROBE_BYTES &&
-        stored * 100 > (size_t)j->raw_len * (100 - LZ4_MIN_GAIN_PCT))
-        atomic_store_explicit(&log->lz4_skip, LZ4_SKIP_BATCHES, memory_order_relaxed);
+    if (stored * 100 > (size_t)j->raw_len * (100 - LZ4_MIN_GAIN_PCT)) {
+        int len = atomic_load_explicit(&log->lz4_skip_len, memory_order_relaxed);
+        if (len < LZ4_SKIP_BATCHES) len = LZ4_SKIP_BATCHES;
+        atomic_store_explicit(&log->lz4_skip, len, memory_order_relaxed);
+        atomic_store_explicit(&log->lz4_skip_len,
+                              len * 2 > LZ4_SKIP_BATCHES_MAX ? LZ4_SKIP_BATCHES_MAX : len * 2,
+                              memory_order_relaxed);
+    } else {
+        atomic_store_explicit(&log->lz4_skip_len, LZ4_SKIP_BATCHES, memory_order_relaxed);
+    }
 }
 
 /* Encodes every job; the helper threads take jobs from the same atomic counter. */

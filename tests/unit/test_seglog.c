@@ -636,6 +636,41 @@ TEST(compression_adapts_to_data)
     seglog_close(log);
 }
 
+/* After a long run of incompressible data the probes get sparser (the skip doubles), but never
+ * sparser than LZ4_SKIP_BATCHES_MAX (128) batches: compressible data is compressed again
+ * within that many batches. */
+TEST(compression_returns_after_long_noise)
+{
+    const char *dir = test_tmpdir();
+    struct seglog_options o;
+    tu_opts(&o, dir);
+    o.fs = g_fs;
+    o.fsync = SEGLOG_FSYNC_NONE;
+    o.segment_bytes = 64 << 20;
+    o.batch_bytes_max = 32 << 10;
+    o.record_bytes_max = 30000;
+    o.compress_threads = 0;
+    struct seglog *log;
+    ASSERT_EQ(seglog_open(&o, &log, NULL), 0);
+    static uint8_t noise[30000], text[30000];
+    for (size_t i = 0; i < sizeof text; i++)
+        text[i] = (uint8_t) "pageview /blog/ "[i % 16];
+    for (int i = 0; i < 600; i++) {
+        tu_fill(noise, sizeof noise, (uint64_t)i);
+        ASSERT_EQ(append_sync(log, &(struct seglog_rec){noise, sizeof noise, i}, 1, NULL), 0);
+    }
+    for (int i = 0; i < 129; i++)
+        ASSERT_EQ(append_sync(log, &(struct seglog_rec){text, sizeof text, i}, 1, NULL), 0);
+    struct seglog_stats st0, st1;
+    seglog_stats(log, &st0);
+    for (int i = 0; i < 5; i++)
+        ASSERT_EQ(append_sync(log, &(struct seglog_rec){text, sizeof text, i}, 1, NULL), 0);
+    seglog_stats(log, &st1);
+    ASSERT_TRUE(st1.bytes_written - st0.bytes_written <
+                (st1.raw_bytes_written - st0.raw_bytes_written) / 10);
+    seglog_close(log);
+}
+
 TEST(read_only_open)
 {
     const char *dir = test_tmpdir();
@@ -695,6 +730,7 @@ int main(void)
     RUN(interval_policy_syncs_later);
     RUN(stats_and_compression);
     RUN(compression_adapts_to_data);
+    RUN(compression_returns_after_long_noise);
     RUN(read_only_open);
     RUN(options_are_checked);
     int r = test_summary();
