@@ -585,21 +585,32 @@ TEST(stats_and_compression)
     seglog_close(log);
 }
 
+/* Options for the compression tests: one record per batch, encoded on the writer thread. */
+static void lz4_test_opts(struct seglog_options *o, uint32_t record_bytes)
+{
+    tu_opts(o, test_tmpdir());
+    o->fs = g_fs;
+    o->fsync = SEGLOG_FSYNC_NONE;
+    o->segment_bytes = 64 << 20;
+    o->batch_bytes_max = record_bytes + 4096;
+    o->record_bytes_max = record_bytes;
+    o->compress_threads = 0;
+}
+
+static void text_fill(uint8_t *buf, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        buf[i] = (uint8_t) "pageview /blog/ "[i % 16];
+}
+
 TEST(compression_adapts_to_data)
 {
-    const char *dir = test_tmpdir();
     struct seglog_options o;
-    tu_opts(&o, dir);
-    o.fs = g_fs;
-    o.fsync = SEGLOG_FSYNC_NONE;
-    o.batch_bytes_max = 64 << 10;
-    o.record_bytes_max = 60000;
-    o.compress_threads = 0;
+    lz4_test_opts(&o, 60000);
     struct seglog *log;
     ASSERT_EQ(seglog_open(&o, &log, NULL), 0);
     static uint8_t noise[60000], text[60000];
-    for (size_t i = 0; i < sizeof text; i++)
-        text[i] = (uint8_t) "pageview /blog/ "[i % 16];
+    text_fill(text, sizeof text);
     struct seglog_stats st0, st1;
     /* Incompressible batches make the writer stop trying LZ4 for a while... */
     for (int i = 0; i < 20; i++) {
@@ -641,20 +652,12 @@ TEST(compression_adapts_to_data)
  * within that many batches. */
 TEST(compression_returns_after_long_noise)
 {
-    const char *dir = test_tmpdir();
     struct seglog_options o;
-    tu_opts(&o, dir);
-    o.fs = g_fs;
-    o.fsync = SEGLOG_FSYNC_NONE;
-    o.segment_bytes = 64 << 20;
-    o.batch_bytes_max = 32 << 10;
-    o.record_bytes_max = 30000;
-    o.compress_threads = 0;
+    lz4_test_opts(&o, 30000);
     struct seglog *log;
     ASSERT_EQ(seglog_open(&o, &log, NULL), 0);
     static uint8_t noise[30000], text[30000];
-    for (size_t i = 0; i < sizeof text; i++)
-        text[i] = (uint8_t) "pageview /blog/ "[i % 16];
+    text_fill(text, sizeof text);
     for (int i = 0; i < 600; i++) {
         tu_fill(noise, sizeof noise, (uint64_t)i);
         ASSERT_EQ(append_sync(log, &(struct seglog_rec){noise, sizeof noise, i}, 1, NULL), 0);
