@@ -29,6 +29,7 @@
 
 #include "core/diag.h"
 #include "core/metrics.h"
+#include "core/sched.h"
 #include "http/http_inflate.h"
 #include "tally/error.h"
 
@@ -376,6 +377,8 @@ static void *worker_main(void *arg)
 {
     struct worker *w = arg;
     struct http_server *srv = w->srv;
+    /* Short slice: a worker that wakes preempts background work (core/sched.h). */
+    if (sched_latency_critical() != 0) diag_debug("http: worker keeps the default CPU slice");
     http_tls_worker = w;
     w->now_ms = mono_ms();
     event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);

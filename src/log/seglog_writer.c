@@ -40,6 +40,7 @@
 #include "log/seglog_int.h"
 
 #include "core/diag.h"
+#include "core/sched.h"
 #include "log/batch.h"
 #include "log/segment.h"
 #include "tally/error.h"
@@ -87,6 +88,13 @@ static int path_of(struct seglog *log, char *buf, uint64_t base, const char *suf
     return segment_path(buf, SEGLOG_PATH_MAX, log->dir, base, suffix);
 }
 
+/* The writer, syncer and completer threads hold up acknowledgements whenever they wait for a
+ * CPU: each asks for a short scheduler slice at start (core/sched.h). */
+static void latency_critical(void)
+{
+    if (sched_latency_critical() != 0) diag_debug("seglog: thread keeps the default CPU slice");
+}
+
 /* ---- syncer ------------------------------------------------------------------------------- */
 
 /* Keeps the syncer away from log->fd (waits for a running fdatasync). Writer thread. */
@@ -131,6 +139,7 @@ static void completer_release(struct seglog *log)
 static void *syncer_main(void *arg)
 {
     struct seglog *log = arg;
+    latency_critical();
     pthread_mutex_lock(&log->qmu);
     for (;;) {
         while (!log->syncer_stop &&
@@ -519,6 +528,7 @@ static void finish_group(struct seglog *log, int qi, int err, uint64_t first)
 static void *completer_main(void *arg)
 {
     struct seglog *log = arg;
+    latency_critical();
     pthread_mutex_lock(&log->qmu);
     for (;;) {
         while (!log->completer_stop &&
@@ -794,6 +804,7 @@ static int take_buffer(struct seglog *log)
 static void *writer_main(void *arg)
 {
     struct seglog *log = arg;
+    latency_critical();
     log->last_sync_ms = seglog_mono_ms();
     pthread_mutex_lock(&log->qmu);
     for (;;) {
