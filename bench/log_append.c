@@ -11,6 +11,10 @@
  * raw baselines, measured right before each configuration:
  *   raw_seq_write_mb_per_s  256 MiB as 1 MiB writes + one fdatasync
  *   raw_fdatasync_per_s     4 KiB write + fdatasync in a loop for ~1 s
+ * Each raw figure is the median of RAW_RUNS measurements (the disk of a shared machine changes
+ * speed from second to second). Latency is sampled: every LATENCY_SAMPLE_EVERY-th append of
+ * each producer (by its append count, so independent of latency) is timed to its completion;
+ * every append still stamps its record with the time, as ingest does.
  * One machine-readable line per configuration. mb_per_s and pct_of_raw_bw count record payload
  * (200 bytes each); disk_mb_per_s counts the bytes the log wrote (after LZ4, with headers).
  * p99_fsyncs is p99 latency divided by the raw fdatasync time; cpu_us_per_record is the
@@ -37,6 +41,8 @@
 #define WINDOW 256
 #define POOL 4096
 #define HIST_BUCKETS (64 * 8)
+#define RAW_RUNS 3
+#define LATENCY_SAMPLE_EVERY 8
 
 static uint8_t g_pool[2][POOL][RECORD_BYTES];
 
@@ -44,7 +50,7 @@ struct producer;
 
 struct slot {
     struct producer *p;
-    int64_t t0_ns;
+    int64_t t0_ns; /* 0: not sampled */
 };
 
 struct producer {
@@ -56,6 +62,7 @@ struct producer {
     atomic_int *stop;
     uint64_t appended;
     uint64_t completed_in_window; /* written by the completion thread only */
+    uint64_t sampled_in_window;   /* of which timed (hist) */
     uint64_t errors;
     atomic_int measuring;
     int window;                  /* appends in flight at most */
@@ -108,8 +115,11 @@ static void bench_done(void *arg, int err, uint64_t first_offset)
     struct producer *p = s->p;
     if (err) p->errors++;
     if (atomic_load_explicit(&p->measuring, memory_order_relaxed)) {
-        uint64_t us = (uint64_t)(now_ns() - s->t0_ns) / 1000;
-        p->hist[hist_bucket(us)]++;
+        if (s->t0_ns) {
+            uint64_t us = (uint64_t)(now_ns() - s->t0_ns) / 1000;
+            p->hist[hist_bucket(us)]++;
+            p->sampled_in_window++;
+        }
         p->completed_in_window++;
     }
     int left = atomic_fetch_sub(&p->inflight, 1) - 1;
@@ -133,8 +143,9 @@ static void *producer_main(void *arg)
         if (atomic_load(&p->inflight) >= p->window) break;
         struct slot *s = &p->slots[p->appended % WINDOW];
         s->p = p;
-        s->t0_ns = now_ns();
-        struct seglog_rec rec = {g_pool[p->data][i++ % POOL], RECORD_BYTES, s->t0_ns / 1000000};
+        int64_t t = now_ns();
+        s->t0_ns = p->appended % LATENCY_SAMPLE_EVERY == 0 ? t : 0;
+        struct seglog_rec rec = {g_pool[p->data][i++ % POOL], RECORD_BYTES, t / 1000000};
         atomic_fetch_add(&p->inflight, 1);
         int r = seglog_append(p->log, &rec, 1, bench_done, s);
         if (r) {
@@ -243,12 +254,28 @@ static double cpu_s(void)
            ru.ru_stime.tv_usec / 1e6;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median of RAW_RUNS runs of fn. */
+static double raw_median(double (*fn)(const char *), const char *dir)
+{
+    double v[RAW_RUNS];
+    for (int i = 0; i < RAW_RUNS; i++)
+        v[i] = fn(dir);
+    qsort(v, RAW_RUNS, sizeof v[0], cmp_double);
+    return v[RAW_RUNS / 2];
+}
+
 static int run_config(const char *base, int producers, int data, int window, double seconds)
 {
     /* The disk of a shared machine changes speed from minute to minute: the baselines are taken
      * right before each configuration, in the same directory. */
-    double raw_bw = raw_seq_write_mb_per_s(base);
-    double raw_syncs = raw_fdatasync_per_s(base);
+    double raw_bw = raw_median(raw_seq_write_mb_per_s, base);
+    double raw_syncs = raw_median(raw_fdatasync_per_s, base);
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/log-%d-%d", base, producers, data);
     struct seglog_options o;
@@ -295,9 +322,10 @@ static int run_config(const char *base, int producers, int data, int window, dou
     seglog_close(log);
 
     double el = (double)(t1 - t0) / 1e9;
-    uint64_t done = 0, errors = 0, hist[HIST_BUCKETS] = {0};
+    uint64_t done = 0, sampled = 0, errors = 0, hist[HIST_BUCKETS] = {0};
     for (int i = 0; i < producers; i++) {
         done += ps[i].completed_in_window;
+        sampled += ps[i].sampled_in_window;
         errors += ps[i].errors;
         for (int b = 0; b < HIST_BUCKETS; b++)
             hist[b] += ps[i].hist[b];
@@ -305,8 +333,8 @@ static int run_config(const char *base, int producers, int data, int window, dou
     uint64_t p50 = 0, p99 = 0, acc = 0;
     for (int b = 0; b < HIST_BUCKETS; b++) {
         acc += hist[b];
-        if (!p50 && acc * 100 >= done * 50) p50 = hist_value(b);
-        if (!p99 && acc * 100 >= done * 99) {
+        if (!p50 && acc * 100 >= sampled * 50) p50 = hist_value(b);
+        if (!p99 && acc * 100 >= sampled * 99) {
             p99 = hist_value(b);
             break;
         }
