@@ -8,7 +8,8 @@
  * HOW. json_arena_parse is its own parser of cJSON's grammar (json_arena.c lists what it keeps
  * of cJSON's behaviour): the tree it returns is, node for node, what cJSON_ParseWithLength
  * returns for the same bytes (same types, strings, numbers to the bit, valueint, list links),
- * and it refuses the same texts. Its nodes and strings are bump-allocated from the thread's
+ * and it refuses the same texts (tests/fuzz/fuzz_json_arena.c checks both against the installed
+ * cJSON on every input; make test replays its corpus). Its nodes and strings are bump-allocated from the thread's
  * block (JSON_ARENA_BYTES; when it is full, malloc as usual). cJSON's release hook (installed
  * once, before main() runs, so before any thread can use cJSON) is free() except for a pointer
  * inside the calling thread's block: nothing is freed, a count of live allocations drops, and
