@@ -9,14 +9,14 @@
  * of cJSON's behaviour): the tree it returns is, node for node, what cJSON_ParseWithLength
  * returns for the same bytes (same types, strings, numbers to the bit, valueint, list links),
  * and it refuses the same texts (tests/fuzz/fuzz_json_arena.c checks both against the installed
- * cJSON on every input; make test replays its corpus). Its nodes and strings are bump-allocated from the thread's
- * block (JSON_ARENA_BYTES; when it is full, malloc as usual). cJSON's release hook (installed
- * once, before main() runs, so before any thread can use cJSON) is free() except for a pointer
- * inside the calling thread's block: nothing is freed, a count of live allocations drops, and
- * when it reaches zero (every tree parsed into the block has been deleted) the block is reused
- * from its start. cJSON's allocation hook stays malloc: every other cJSON user in the process
- * (trees built with cJSON_Create*, the strings cJSON_Print returns, trees parsed with
- * cJSON_Parse*) is unchanged, except that cJSON then grows print buffers by allocate-copy-free
+ * cJSON on every input; make test replays its corpus). Its nodes and strings are
+ * bump-allocated from the thread's block (JSON_ARENA_BYTES; when it is full, malloc as usual).
+ * cJSON's release hook (installed once, before main() runs, so before any thread can use cJSON) is
+ * free() except for a pointer inside the calling thread's block: nothing is freed, a count of live
+ * allocations drops, and when it reaches zero (every tree parsed into the block has been deleted)
+ * the block is reused from its start. cJSON's allocation hook stays malloc: every other cJSON user
+ * in the process (trees built with cJSON_Create*, the strings cJSON_Print returns, trees parsed
+ * with cJSON_Parse*) is unchanged, except that cJSON then grows print buffers by allocate-copy-free
  * instead of realloc (cJSON disables realloc when its hooks are not malloc/free themselves).
  *
  * RULES for a tree returned by json_arena_parse (nothing checks them; the callers keep them):
