@@ -11,8 +11,9 @@
  * and rejects: nesting deeper than NATIVE_DEPTH_MAX (so 10,000 nested brackets cost one short
  * scan), unterminated strings, raw control characters in strings, invalid escapes, "\u0000"
  * (strings here are NUL-free), more than events_max events. Each event is then parsed on its
- * own (cJSON_ParseWithLengthOpts over exactly its bytes), validated, copied into the context's
- * arena, and its cJSON tree freed, so the working set stays one event wide.
+ * own (json_arena_parse over exactly its bytes: cJSON's grammar and tree, nodes from the
+ * thread's block, core/json_arena.h), validated, copied into the context's arena, and its tree
+ * released, so the working set stays one event wide.
  *
  * VALIDATION. A request is all-or-nothing: the first invalid event fails it, with a message
  * naming the field and the constraint, and the event's index (0-based position in the body;
