@@ -60,6 +60,7 @@
 #include "app/ingest.h"
 #include "app/peer_util.h"
 #include "app/peers.h"
+#include "core/json_arena.h"
 #include "core/keys.h"
 #include "ingest/timefmt.h"
 #include "ingest/url.h"
@@ -635,7 +636,7 @@ static void on_api_count(struct http_request *req, struct http_exchange *ex, voi
     }
     cJSON *root = NULL;
     if (event_text_valid(req->body, req->body_len))
-        root = cJSON_ParseWithLength(req->body, req->body_len);
+        root = json_arena_parse(req->body, req->body_len);
     uint32_t max = GC_HITS_MAX;
     if (cfg->events_per_request_max > 0 && (uint32_t)cfg->events_per_request_max < max)
         max = (uint32_t)cfg->events_per_request_max;
@@ -696,7 +697,7 @@ static void on_api_count(struct http_request *req, struct http_exchange *ex, voi
         free(hv);
         free(evs);
     }
-    cJSON_Delete(root);
+    json_arena_delete(root);
 }
 
 int peer_goatcounter_routes(struct app *app)

@@ -32,6 +32,7 @@
 #include "app/ingest.h"
 #include "app/peer_util.h"
 #include "app/peers.h"
+#include "core/json_arena.h"
 #include "ingest/timefmt.h"
 #include "ingest/url.h"
 #include "tally/error.h"
@@ -139,7 +140,7 @@ static const char *decode(const struct http_request *req, struct pixel_params *p
     rc = param(req, "props", NULL, pp->props, sizeof pp->props, PIXEL_PROPS_BYTES_MAX, &len, &err);
     if (rc < 0) return err;
     if (rc == 0 && len > 0) {
-        *props_doc = cJSON_ParseWithLength(pp->props, len);
+        *props_doc = json_arena_parse(pp->props, len);
         if (!cJSON_IsObject(*props_doc)) return "parameter 'props' must be a JSON object";
         const char *perr = peer_props_take(*props_doc, props);
         if (perr) return perr;
@@ -173,7 +174,7 @@ static void on_pixel(struct http_request *req, struct http_exchange *ex, void *a
         struct ingest_answer ans = {pixel_ok, pixel_error, NULL};
         ingest_submit(app, req, ex, &ne, 1, &o, &ans);
     }
-    cJSON_Delete(props_doc);
+    json_arena_delete(props_doc);
 }
 
 int peer_pixel_routes(struct app *app)

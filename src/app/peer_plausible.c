@@ -53,6 +53,7 @@
 #include "app/ingest.h"
 #include "app/peer_util.h"
 #include "app/peers.h"
+#include "core/json_arena.h"
 #include "ingest/timefmt.h"
 #include "ingest/url.h"
 #include "tally/error.h"
@@ -169,9 +170,9 @@ static long long int_field(const cJSON *v, long long max, bool clamp)
 static cJSON *parse_embedded(const cJSON *v)
 {
     if (!cJSON_IsString(v) || !v->valuestring) return NULL;
-    cJSON *o = cJSON_Parse(v->valuestring);
+    cJSON *o = json_arena_parse(v->valuestring, strlen(v->valuestring));
     if (o && !cJSON_IsObject(o)) {
-        cJSON_Delete(o);
+        json_arena_delete(o);
         o = NULL;
     }
     return o;
@@ -405,9 +406,9 @@ static void on_event(struct http_request *req, struct http_exchange *ex, void *a
     struct perrs e = {.n = 0};
     cJSON *root = NULL;
     if (event_text_valid(req->body, req->body_len))
-        root = cJSON_ParseWithLength(req->body, req->body_len);
+        root = json_arena_parse(req->body, req->body_len);
     if (!cJSON_IsObject(root)) {
-        cJSON_Delete(root);
+        json_arena_delete(root);
         metrics_counter_add(app->events_dropped[DROP_INVALID], 1);
         perr(&e, "request", "Unable to parse request body as json");
         respond_errors(ex, 400, &e, NULL);
@@ -434,9 +435,9 @@ static void on_event(struct http_request *req, struct http_exchange *ex, void *a
             ingest_submit(app, req, ex, evs, n, &o, &ans);
         }
     }
-    cJSON_Delete(d.props_doc);
-    cJSON_Delete(d.revenue_doc);
-    cJSON_Delete(root);
+    json_arena_delete(d.props_doc);
+    json_arena_delete(d.revenue_doc);
+    json_arena_delete(root);
 }
 
 int peer_plausible_routes(struct app *app)
