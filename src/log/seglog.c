@@ -20,9 +20,13 @@
 #include "tally/error.h"
 
 #include <errno.h>
+#include <linux/futex.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 const uint32_t seglog_fsync_bucket_us[SEGLOG_FSYNC_BUCKETS - 1] = {
     100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 500000, 1000000,
@@ -142,11 +146,9 @@ void seglog_free(struct seglog *log)
     free(log->jobs);
     pthread_mutex_destroy(&log->smu);
     pthread_mutex_destroy(&log->qmu);
-    pthread_mutex_destroy(&log->cmu);
     pthread_mutex_destroy(&log->hmu);
     pthread_cond_destroy(&log->qcv);
     pthread_cond_destroy(&log->resetcv);
-    pthread_cond_destroy(&log->ccv);
     pthread_cond_destroy(&log->hcv);
     pthread_cond_destroy(&log->hdcv);
     pthread_cond_destroy(&log->scv);
@@ -175,7 +177,6 @@ int seglog_open(const struct seglog_options *opt, struct seglog **out,
     log->fs = fsio_or_real(opt->fs);
     log->fd = -1;
     pthread_mutex_init(&log->smu, NULL);
-    pthread_mutex_init(&log->cmu, NULL);
     pthread_mutex_init(&log->hmu, NULL);
     /* Producers hold qmu only for a memcpy: spinning briefly beats sleeping on contention. */
     pthread_mutexattr_t ma;
@@ -188,7 +189,6 @@ int seglog_open(const struct seglog_options *opt, struct seglog **out,
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&log->qcv, &ca);
     pthread_cond_init(&log->resetcv, &ca);
-    pthread_cond_init(&log->ccv, &ca);
     pthread_cond_init(&log->hcv, &ca);
     pthread_cond_init(&log->hdcv, &ca);
     pthread_cond_init(&log->scv, &ca);
@@ -319,38 +319,65 @@ int seglog_reset_poison(struct seglog *log)
 
 /* ---- consumers' side ---------------------------------------------------------------------- */
 
+/*
+ * Waiting for the committed offset shares no lock with the completing thread (a waiter that
+ * held one while descheduled would stall acknowledgements): a waiter counts itself in
+ * nwaiters, reads commit_seq, checks the committed offset, and sleeps on commit_seq only if it
+ * is unchanged; the completing thread publishes the offset, bumps commit_seq, then wakes the
+ * sleepers if nwaiters > 0. All seq_cst: either the waiter sees the new offset or the bump, or
+ * the completing thread sees the waiter and wakes it.
+ */
 int seglog_wait(struct seglog *log, uint64_t offset, int timeout_ms)
 {
     if (seglog_committed_offset(log) > offset) return TALLY_OK;
-    struct timespec ts;
-    if (timeout_ms >= 0) seglog_deadline_after_ms(&ts, timeout_ms);
-    pthread_mutex_lock(&log->cmu);
-    log->waiters++;
-    int timed_out = 0;
-    while (seglog_committed_offset(log) <= offset && !log->wait_closing && !timed_out) {
-        if (timeout_ms < 0)
-            pthread_cond_wait(&log->ccv, &log->cmu);
-        else
-            timed_out = pthread_cond_timedwait(&log->ccv, &log->cmu, &ts) == ETIMEDOUT;
+    int64_t deadline_us = timeout_ms >= 0 ? seglog_mono_us() + (int64_t)timeout_ms * 1000 : 0;
+    atomic_fetch_add(&log->nwaiters, 1);
+    int r;
+    for (;;) {
+        uint32_t seq = atomic_load(&log->commit_seq);
+        if (seglog_committed_offset(log) > offset) {
+            r = TALLY_OK;
+            break;
+        }
+        if (atomic_load(&log->wait_closing)) {
+            r = TALLY_ECLOSED;
+            break;
+        }
+        struct timespec rel, *relp = NULL;
+        if (timeout_ms >= 0) {
+            int64_t left_us = deadline_us - seglog_mono_us();
+            if (left_us <= 0) {
+                r = TALLY_EAGAIN;
+                break;
+            }
+            rel.tv_sec = (time_t)(left_us / 1000000);
+            rel.tv_nsec = (long)(left_us % 1000000) * 1000;
+            relp = &rel;
+        }
+        syscall(SYS_futex, (uint32_t *)&log->commit_seq, FUTEX_WAIT_PRIVATE, seq, relp, NULL, 0);
     }
-    int r = seglog_committed_offset(log) > offset ? TALLY_OK
-            : log->wait_closing                   ? TALLY_ECLOSED
-                                                  : TALLY_EAGAIN;
-    log->waiters--;
-    if (log->wait_closing && log->waiters == 0) pthread_cond_broadcast(&log->ccv);
-    pthread_mutex_unlock(&log->cmu);
+    atomic_fetch_sub(&log->nwaiters, 1);
     return r;
+}
+
+void seglog_notify_committed(struct seglog *log)
+{
+    atomic_fetch_add(&log->commit_seq, 1);
+    if (atomic_load(&log->nwaiters) > 0)
+        syscall(SYS_futex, (uint32_t *)&log->commit_seq, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL,
+                0);
 }
 
 void seglog_close(struct seglog *log)
 {
     if (!log) return;
-    pthread_mutex_lock(&log->cmu);
-    log->wait_closing = 1;
-    pthread_cond_broadcast(&log->ccv);
-    while (log->waiters > 0)
-        pthread_cond_wait(&log->ccv, &log->cmu);
-    pthread_mutex_unlock(&log->cmu);
+    /* Waiters leave with TALLY_ECLOSED; close is rare, so it polls for them to be gone. */
+    atomic_store(&log->wait_closing, 1);
+    while (atomic_load(&log->nwaiters) > 0) {
+        seglog_notify_committed(log);
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+    }
     if (log->writer_started) {
         pthread_mutex_lock(&log->qmu);
         log->closing = 1;

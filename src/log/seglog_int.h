@@ -11,7 +11,7 @@
  *   smu  the segment list (and each segment's index), committed_seg, the consumer registry,
  *        the reader count;
  *   hmu  the encode helpers' job handshake;
- *   cmu  seglog_wait's condition variable.
+ * seglog_wait shares no lock with the writer side: see commit_seq below and seglog.c.
  * Offsets published lock-free (atomics): committed_end, durable_end, written_end, poison_err.
  * log->fd is changed only by the writer, with the syncer held off (sync_hold).
  * Completing (commit, then the callbacks) runs on ONE thread at a time, oldest group first: the
@@ -149,11 +149,10 @@ struct seglog {
     int reset_result;
     uint64_t reset_done_gen;
 
-    /* cmu: waiters for the committed offset */
-    pthread_mutex_t cmu;
-    pthread_cond_t ccv;
-    int waiters;
-    int wait_closing;
+    /* seglog_wait (lock-free, seglog.c): bumped after each new committed offset; futex word */
+    _Atomic uint32_t commit_seq;
+    _Atomic int nwaiters;
+    _Atomic int wait_closing;
 
     _Atomic uint64_t committed_end;
     _Atomic uint64_t durable_end;
@@ -192,6 +191,8 @@ struct seglog {
 };
 
 /* seglog.c */
+/* Wakes seglog_wait callers after committed_end changed. Any thread, no lock held needed. */
+void seglog_notify_committed(struct seglog *log);
 int64_t seglog_mono_us(void);
 int64_t seglog_mono_ms(void);
 void seglog_deadline_after_ms(struct timespec *ts, int64_t ms);

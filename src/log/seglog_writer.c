@@ -472,13 +472,6 @@ static int writer_write(struct seglog *log, const struct qbuf *b, struct wstate 
 
 /* ---- completing ---------------------------------------------------------------------------- */
 
-static void notify_committed(struct seglog *log)
-{
-    pthread_mutex_lock(&log->cmu);
-    if (log->waiters) pthread_cond_broadcast(&log->ccv);
-    pthread_mutex_unlock(&log->cmu);
-}
-
 /* Publishes end (at seg_base/pos) as committed, and durable when it was fdatasync'ed. */
 static void commit(struct seglog *log, uint64_t end, uint64_t seg_base, uint64_t pos, int durable)
 {
@@ -488,7 +481,7 @@ static void commit(struct seglog *log, uint64_t end, uint64_t seg_base, uint64_t
     log->committed_pos = pos;
     if (durable) atomic_store_explicit(&log->durable_end, end, memory_order_release);
     atomic_store_explicit(&log->committed_end, end, memory_order_release);
-    notify_committed(log);
+    seglog_notify_committed(log);
 }
 
 /* Releases the queue bounds of buffer qi, calls its callbacks, frees the buffer; with pop, also
