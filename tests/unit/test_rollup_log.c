@@ -153,6 +153,31 @@ static struct seglog *open_test_log(const char *dir, const char *sub)
     return log;
 }
 
+/* What most tests here start from: default configuration, a log in dir/log, a store in
+ * dir/db. Aborts when one cannot be made. */
+struct fixture {
+    char dbdir[300];
+    struct tally_config *cfg;
+    struct seglog *log;
+    struct store *s;
+};
+
+static void fixture_open(struct fixture *f, const char *dir)
+{
+    snprintf(f->dbdir, sizeof f->dbdir, "%s/db", dir);
+    f->cfg = config_new_defaults();
+    if (!f->cfg) abort();
+    f->log = open_test_log(dir, "log");
+    f->s = tr_open_store(f->dbdir);
+}
+
+static void fixture_close(struct fixture *f)
+{
+    store_close(f->s);
+    seglog_close(f->log);
+    config_free(f->cfg);
+}
+
 struct counts {
     uint64_t n, bots, dups;
 };
@@ -329,13 +354,11 @@ static int64_t mono_ms(void)
  * core); and what they hold is flushed when the traffic stops, well before flush_interval_ms. */
 TEST(live_consumers_flush_in_time_not_per_burst)
 {
-    const char *dir = test_tmpdir();
-    char dbdir[300];
-    snprintf(dbdir, sizeof dbdir, "%s/db", dir);
-    struct tally_config *cfg = config_new_defaults();
-    ASSERT_TRUE(cfg != NULL);
-    struct seglog *log = open_test_log(dir, "log");
-    struct store *s = tr_open_store(dbdir);
+    struct fixture f;
+    fixture_open(&f, test_tmpdir());
+    struct tally_config *cfg = f.cfg;
+    struct seglog *log = f.log;
+    struct store *s = f.s;
     struct rollup_config rc;
     rollup_config_default(&rc);
     rc.cfg = cfg;
@@ -390,9 +413,7 @@ TEST(live_consumers_flush_in_time_not_per_burst)
     struct rollup_metrics m = tr_read(s, "a.com", TZ_DAY, ROLLUP_DIM_TOTAL, "", 0,
                                       INT64_MAX / 2);
     ASSERT_TRUE(m.pageviews > 0);
-    store_close(s);
-    seglog_close(log);
-    config_free(cfg);
+    fixture_close(&f);
 }
 
 /* The raw consumer writes a backlog of large events in batches of about RAW_FLUSH_BYTES_MAX
@@ -401,13 +422,11 @@ TEST(live_consumers_flush_in_time_not_per_burst)
  * the disk again). */
 TEST(raw_consumer_flushes_large_backlogs_in_pieces)
 {
-    const char *dir = test_tmpdir();
-    char dbdir[300];
-    snprintf(dbdir, sizeof dbdir, "%s/db", dir);
-    struct tally_config *cfg = config_new_defaults();
-    ASSERT_TRUE(cfg != NULL);
-    struct seglog *log = open_test_log(dir, "log");
-    struct store *s = tr_open_store(dbdir);
+    struct fixture f;
+    fixture_open(&f, test_tmpdir());
+    struct tally_config *cfg = f.cfg;
+    struct seglog *log = f.log;
+    struct store *s = f.s;
     static char pad[1900];
     memset(pad, 'p', sizeof pad);
     const int n = 2000; /* ~3.8 MiB of props */
@@ -448,9 +467,7 @@ TEST(raw_consumer_flushes_large_backlogs_in_pieces)
     struct counts c = {0};
     ASSERT_EQ(raw_scan(s, tr_site(s, "a.com"), 0, INT64_MAX / 2, count_raw, &c), 0);
     ASSERT_EQ(c.n, (uint64_t)n);
-    store_close(s);
-    seglog_close(log);
-    config_free(cfg);
+    fixture_close(&f);
 }
 
 int main(void)
