@@ -74,7 +74,7 @@ void derive_ctx_free(struct derive_ctx *c)
 
 /* The referrer cache's key: each part as a tag byte (0: NULL, 1: present) followed, when
  * present, by its bytes and NUL (so NULL differs from "" and parts cannot run together). The
- * key is hashed in one call when it fits KEY_BYTES_MAX (nearly always), else streamed: the
+ * key is hashed in one call when it fits REF_KEY_BYTES_MAX (nearly always), else streamed: the
  * same bytes, so the same hash. */
 #define REF_KEY_PARTS 7
 #define REF_KEY_BYTES_MAX 1024
