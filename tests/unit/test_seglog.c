@@ -491,13 +491,20 @@ struct flood_arg {
     atomic_int stop;
 };
 
-/* Keeps appends coming (retrying on EFULL) until told to stop. */
+/* Keeps appends coming, paced (FLOOD_GAP_US apart, retrying on EFULL) so that the pipeline is
+ * not always full: with a full pipeline (SEGLOG_PIPELINE_MAX groups not completed) the writer
+ * waits whoever completes, and the test could not tell the two designs apart. */
+#define FLOOD_GAP_US 200
+#define SLOW_BURST 32
+#define SLOW_ATTEMPTS 10
 static void *flood_main(void *p)
 {
     struct flood_arg *a = p;
     struct seglog_rec rec = {"flood", 5, 1};
-    while (!atomic_load(&a->stop))
+    while (!atomic_load(&a->stop)) {
         if (seglog_append(a->log, &rec, 1, count_done, a->b) != 0) usleep(100);
+        usleep(FLOOD_GAP_US);
+    }
     return NULL;
 }
 
@@ -505,7 +512,8 @@ static void *flood_main(void *p)
  * writer and the syncer go on writing and syncing the groups behind it (up to the pipeline
  * bound), instead of the whole log stalling behind the callback. A group that was synced
  * inline (nothing else in flight) is completed by the writer itself, so a blocker that lands
- * there stalls the writer: the test then releases it and tries again. */
+ * there stalls the writer: a burst appended right behind the slow append makes that unlikely,
+ * and the test then releases it and tries again. */
 TEST(slow_callback_does_not_stall_writing)
 {
     const char *dir = test_tmpdir();
@@ -529,7 +537,7 @@ TEST(slow_callback_does_not_stall_writing)
     pthread_mutex_unlock(&b.mu);
     /* No ASSERT while the flood thread runs (it uses this frame): failures are noted. */
     int progressed = 0, append_err = 0, out_of_order = 0;
-    for (int attempt = 0; attempt < 5 && !progressed; attempt++) {
+    for (int attempt = 0; attempt < SLOW_ATTEMPTS && !progressed; attempt++) {
         pthread_mutex_lock(&slow.mu);
         slow.entered = slow.release = 0;
         pthread_mutex_unlock(&slow.mu);
@@ -541,6 +549,10 @@ TEST(slow_callback_does_not_stall_writing)
             append_err = r;
             break;
         }
+        for (int k = 0; k < SLOW_BURST;
+             k++) /* waiting behind it: the writer does not sync inline */
+            if (seglog_append(log, &(struct seglog_rec){"burst", 5, 1}, 1, count_done, &b) != 0)
+                break;
         pthread_mutex_lock(&slow.mu);
         while (!slow.entered)
             pthread_cond_wait(&slow.cv, &slow.mu);
