@@ -1063,51 +1063,68 @@ UCOL_EXPAND(ucol_expand64, uint64_t)
 UCOL_EXPAND(ucol_expand32, uint32_t)
 #undef UCOL_EXPAND
 
-/* block_rows for a v2 block: only the columns asked for are read (the others are skipped by
- * their section lengths), all of a row's in one pass that also checks it (its time within the
- * block's hour), drops it when out of [from, to) and notes where the order descends. */
-static int block_rows_v2(const uint8_t *key, const uint8_t *val, size_t vlen, int64_t from,
-                         int64_t to, const int *fields, size_t nf, struct hour_buf *h)
+/* The fields and property keys a projection scan delivers, in raw_row.val order. */
+struct proj {
+    int fields[RAW_ROW_FIELDS_MAX];
+    uint32_t keys[RAW_ROW_FIELDS_MAX];
+    size_t nf, np; /* nf + np <= RAW_ROW_FIELDS_MAX */
+};
+
+/* The values of property keys pj->keys of a v2 block's props section [p, end) (n rows) into
+ * out[j][row] (0 where a row lacks key j). Every entry is read and checked as
+ * block_decode_v2_rows does (rows increasing and below n, 1..DE_PROPS_MAX pairs each, the
+ * section consumed exactly), whatever rows the caller then keeps. */
+static int v2_props(const uint8_t *p, const uint8_t *end, uint64_t n, const struct proj *pj,
+                    uint32_t *const *out)
 {
-    uint32_t hour = store_get_be32(key + 4);
-    const uint8_t *sp[C_SECTIONS], *se[C_SECTIONS];
-    uint64_t n, want = 1u << C_VISITOR | 1u << C_OFFSET | 1u << C_TS | 1u << C_FLAGS;
-    for (size_t f = 0; f < nf; f++) want |= 1ULL << (C_FIELD0 + fields[f]);
-    int rc = v2_sections(val, vlen, want, &h->z, &n, sp, se);
-    struct ucol off, ts, flags, fld[RAW_ROW_FIELDS_MAX] = {{0}};
-    struct vruns vr;
-    if (!rc) rc = v2_open_base(sp, se, n, &vr, &off, &ts, &flags);
-    for (size_t f = 0; !rc && f < nf; f++)
-        rc = ucol_open(sp[C_FIELD0 + fields[f]], se[C_FIELD0 + fields[f]], n, &fld[f]);
-    if (rc) return rc;
-    if ((rc = hour_reserve(h, n)) != TALLY_OK) return rc;
-    /* the columns expanded (128 KiB of stack at most: RAW_BLOCK_EVENTS_MAX rows), then the
-     * rows assembled from them in one pass */
-    uint64_t xo[RAW_BLOCK_EVENTS_MAX], xt[RAW_BLOCK_EVENTS_MAX];
-    uint32_t xf[RAW_BLOCK_EVENTS_MAX], xv[RAW_ROW_FIELDS_MAX][RAW_BLOCK_EVENTS_MAX];
-    if (n > RAW_BLOCK_EVENTS_MAX) return TALLY_ECORRUPT;
-    ucol_expand64(&off, n, xo);
-    ucol_expand64(&ts, n, xt);
-    ucol_expand32(&flags, n, xf);
-    static const uint32_t zeros[RAW_BLOCK_EVENTS_MAX]; /* the fields not asked for */
-    const uint32_t *v0 = zeros, *v1 = zeros, *v2 = zeros;
-    for (size_t f = 0; f < nf; f++) ucol_expand32(&fld[f], n, xv[f]);
-    if (nf > 0) v0 = xv[0];
-    if (nf > 1) v1 = xv[1];
-    if (nf > 2) v2 = xv[2];
+    for (size_t j = 0; j < pj->np; j++)
+        memset(out[j], 0, n * sizeof *out[j]);
+    struct sparse sp;
+    sparse_open(p, end, &sp);
+    while (sp.left) {
+        const uint64_t row = sp.next;
+        if (sp.bad || row >= n) return TALLY_ECORRUPT;
+        uint64_t k = pvarint(&sp.p, sp.end, &sp.bad);
+        if (k == 0 || k > DE_PROPS_MAX) return TALLY_ECORRUPT;
+        unsigned found = 0; /* bit j: key j seen on this row (the first value counts) */
+        for (uint64_t q = 0; q < k; q++) {
+            uint32_t key = (uint32_t)pvarint(&sp.p, sp.end, &sp.bad);
+            uint32_t val = (uint32_t)pvarint(&sp.p, sp.end, &sp.bad);
+            for (size_t j = 0; j < pj->np; j++)
+                if (key == pj->keys[j] && !(found >> j & 1)) {
+                    out[j][row] = val;
+                    found |= 1u << j;
+                }
+        }
+        sparse_advance(&sp, row);
+        if (sp.left && sp.next <= row) return TALLY_ECORRUPT; /* a delta that wrapped */
+    }
+    return !sp.bad && sp.p == sp.end ? TALLY_OK : TALLY_ECORRUPT;
+}
+
+/* The rows of a v2 block from its expanded columns, nv value slots each (3 or RAW_ROW_FIELDS_MAX: a
+ * constant once inlined, so the common case of up to 3 stays the loop it was); slots from nv on are
+ * 0. Checks each row's time within the hour, drops it when out of [from, to) and notes where the
+ * order descends. The rows kept (*kept) are written after h's; the caller adds them. */
+static inline __attribute__((always_inline)) int
+v2_assemble(struct hour_buf *h, struct vruns *vr, uint64_t n, const uint64_t *xo,
+            const uint64_t *xt, const uint32_t *xf, const uint32_t *const *v, const size_t nv,
+            uint64_t first, int64_t hour_ms, int64_t from, int64_t to, size_t *kept)
+{
+    const uint32_t *vl[RAW_ROW_FIELDS_MAX];
+    for (size_t f = 0; f < nv; f++)
+        vl[f] = v[f];
     struct raw_row *base = h->rows + h->n;
-    const uint64_t first = store_get_be64(key + 8);
-    const int64_t hour_ms = (int64_t)hour * RAW_HOUR_MS;
     /* the previous row kept (for the order note; none: nothing sorts below it) */
     uint64_t pv = h->n ? base[-1].visitor : 0, po = h->n ? base[-1].offset : 0;
     int64_t pt = h->n ? base[-1].ts_ms : INT64_MIN;
     size_t k = 0;
     for (uint64_t i = 0; i < n;) {
         uint64_t visitor;
-        if (!vruns_next(&vr, &visitor)) return TALLY_ECORRUPT;
-        uint64_t run = vr.left + 1;
+        if (!vruns_next(vr, &visitor)) return TALLY_ECORRUPT;
+        uint64_t run = vr->left + 1;
         if (run > n - i) return TALLY_ECORRUPT;
-        vr.left = 0;
+        vr->left = 0;
         const uint64_t e = i + run;
         for (; i < e; i++) {
             if (xt[i] >= (uint64_t)RAW_HOUR_MS) return TALLY_ECORRUPT; /* not in its hour */
@@ -1123,27 +1140,78 @@ static int block_rows_v2(const uint8_t *key, const uint8_t *val, size_t vlen, in
             r->offset = o;
             r->visitor = visitor;
             r->flags = xf[i];
-            r->val[0] = v0[i];
-            r->val[1] = v1[i];
-            r->val[2] = v2[i];
+            for (size_t f = 0; f < nv; f++)
+                r->val[f] = vl[f][i];
+            for (size_t f = nv; f < RAW_ROW_FIELDS_MAX; f++)
+                r->val[f] = 0;
             pv = visitor;
             pt = t;
             po = o;
         }
     }
-    if (vr.runs || vr.p != vr.end) return TALLY_ECORRUPT;
-    h->n += k;
+    *kept = k;
     return TALLY_OK;
 }
 
-/* Decodes one block's rows of [from, to) with the chosen fields onto h. */
+/* block_rows for a v2 block: only the columns asked for are read (the others are skipped by
+ * their section lengths; props only when keys are asked for), expanded to arrays, then the
+ * rows assembled from them in one pass (v2_assemble). */
+static int block_rows_v2(const uint8_t *key, const uint8_t *val, size_t vlen, int64_t from,
+                         int64_t to, const struct proj *pj, struct hour_buf *h)
+{
+    uint32_t hour = store_get_be32(key + 4);
+    const uint8_t *sp[C_SECTIONS], *se[C_SECTIONS];
+    const size_t nf = pj->nf, nv = pj->nf + pj->np;
+    uint64_t n, want = 1u << C_VISITOR | 1u << C_OFFSET | 1u << C_TS | 1u << C_FLAGS;
+    for (size_t f = 0; f < nf; f++)
+        want |= 1ULL << (C_FIELD0 + pj->fields[f]);
+    if (pj->np) want |= 1ULL << C_PROPS;
+    int rc = v2_sections(val, vlen, want, &h->z, &n, sp, se);
+    struct ucol off, ts, flags, fld[RAW_ROW_FIELDS_MAX] = {{0}};
+    struct vruns vr;
+    if (!rc) rc = v2_open_base(sp, se, n, &vr, &off, &ts, &flags);
+    for (size_t f = 0; !rc && f < nf; f++)
+        rc = ucol_open(sp[C_FIELD0 + pj->fields[f]], se[C_FIELD0 + pj->fields[f]], n, &fld[f]);
+    if (rc) return rc;
+    if ((rc = hour_reserve(h, n)) != TALLY_OK) return rc;
+    /* the columns expanded: 8 + 8 + 4 + 4 x RAW_ROW_FIELDS_MAX bytes a row, at most
+     * RAW_BLOCK_EVENTS_MAX rows (144 KiB of stack; the scan threads have the default 8 MiB) */
+    uint64_t xo[RAW_BLOCK_EVENTS_MAX], xt[RAW_BLOCK_EVENTS_MAX];
+    uint32_t xf[RAW_BLOCK_EVENTS_MAX], xv[RAW_ROW_FIELDS_MAX][RAW_BLOCK_EVENTS_MAX];
+    if (n > RAW_BLOCK_EVENTS_MAX) return TALLY_ECORRUPT;
+    ucol_expand64(&off, n, xo);
+    ucol_expand64(&ts, n, xt);
+    ucol_expand32(&flags, n, xf);
+    static const uint32_t zeros[RAW_BLOCK_EVENTS_MAX]; /* the slots not asked for */
+    const uint32_t *v[RAW_ROW_FIELDS_MAX];
+    uint32_t *pv[RAW_ROW_FIELDS_MAX];
+    for (size_t f = 0; f < RAW_ROW_FIELDS_MAX; f++)
+        v[f] = f < nv ? xv[f] : zeros;
+    for (size_t f = 0; f < nf; f++)
+        ucol_expand32(&fld[f], n, xv[f]);
+    for (size_t j = 0; j < pj->np; j++)
+        pv[j] = xv[nf + j];
+    if (pj->np && (rc = v2_props(sp[C_PROPS], se[C_PROPS], n, pj, pv))) return rc;
+    const uint64_t first = store_get_be64(key + 8);
+    const int64_t hour_ms = (int64_t)hour * RAW_HOUR_MS;
+    size_t kept = 0;
+    if (nv <= 3) /* the funnel's case: the loop as tight as with 3 slots only */
+        rc = v2_assemble(h, &vr, n, xo, xt, xf, v, 3, first, hour_ms, from, to, &kept);
+    else
+        rc = v2_assemble(h, &vr, n, xo, xt, xf, v, RAW_ROW_FIELDS_MAX, first, hour_ms, from, to,
+                         &kept);
+    if (rc) return rc;
+    if (vr.runs || vr.p != vr.end) return TALLY_ECORRUPT;
+    h->n += kept;
+    return TALLY_OK;
+}
+
+/* Decodes one block's rows of [from, to) with the fields and property values of pj onto h. */
 static int block_rows(const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen,
-                      int64_t from, int64_t to, const int *fields, size_t nf,
-                      struct hour_buf *h)
+                      int64_t from, int64_t to, const struct proj *pj, struct hour_buf *h)
 {
     if (klen != 16 || vlen < 2) return TALLY_ECORRUPT;
-    if (val[0] == BLOCK_VERSION_COLUMNS)
-        return block_rows_v2(key, val, vlen, from, to, fields, nf, h);
+    if (val[0] == BLOCK_VERSION_COLUMNS) return block_rows_v2(key, val, vlen, from, to, pj, h);
     if (val[0] != BLOCK_VERSION) return TALLY_ECORRUPT;
     uint32_t hour = store_get_be32(key + 4);
     const uint8_t *p = val + 1, *end = val + vlen;
@@ -1154,7 +1222,9 @@ static int block_rows(const uint8_t *key, size_t klen, const uint8_t *val, size_
     if (rc) return rc;
     uint32_t id[DE_FIELD_COUNT] = {0};
     uint32_t need = 0;
-    for (size_t f = 0; f < nf; f++) need |= 1u << fields[f];
+    const size_t nf = pj->nf, np = pj->np;
+    for (size_t f = 0; f < nf; f++)
+        need |= 1u << pj->fields[f];
     uint64_t visitor = 0, offset = store_get_be64(key + 8);
     uint32_t flags = 0;
     int64_t ts = (int64_t)hour * RAW_HOUR_MS;
@@ -1186,10 +1256,24 @@ static int block_rows(const uint8_t *key, size_t klen, const uint8_t *val, size_
             pskip(&p, end, pop32(run), &bad);
             fm &= ~run;
         }
+        uint32_t pval[RAW_ROW_FIELDS_MAX] = {0}; /* the values of pj->keys, 0: key absent */
         if (mask & MASK_PROPS) {
-            uint64_t np = pvarint(&p, end, &bad);
-            if (np == 0 || np > DE_PROPS_MAX) return TALLY_ECORRUPT;
-            pskip(&p, end, (unsigned)(2 * np), &bad);
+            uint64_t k = pvarint(&p, end, &bad);
+            if (k == 0 || k > DE_PROPS_MAX) return TALLY_ECORRUPT;
+            if (!np) {
+                pskip(&p, end, (unsigned)(2 * k), &bad);
+            } else {
+                unsigned found = 0; /* bit j: key j seen on this row (the first value counts) */
+                for (uint64_t q = 0; q < k; q++) {
+                    uint32_t pk = (uint32_t)pvarint(&p, end, &bad);
+                    uint32_t pvl = (uint32_t)pvarint(&p, end, &bad);
+                    for (size_t j = 0; j < np; j++)
+                        if (pk == pj->keys[j] && !(found >> j & 1)) {
+                            pval[j] = pvl;
+                            found |= 1u << j;
+                        }
+                }
+            }
         }
         if (mask & MASK_REVENUE) pskip(&p, end, 2, &bad);
         if (bad || ts < hour_end - RAW_HOUR_MS || ts >= hour_end) return TALLY_ECORRUPT;
@@ -1199,7 +1283,11 @@ static int block_rows(const uint8_t *key, size_t klen, const uint8_t *val, size_
         r->offset = offset;
         r->visitor = visitor;
         r->flags = flags;
-        for (size_t f = 0; f < nf; f++) r->val[f] = id[fields[f]];
+        memset(r->val, 0, sizeof r->val);
+        for (size_t f = 0; f < nf; f++)
+            r->val[f] = id[pj->fields[f]];
+        for (size_t j = 0; j < np; j++)
+            r->val[nf + j] = pval[j];
         if (h->n && rowcmp(r - 1, r) > 0) {
             if (h->descents < HOUR_RUNS_KEPT) h->start[h->descents] = h->n;
             h->descents++;
@@ -1217,8 +1305,10 @@ int raw_block_project(const uint8_t *key, size_t klen, const uint8_t *val, size_
     if (nfields > RAW_ROW_FIELDS_MAX) return TALLY_EINVAL;
     for (size_t f = 0; f < nfields; f++)
         if (fields[f] < 0 || fields[f] >= DE_FIELD_COUNT) return TALLY_EINVAL;
+    struct proj pj = {.nf = nfields};
+    if (nfields) memcpy(pj.fields, fields, nfields * sizeof *fields);
     struct hour_buf h = {.rows_max = RAW_BLOCK_EVENTS_MAX};
-    int rc = block_rows(key, klen, val, vlen, INT64_MIN, INT64_MAX, fields, nfields, &h);
+    int rc = block_rows(key, klen, val, vlen, INT64_MIN, INT64_MAX, &pj, &h);
     free(h.tmp);
     free(h.runs);
     cbuf_free(&h.z);
@@ -1298,8 +1388,7 @@ struct hscan {
     uint32_t site;
     uint64_t first_hour, nchunks;
     int64_t from, to;
-    const int *fields;
-    size_t nf;
+    struct proj pj; /* copied from the caller's arrays */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     uint64_t next;     /* the next chunk to claim */
@@ -1399,7 +1488,7 @@ static int chunk_decode(struct hscan *x, struct store_iter *it, uint64_t c,
             sl->hour[sl->nh++] = hour;
         }
         const uint8_t *v = store_iter_value(it, &vl);
-        if ((rc = block_rows(k, kl, v, vl, x->from, x->to, x->fields, x->nf, h))) return rc;
+        if ((rc = block_rows(k, kl, v, vl, x->from, x->to, &x->pj, h))) return rc;
     }
     if ((rc = store_iter_status(it))) return rc;
     if (h && h->descents) rc = hour_order(h);
@@ -1447,7 +1536,17 @@ int raw_scan_hours(struct store *s, uint32_t site_id, int64_t from_ms, int64_t t
                    const int *fields, size_t nfields, size_t rows_max, unsigned threads,
                    raw_hour_fn fn, void *arg)
 {
-    if (nfields > RAW_ROW_FIELDS_MAX) return TALLY_EINVAL;
+    return raw_scan_hours_props(s, site_id, from_ms, to_ms, fields, nfields, NULL, 0, rows_max,
+                                threads, fn, arg);
+}
+
+int raw_scan_hours_props(struct store *s, uint32_t site_id, int64_t from_ms, int64_t to_ms,
+                         const int *fields, size_t nfields, const uint32_t *prop_keys,
+                         size_t nprops, size_t rows_max, unsigned threads, raw_hour_fn fn,
+                         void *arg)
+{
+    if (nfields > RAW_ROW_FIELDS_MAX || nprops > RAW_ROW_FIELDS_MAX - nfields) return TALLY_EINVAL;
+    if (nprops && !prop_keys) return TALLY_EINVAL;
     for (size_t f = 0; f < nfields; f++)
         if (fields[f] < 0 || fields[f] >= DE_FIELD_COUNT) return TALLY_EINVAL;
     if (from_ms < 0) from_ms = 0;
@@ -1476,9 +1575,14 @@ int raw_scan_hours(struct store *s, uint32_t site_id, int64_t from_ms, int64_t t
     }
     struct hscan *x = calloc(1, sizeof *x);
     if (!x) return TALLY_ENOMEM;
-    *x = (struct hscan){.site = site_id, .first_hour = h0,
+    *x = (struct hscan){.site = site_id,
+                        .first_hour = h0,
                         .nchunks = (h1 - h0 + RAW_CHUNK_HOURS - 1) / RAW_CHUNK_HOURS,
-                        .from = from_ms, .to = to_ms, .fields = fields, .nf = nfields};
+                        .from = from_ms,
+                        .to = to_ms,
+                        .pj = {.nf = nfields, .np = nprops}};
+    if (nfields) memcpy(x->pj.fields, fields, nfields * sizeof *fields);
+    if (nprops) memcpy(x->pj.keys, prop_keys, nprops * sizeof *prop_keys);
     for (size_t i = 0; i < RAW_CHUNK_SLOTS; i++)
         for (size_t j = 0; j < RAW_CHUNK_HOURS; j++)
             x->slot[i].hb[j].rows_max = rows_max ? rows_max : SIZE_MAX;

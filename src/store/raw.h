@@ -135,14 +135,17 @@ int raw_scan(struct store *s, uint32_t site_id, int64_t from_ms, int64_t to_ms, 
 
 /* ---- projection scan, hour by hour (funnels: visitor state machines over time) ----
  * One stored event reduced to what a per-visitor pass needs: time, identity, visitor, flags and
- * the dictionary ids of up to RAW_ROW_FIELDS_MAX chosen fields. */
-#define RAW_ROW_FIELDS_MAX 3
+ * the dictionary ids of up to RAW_ROW_FIELDS_MAX chosen fields and property values. 48 bytes:
+ * a caller that turns a byte budget into rows_max divides by sizeof(struct raw_row). */
+#define RAW_ROW_FIELDS_MAX 4
 struct raw_row {
     int64_t ts_ms;
     uint64_t offset;
     uint64_t visitor;
-    uint32_t flags;                   /* RAW_F_* */
-    uint32_t val[RAW_ROW_FIELDS_MAX]; /* ids of fields[0..nfields) */
+    uint32_t flags; /* RAW_F_* */
+    /* ids of fields[0..nfields), then (raw_scan_hours_props) of the values of prop_keys[0..
+     * nprops); the slots after those are 0 */
+    uint32_t val[RAW_ROW_FIELDS_MAX];
 };
 
 /* Calls fn once per UTC hour of [from_ms, to_ms) that holds events of site_id, with ALL of
@@ -169,6 +172,17 @@ typedef int (*raw_hour_fn)(void *arg, int64_t hour_start_ms, const struct raw_ro
 int raw_scan_hours(struct store *s, uint32_t site_id, int64_t from_ms, int64_t to_ms,
                    const int *fields, size_t nfields, size_t rows_max, unsigned threads,
                    raw_hour_fn fn, void *arg);
+
+/* raw_scan_hours, with property values too: row->val[nfields + i] is the dictionary id of the
+ * value of property key id prop_keys[i] on that event (0 when the event lacks that key; the
+ * first value when an event holds the key twice); nfields + nprops <= RAW_ROW_FIELDS_MAX (else
+ * TALLY_EINVAL). prop_keys is read during the call only. Version-2 blocks then also decompress
+ * and walk their props section (nprops = 0 reads it not at all). Same order, threads, limits
+ * and results as raw_scan_hours otherwise. */
+int raw_scan_hours_props(struct store *s, uint32_t site_id, int64_t from_ms, int64_t to_ms,
+                         const int *fields, size_t nfields, const uint32_t *prop_keys,
+                         size_t nprops, size_t rows_max, unsigned threads, raw_hour_fn fn,
+                         void *arg);
 
 /* The projection of one block value (tools, tests, fuzzing): *rows (malloc'd, caller frees)
  * holds its *n rows in block order. 0, TALLY_ECORRUPT, TALLY_ENOMEM, TALLY_EINVAL. The

@@ -435,6 +435,236 @@ TEST(raw_scan_hours_matches_raw_scan)
     hours_vs_scan(500);
 }
 
+/* ---- raw_scan_hours_props: field and property value ids, as raw_scan gives them ---- */
+
+/* One row as compared: what raw_row carries, val in raw_row order (fields, then props). */
+struct prow {
+    int64_t ts;
+    uint64_t off, visitor;
+    uint32_t flags;
+    uint32_t val[RAW_ROW_FIELDS_MAX];
+};
+
+static int prow_by_off(const void *a, const void *b)
+{
+    const struct prow *x = a, *y = b;
+    return x->off < y->off ? -1 : x->off > y->off;
+}
+
+struct pcollect {
+    struct prow *r;
+    size_t n, cap;
+    const int *fields;
+    const uint32_t *keys;
+    size_t nf, np;
+    int64_t last_hour;
+    int bad;
+    int64_t from, to; /* prow_ref: the rows kept, when to > 0 */
+};
+
+/* The expected row from a full event: field ids, then per key the first value it has. */
+static int prow_ref(void *arg, const struct raw_event *ev)
+{
+    struct pcollect *c = arg;
+    if (c->to && (ev->ts_ms < c->from || ev->ts_ms >= c->to)) return 0;
+    if (c->n == c->cap) abort();
+    struct prow *r = &c->r[c->n++];
+    *r = (struct prow){
+        .ts = ev->ts_ms, .off = ev->offset, .visitor = ev->visitor, .flags = ev->flags};
+    for (size_t f = 0; f < c->nf; f++)
+        r->val[f] = ev->id[c->fields[f]];
+    for (size_t j = 0; j < c->np; j++)
+        for (uint32_t k = ev->props_count; k-- > 0;) /* the first of a repeated key wins */
+            if (ev->props[k].key == c->keys[j]) r->val[c->nf + j] = ev->props[k].value;
+    return 0;
+}
+
+static int prow_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_t n)
+{
+    struct pcollect *c = arg;
+    if (hour_ms <= c->last_hour || hour_ms % RAW_HOUR_MS || n == 0) c->bad++;
+    c->last_hour = hour_ms;
+    for (size_t i = 0; i < n; i++) {
+        const struct raw_row *r = &rows[i];
+        if (r->ts_ms < hour_ms || r->ts_ms >= hour_ms + RAW_HOUR_MS) c->bad++;
+        for (size_t k = i; k-- > 0;) /* each visitor's rows by (ts, offset) */
+            if (rows[k].visitor == r->visitor) {
+                if (rows[k].ts_ms > r->ts_ms ||
+                    (rows[k].ts_ms == r->ts_ms && rows[k].offset >= r->offset))
+                    c->bad++;
+                break;
+            }
+        for (size_t f = c->nf + c->np; f < RAW_ROW_FIELDS_MAX; f++) /* unused slots: 0 */
+            if (r->val[f]) c->bad++;
+        if (c->n == c->cap) abort();
+        struct prow *o = &c->r[c->n++];
+        *o = (struct prow){
+            .ts = r->ts_ms, .off = r->offset, .visitor = r->visitor, .flags = r->flags};
+        memcpy(o->val, r->val, (c->nf + c->np) * sizeof r->val[0]);
+    }
+    return 0;
+}
+
+/* nev events with 0, 1 or several props (keys of a small set, on some events only; now and
+ * then a key twice) over `hours` hours, flushed about every flush_every events, in layout
+ * version_a or version_b in turn (b != a: hours of both layouts). */
+static void write_prop_events(struct store *s, uint32_t site, int64_t base, int nev, int hours,
+                              unsigned flush_every, int version_a, int version_b)
+{
+    static const char *keys[] = {"plan", "n", "color", "size", "lang"};
+    static const char *vals[] = {"pro", "free", "42", "red", "XL", "de", "a much longer value"};
+    struct raw_writer *w = raw_writer_new(s);
+    struct store_batch *b = store_batch_new(s);
+    static struct gen g;
+    struct devent_prop props[DE_PROPS_MAX];
+    int flushes = 0;
+    raw_writer_set_block_version(w, version_a);
+    for (int i = 0; i < nev; i++) {
+        gen_event(&g, 7000 + (uint64_t)i, base);
+        g.ev.ts_ms = base + (int64_t)(rnd() % ((uint64_t)hours * RAW_HOUR_MS));
+        g.ev.received_ms = g.ev.ts_ms + 10;
+        uint32_t np = (uint32_t)(rnd() % 3 ? rnd() % 6 : 0);
+        for (uint32_t k = 0; k < np; k++) {
+            const char *key = k && rnd() % 10 == 0 ? props[0].key.ptr : pick(keys, 5);
+            const char *val = pick(vals, 7);
+            props[k] =
+                (struct devent_prop){{key, (uint32_t)strlen(key)}, {val, (uint32_t)strlen(val)}};
+        }
+        g.ev.props = np ? props : NULL;
+        g.ev.props_count = np;
+        ASSERT_EQ(raw_writer_add(w, site, &g.ev, 0), 0);
+        if (rnd() % flush_every == 0 || i == nev - 1) {
+            ASSERT_EQ(raw_writer_flush(w, b), 0);
+            ASSERT_EQ(store_write(s, b), 0);
+            raw_writer_commit(w);
+            store_batch_clear(b);
+            raw_writer_set_block_version(w, ++flushes % 2 ? version_b : version_a);
+        }
+    }
+    raw_writer_free(w);
+    store_batch_free(b);
+}
+
+static uint32_t dict_id_of(struct store *s, uint32_t site, const char *str)
+{
+    uint32_t id = 0;
+    if (raw_dict_find(s, site, str, (uint32_t)strlen(str), &id) != 0) abort();
+    return id;
+}
+
+/* raw_scan_hours_props over [from, to) against raw_scan over the same range, threads 0 and 2:
+ * the same rows (by offset) with the same field and property value ids. *n: the rows. */
+static void props_vs_scan_range(struct store *s, uint32_t site, int64_t from, int64_t to,
+                                const int *fields, size_t nf, const uint32_t *keys, size_t np,
+                                size_t *n)
+{
+    static struct prow want[NEV], got[NEV];
+    struct pcollect ref = {
+        .r = want, .cap = NEV, .fields = fields, .keys = keys, .nf = nf, .np = np};
+    ASSERT_EQ(raw_scan(s, site, from, to, prow_ref, &ref), 0);
+    qsort(want, ref.n, sizeof *want, prow_by_off);
+    for (unsigned threads = 0; threads <= 2; threads += 2) {
+        struct pcollect c = {.r = got,
+                             .cap = NEV,
+                             .fields = fields,
+                             .keys = keys,
+                             .nf = nf,
+                             .np = np,
+                             .last_hour = INT64_MIN};
+        ASSERT_EQ(raw_scan_hours_props(s, site, from, to, fields, nf, keys, np, 0, threads,
+                                       prow_hour, &c),
+                  0);
+        ASSERT_EQ(c.bad, 0);
+        ASSERT_EQ(c.n, ref.n);
+        qsort(got, c.n, sizeof *got, prow_by_off);
+        for (size_t i = 0; i < c.n; i++) {
+            ASSERT_EQ(got[i].off, want[i].off);
+            ASSERT_EQ(got[i].ts, want[i].ts);
+            ASSERT_EQ(got[i].visitor, want[i].visitor);
+            ASSERT_EQ(got[i].flags, want[i].flags);
+            for (size_t f = 0; f < RAW_ROW_FIELDS_MAX; f++)
+                ASSERT_EQ(got[i].val[f], want[i].val[f]);
+        }
+    }
+    *n = ref.n;
+}
+
+static void props_vs_scan(int version_a, int version_b)
+{
+    const char *dir = test_tmpdir();
+    struct store *s = open_store(dir);
+    uint32_t site;
+    ASSERT_EQ(store_site_id(s, "a.com", 5, true, &site), 0);
+    rng = 17;
+    const int64_t base = 1767225600000LL;
+    write_prop_events(s, site, base, NEV, 12, 150, version_a, version_b);
+    const uint32_t plan = dict_id_of(s, site, "plan"), n_key = dict_id_of(s, site, "n"),
+                   color = dict_id_of(s, site, "color"), size = dict_id_of(s, site, "size");
+    /* keys no event has: a stored string that is never a key, and an id never assigned */
+    const uint32_t chrome = dict_id_of(s, site, "Chrome"), unknown = 999999;
+    static const int f3[] = {DE_NAME, DE_PATH, DE_COUNTRY}, f1[] = {DE_PATH},
+                     f2[] = {DE_NAME, DE_BROWSER},
+                     f4[] = {DE_NAME, DE_PATH, DE_COUNTRY, DE_BROWSER};
+    _Static_assert(RAW_ROW_FIELDS_MAX == 4, "the cases below fill every slot");
+    const uint32_t k3[] = {plan, color, size}, k1[] = {plan}, k4[] = {n_key, chrome, plan, color},
+                   kd[] = {size, unknown, size};
+    struct {
+        const int *fields;
+        size_t nf;
+        const uint32_t *keys;
+        size_t np;
+    } cases[] = {
+        {f3, 3, k1, 1},                     /* every slot */
+        {NULL, 0, k1, 1}, {NULL, 0, k4, 4}, /* every slot, one key nobody has */
+        {f1, 1, kd, 3},                     /* a key twice in the request, one never assigned */
+        {f1, 1, k3, 3},   {f4, 4, NULL, 0},
+        {f2, 2, NULL, 0}, /* raw_scan_hours' case: the other slots 0 */
+    };
+    /* a range cutting through its first and last hours */
+    const int64_t from = base + 2 * RAW_HOUR_MS + 1234567, to = base + 9 * RAW_HOUR_MS + 5;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t n = 0;
+        props_vs_scan_range(s, site, from, to, cases[i].fields, cases[i].nf, cases[i].keys,
+                            cases[i].np, &n);
+        ASSERT_TRUE(n > NEV / 2);
+    }
+    /* a quarter of an hour in the middle of one: most rows of each block are dropped, and
+     * the props of the rows kept still come from their own entries */
+    size_t n = 0;
+    const int64_t mid = base + 5 * RAW_HOUR_MS + 1800000;
+    props_vs_scan_range(s, site, mid, mid + 900000, f1, 1, k3, 3, &n);
+    ASSERT_TRUE(n > 10 && n < NEV / 24);
+    props_vs_scan_range(s, site, mid, mid + 900000, NULL, 0, k4, 4, &n);
+    /* the rows really carry props (the comparison is not all zeros) */
+    {
+        static struct prow got[NEV];
+        struct pcollect c = {.r = got, .cap = NEV, .keys = k1, .np = 1, .last_hour = INT64_MIN};
+        ASSERT_EQ(raw_scan_hours_props(s, site, from, to, NULL, 0, k1, 1, 0, 1, prow_hour, &c), 0);
+        size_t with = 0;
+        for (size_t i = 0; i < c.n; i++)
+            with += got[i].val[0] != 0;
+        ASSERT_TRUE(with > c.n / 10 && with < c.n / 2);
+    }
+    /* too many slots; keys missing */
+    struct pcollect c = {.r = NULL, .last_hour = INT64_MIN};
+    ASSERT_EQ(raw_scan_hours_props(s, site, from, to, f3, 3, k3, 2, 0, 0, prow_hour, &c),
+              TALLY_EINVAL);
+    ASSERT_EQ(raw_scan_hours_props(s, site, from, to, f4, 4, k1, 1, 0, 0, prow_hour, &c),
+              TALLY_EINVAL);
+    ASSERT_EQ(raw_scan_hours_props(s, site, from, to, NULL, 0, NULL, 1, 0, 0, prow_hour, &c),
+              TALLY_EINVAL);
+    ASSERT_EQ(raw_scan_hours_props(s, site, from, to, f3, RAW_ROW_FIELDS_MAX + 1, NULL, 0, 0, 0,
+                                   prow_hour, &c),
+              TALLY_EINVAL);
+    store_close(s);
+}
+
+TEST(raw_scan_hours_props_matches_raw_scan)
+{
+    props_vs_scan(block_version, block_version);
+    props_vs_scan(block_version, 3 - block_version); /* both layouts in each hour */
+}
+
 /* ---- raw_compact_hour: the same events, the fewest blocks ---- */
 
 struct evcopy {
@@ -754,6 +984,249 @@ TEST(raw_block_truncation_and_bit_flips)
     }
 }
 
+static int prow_cmp(const void *a, const void *b)
+{
+    const struct prow *x = a, *y = b;
+    if (x->off != y->off) return x->off < y->off ? -1 : 1;
+    if (x->ts != y->ts) return x->ts < y->ts ? -1 : 1;
+    if (x->visitor != y->visitor) return x->visitor < y->visitor ? -1 : 1;
+    if (x->flags != y->flags) return x->flags < y->flags ? -1 : 1;
+    return memcmp(x->val, y->val, sizeof x->val);
+}
+
+/* One block with props, cut at every length and with a bit flipped in turn, stored and
+ * scanned by raw_scan_hours_props (props of every key, over the whole hour or a middle half
+ * of it): an error (TALLY_ECORRUPT) or rows, never a crash or a read out of bounds (ASan); and
+ * a block that raw_block_decode accepts gives the rows and values it gives. */
+TEST(raw_scan_hours_props_corrupt_blocks)
+{
+    for (int version = 1; version <= 2; version++) {
+        const char *dir = test_tmpdir();
+        struct store *s = open_store(dir);
+        uint32_t site;
+        ASSERT_EQ(store_site_id(s, "a.com", 5, true, &site), 0);
+        rng = 5;
+        const int64_t base = 1767225600000LL;
+        write_prop_events(s, site, base, 80, 1, 1000000, version, version); /* one block */
+        uint8_t lo[4], hi[4];
+        store_put_be32(lo, site);
+        store_put_be32(hi, site + 1);
+        struct store_iter *it = store_iter_new(s, STORE_CF_RAW, lo, 4, hi, 4);
+        store_iter_seek_first(it);
+        ASSERT_TRUE(store_iter_valid(it));
+        struct blk bl;
+        size_t kl, vl;
+        memcpy(bl.key, store_iter_key(it, &kl), 16);
+        const uint8_t *v = store_iter_value(it, &vl);
+        bl.len = vl;
+        bl.val = malloc(vl);
+        memcpy(bl.val, v, vl);
+        store_iter_next(it);
+        ASSERT_TRUE(!store_iter_valid(it));
+        store_iter_free(it);
+        ASSERT_EQ(bl.val[0], version);
+        static const int fields[] = {DE_PATH};
+        const uint32_t keys[] = {dict_id_of(s, site, "plan"), dict_id_of(s, site, "n"),
+                                 dict_id_of(s, site, "color")};
+        static struct prow want[200], got[200];
+        struct store_batch *b = store_batch_new(s);
+        size_t accepted = 0, rejected = 0;
+        uint8_t *cut = malloc(bl.len);
+        /* t < bl.len: cut to t bytes; then bit t - bl.len flipped, every third (each bit
+         * position of a byte in turn) */
+        for (size_t t = 0; t < bl.len + bl.len * 8; t += t < bl.len ? 1 : 3) {
+            size_t len = bl.len;
+            memcpy(cut, bl.val, bl.len);
+            if (t < bl.len)
+                len = t;
+            else
+                cut[(t - bl.len) / 8] ^= (uint8_t)(1u << ((t - bl.len) % 8));
+            store_batch_clear(b);
+            store_batch_put(b, STORE_CF_RAW, bl.key, 16, cut, len);
+            ASSERT_EQ(store_write(s, b), 0);
+            const int64_t from = t % 2 ? base + 900000 : base,
+                          to = from + (t % 2 ? 1800000 : RAW_HOUR_MS);
+            struct pcollect ref = {.r = want,
+                                   .cap = 200,
+                                   .fields = fields,
+                                   .keys = keys,
+                                   .nf = 1,
+                                   .np = 3,
+                                   .from = from,
+                                   .to = to};
+            int rd = raw_block_decode(bl.key, 16, cut, len, prow_ref, &ref);
+            struct pcollect c = {.r = got,
+                                 .cap = 200,
+                                 .fields = fields,
+                                 .keys = keys,
+                                 .nf = 1,
+                                 .np = 3,
+                                 .last_hour = INT64_MIN};
+            int rc =
+                raw_scan_hours_props(s, site, from, to, fields, 1, keys, 3, 0, 0, prow_hour, &c);
+            ASSERT_TRUE(rc == TALLY_OK || rc == TALLY_ECORRUPT);
+            if (t < bl.len) ASSERT_EQ(rc, TALLY_ECORRUPT); /* a cut block never decodes */
+            if (rc) rejected++;
+            if (rd != TALLY_OK) continue;
+            accepted++;
+            ASSERT_EQ(rc, TALLY_OK);
+            ASSERT_EQ(c.n, ref.n);
+            qsort(want, ref.n, sizeof *want, prow_cmp);
+            qsort(got, c.n, sizeof *got, prow_cmp);
+            for (size_t i = 0; i < c.n; i++)
+                ASSERT_EQ(prow_cmp(&got[i], &want[i]), 0);
+        }
+        ASSERT_TRUE(accepted > 0 && rejected > bl.len);
+        free(cut);
+        free(bl.val);
+        store_batch_free(b);
+        store_close(s);
+    }
+}
+
+static size_t put_varint(uint8_t *p, uint64_t v)
+{
+    size_t n = 0;
+    for (; v >= 0x80; v >>= 7)
+        p[n++] = (uint8_t)(v | 0x80);
+    p[n++] = (uint8_t)v;
+    return n;
+}
+
+static uint64_t get_varint(const uint8_t **p)
+{
+    uint64_t v = 0;
+    for (int shift = 0;; shift += 7) {
+        uint8_t c = *(*p)++;
+        v |= (uint64_t)(c & 0x7f) << shift;
+        if (!(c & 0x80)) return v;
+    }
+}
+
+/* A v2 block with its props section (the one before the last: raw.h's layout) replaced by
+ * the props bytes given, stored as they are (codec 0), under key. */
+static void put_block_with_props(struct store *s, const uint8_t *key, const uint8_t *val,
+                                 size_t vlen, const uint8_t *props, size_t plen)
+{
+    static uint8_t out[65536];
+    const int sections = DE_FIELD_COUNT + 7, props_at = DE_FIELD_COUNT + 5;
+    const uint8_t *p = val + 1;
+    size_t o = 1;
+    out[0] = val[0];
+    o += put_varint(out + o, get_varint(&p));
+    for (int c = 0; c < sections; c++) {
+        uint64_t len = get_varint(&p);
+        if (c == props_at) {
+            o += put_varint(out + o, plen + 1);
+            out[o++] = 0;
+            memcpy(out + o, props, plen);
+            o += plen;
+        } else {
+            o += put_varint(out + o, len);
+            memcpy(out + o, p, len);
+            o += len;
+        }
+        p += len;
+    }
+    if (p != val + vlen || o > sizeof out) abort();
+    struct store_batch *b = store_batch_new(s);
+    store_batch_put(b, STORE_CF_RAW, key, 16, out, o);
+    if (store_write(s, b) != 0) abort();
+    store_batch_free(b);
+}
+
+/* Hand-made props sections of a 4-row v2 block: the values land on their rows (the first of a
+ * repeated key; 0 for keys a row lacks), and each malformed section is TALLY_ECORRUPT for
+ * raw_scan_hours_props, while raw_scan_hours, which does not read it, still gives the rows. */
+TEST(raw_scan_hours_props_malformed_props)
+{
+    const char *dir = test_tmpdir();
+    struct store *s = open_store(dir);
+    uint32_t site;
+    ASSERT_EQ(store_site_id(s, "a.com", 5, true, &site), 0);
+    rng = 11;
+    const int64_t base = 1767225600000LL;
+    static struct gen g;
+    struct raw_writer *w = raw_writer_new(s);
+    raw_writer_set_block_version(w, 2);
+    struct store_batch *b = store_batch_new(s);
+    for (int i = 0; i < 4; i++) {
+        gen_event(&g, 300 + (uint64_t)i, base);
+        g.ev.ts_ms = base + 1000 * i;
+        g.ev.props_count = 0;
+        ASSERT_EQ(raw_writer_add(w, site, &g.ev, 0), 0);
+    }
+    ASSERT_EQ(raw_writer_flush(w, b), 0);
+    ASSERT_EQ(store_write(s, b), 0);
+    raw_writer_commit(w);
+    raw_writer_free(w);
+    store_batch_free(b);
+    uint8_t lo[4], hi[4], key[16];
+    store_put_be32(lo, site);
+    store_put_be32(hi, site + 1);
+    struct store_iter *it = store_iter_new(s, STORE_CF_RAW, lo, 4, hi, 4);
+    store_iter_seek_first(it);
+    ASSERT_TRUE(store_iter_valid(it));
+    size_t kl, vl;
+    memcpy(key, store_iter_key(it, &kl), 16);
+    const uint8_t *v = store_iter_value(it, &vl);
+    uint8_t *val = malloc(vl);
+    memcpy(val, v, vl);
+    store_iter_free(it);
+    ASSERT_EQ(val[0], 2);
+    const uint32_t keys[] = {7, 9, 12345};
+    static struct prow got[8];
+    /* rows 1 and 3: row 1 has key 7 twice (5 first), key 9 = 6; row 3 has key 9 = 8 */
+    const uint8_t good[] = {2, 1, 3, 7, 5, 9, 6, 7, 4, 2, 1, 9, 8};
+    put_block_with_props(s, key, val, vl, good, sizeof good);
+    struct pcollect c = {.r = got, .cap = 8, .keys = keys, .np = 3, .last_hour = INT64_MIN};
+    ASSERT_EQ(raw_scan_hours_props(s, site, base, base + RAW_HOUR_MS, NULL, 0, keys, 3, 0, 0,
+                                   prow_hour, &c),
+              0);
+    ASSERT_EQ(c.n, 4);
+    const uint32_t want[4][3] = {{0, 0, 0}, {5, 6, 0}, {0, 0, 0}, {0, 8, 0}};
+    for (size_t i = 0; i < 4; i++) /* one sorted block: rows come in block order */
+        for (size_t j = 0; j < 3; j++)
+            ASSERT_EQ(got[i].val[j], want[i][j]);
+    /* a range that drops rows 0 and 2 (ts + 0 s, + 2 s): rows 1 and 3 keep their own values */
+    c = (struct pcollect){.r = got, .cap = 8, .keys = keys, .np = 3, .last_hour = INT64_MIN};
+    ASSERT_EQ(raw_scan_hours_props(s, site, base + 2500, base + 3500, NULL, 0, keys + 1, 1, 0, 0,
+                                   prow_hour, &c),
+              0);
+    ASSERT_EQ(c.n, 1);
+    ASSERT_EQ(got[0].val[0], 8);
+    struct {
+        uint8_t b[72];
+        size_t len;
+    } bad[] = {
+        {{1, 4, 1, 1, 1}, 5},                                   /* a row past the block's 4 */
+        {{2, 1, 1, 1, 1, 100, 1, 1, 1}, 9},                     /* a delta past them */
+        {{1, 1, 0}, 3},                                         /* no pairs */
+        {{1, 1, DE_PROPS_MAX + 1}, 3 + 2 * (DE_PROPS_MAX + 1)}, /* more pairs than the most */
+        {{1, 1, 1, 7, 5, 0}, 6},                                /* a byte after the entries */
+        {{3, 1, 1, 7, 5, 1, 1, 9, 6}, 9},                       /* fewer entries than said */
+        {{2, 1, 1, 7, 5, 0, 1, 9, 6}, 9},                       /* a delta of 0: the same row */
+        {{2, 2, 1, 7, 5, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 1, 9, 6},
+         18},                    /* a delta of 2^64 - 1: back to row 1 */
+        {{1, 1, 2, 7, 5, 9}, 6}, /* cut inside a pair */
+        {{1, 1, 1, 7, 0x85}, 5}, /* cut inside a varint */
+    };
+    memset(bad[3].b + 3, 1, 2 * (DE_PROPS_MAX + 1)); /* pairs (1, 1) */
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        put_block_with_props(s, key, val, vl, bad[i].b, bad[i].len);
+        c = (struct pcollect){.r = got, .cap = 8, .keys = keys, .np = 3, .last_hour = INT64_MIN};
+        ASSERT_EQ(raw_scan_hours_props(s, site, base, base + RAW_HOUR_MS, NULL, 0, keys, 3, 0, 0,
+                                       prow_hour, &c),
+                  TALLY_ECORRUPT);
+        c = (struct pcollect){.r = got, .cap = 8, .last_hour = INT64_MIN};
+        ASSERT_EQ(raw_scan_hours(s, site, base, base + RAW_HOUR_MS, NULL, 0, 0, 0, prow_hour, &c),
+                  0);
+        ASSERT_EQ(c.n, 4);
+    }
+    free(val);
+    store_close(s);
+}
+
 TEST(raw_corrupt_block)
 {
     uint8_t key[16] = {0};
@@ -826,13 +1299,17 @@ int main(void)
     RUN(reopen_waits_for_readers_and_keeps_data);
     RUN(raw_exact_and_window);
     RUN(raw_scan_hours_matches_raw_scan);
+    RUN(raw_scan_hours_props_matches_raw_scan);
     RUN(raw_compaction_keeps_every_event);
     block_version = 1; /* the same on blocks of the row layout, which stores still hold */
     RUN(raw_exact_and_window);
     RUN(raw_scan_hours_matches_raw_scan);
+    RUN(raw_scan_hours_props_matches_raw_scan);
     RUN(raw_compaction_keeps_every_event);
     block_version = 2;
     RUN(raw_block_truncation_and_bit_flips);
+    RUN(raw_scan_hours_props_corrupt_blocks);
+    RUN(raw_scan_hours_props_malformed_props);
     RUN(raw_abort_and_restart_keep_dictionary_consistent);
     RUN(raw_corrupt_block);
     return test_summary();
