@@ -25,7 +25,7 @@
  * run with the query cache emptied first, which gives the answer shown and tally_cold_ms, then
  * N timed runs of parse + execute + free (QUERY_LIVE=1: each after marking the range's last
  * day changed, as while today's events arrive),
- * plan Q_PLAN_AUTO unless QUERY_PLAN=rollup|scan), then ClickHouse over HTTP on
+ * plan Q_PLAN_AUTO unless QUERY_PLAN=rollup|scan|stream), then ClickHouse over HTTP on
  * 127.0.0.1:CH_HTTP_PORT with keep-alive (one warm-up, N timed round trips: from writing the
  * request to the end of the body), with the SQL's date bounds taken from the PARSED Tally
  * query, so both sides read the same ranges. ClickHouse's own durations come from
@@ -784,6 +784,7 @@ static enum q_plan plan_from_env(void)
     if (!p || !*p || strcmp(p, "auto") == 0) return Q_PLAN_AUTO;
     if (strcmp(p, "rollup") == 0) return Q_PLAN_ROLLUP;
     if (strcmp(p, "scan") == 0) return Q_PLAN_SCAN;
+    if (strcmp(p, "stream") == 0) return Q_PLAN_STREAM;
     fprintf(stderr, "query: QUERY_PLAN is auto, rollup or scan\n");
     exit(2);
 }

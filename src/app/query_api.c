@@ -613,8 +613,10 @@ static int plan_override(const struct http_request *req, enum key_scope scope, e
         *plan = Q_PLAN_ROLLUP;
     else if (!strcasecmp(h, "scan"))
         *plan = Q_PLAN_SCAN;
+    else if (!strcasecmp(h, "stream"))
+        *plan = Q_PLAN_STREAM;
     else if (strcasecmp(h, "auto") != 0) {
-        snprintf(err, errcap, "X-Tally-Plan must be rollup, scan or auto");
+        snprintf(err, errcap, "X-Tally-Plan must be rollup, scan, stream or auto");
         return 400;
     }
     return 0;
@@ -638,9 +640,10 @@ static void execute(struct query_api *qa, struct qjob *j, const struct site_ctx 
     int rc = query_execute(qa->app->store, sc->site_id, q, &b, plan, &json, &len, err,
                            sizeof err);
     if (rc == 0) {
-        const char *hdr = plan == Q_PLAN_ROLLUP ? "X-Tally-Plan: rollup\r\n"
-                          : plan == Q_PLAN_SCAN ? "X-Tally-Plan: scan\r\n"
-                                                : NULL;
+        const char *hdr = plan == Q_PLAN_ROLLUP   ? "X-Tally-Plan: rollup\r\n"
+                          : plan == Q_PLAN_SCAN   ? "X-Tally-Plan: scan\r\n"
+                          : plan == Q_PLAN_STREAM ? "X-Tally-Plan: stream\r\n"
+                                                  : NULL;
         count(qa, 200, j->arrived_us);
         http_exchange_complete(j->ex, 200, "application/json", json, len, hdr);
         free(json);

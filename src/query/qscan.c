@@ -62,10 +62,37 @@
  * by visitor (visitor index parity) for group + aggregate: rows of disjoint visitor sets add up
  * exactly, visitors included.
  *
- * THREADS. One call runs on the caller's thread and shares nothing (the query is read only).
+ * STREAM FORM (qexec_stream; qplan_stream_can says which queries). Phases 2-5 above hold
+ * every event of the range and sort them; for the metrics visitors, visits, pageviews, events
+ * (and those derived from them) with no goals and no exit page, nothing needs a whole visit at
+ * once, so the events are judged as they go by: raw_scan_hours hands the span over hour by
+ * hour, each visitor's rows in time order, decoded on a second thread (raw.h), and each
+ * visitor has an entry in an open-addressing table (struct qsv): the last event's time (a gap
+ * of QS_GAP_MS or more begins a visit), the visit's first time, whether it began in the range,
+ * its serial and, when a filter or dimension reads visit attributes, the first event's slot
+ * values. An event is evaluated with the same compiled filter (eval) and added to the same
+ * rows (rows_add, row_add) as in the holding form; distinct visitors and visits per row, which
+ * the holding form gets from visitor-by-visitor order, come from sets of (row, visitor) and
+ * (row, visit) pairs, each visitor remembering its last row so that a run of events on one
+ * row asks a set once (no dimensions: never). The span: visits need to know whether a visit
+ * began before the range, i.e. whether the visitor had an event less than QS_GAP_MS before
+ * its first one in the range, so the stream begins QS_GAP_MS before `from`; visit attributes
+ * need the visit's first event however far back its chain goes, so a probe first walks back
+ * window by window (QS_GAP_MS each) while some visitor's chain grew into the window, and the
+ * stream begins at the last such window (a chain cut there ends before the range and counts
+ * nothing). A visit begun in the range is in scope by any of its events, also later ones: the
+ * stream goes on window by window past `to` while such a visit may still continue. Events
+ * before `from` only set visit state; after `to` they only put visits begun in the range in
+ * scope. The memory is the visitor table, the pair sets and the hours in flight, not the
+ * range's events. test_qscan's stream_same_as_hold and test_query_diff hold it to the
+ * holding form and to the reference.
+ *
+ * THREADS. One call runs on the caller's thread (the stream form also starts one decoding
+ * thread for the call) and shares nothing (the query is read only).
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "ingest/timefmt.h"
 #include "query/query.h"
@@ -209,6 +236,7 @@ struct qs {
     struct { uint32_t id; int64_t micros; } other_rev[QUERY_OTHER_CURRENCIES_MAX]; /* total */
     size_t n_other_rev;
     uint32_t visit_seq;
+    struct qst *st;     /* the stream form's state (NULL: the hold form) */
     struct u64map strs; /* dictionary id -> index into strv */
     char **strv;
     size_t nstrv, capstrv;
@@ -945,7 +973,10 @@ static int row_at(struct qs *c, const uint64_t *k, struct srow **out)
     size_t mask = c->nrslots - 1, j = (size_t)key_hash(c, k) & mask;
     for (; c->rslots[j]; j = (j + 1) & mask) {
         struct srow *r = &c->rows[c->rslots[j] - 1];
-        if (memcmp(r->key, k, c->ndims * sizeof *k) == 0) {
+        size_t d = 0;
+        while (d < c->ndims && r->key[d] == k[d]) /* a loop, not memcmp: 1-4 words */
+            d++;
+        if (d == c->ndims) {
             *out = r;
             return TALLY_OK;
         }
@@ -971,12 +1002,19 @@ struct contrib {
     int64_t duration_ms;
 };
 
+static bool st_seen(struct qs *c, struct srow *r, bool visit);
+static bool st_visit_metrics(const struct qs *c);
+
 static void row_add(struct qs *c, struct srow *r, const struct contrib *k)
 {
     struct q_agg *a = &r->a;
     if (k->visit) {
-        if (r->last_visit == c->visit_seq) return;
-        r->last_visit = c->visit_seq;
+        if (c->st) {
+            if (!st_visit_metrics(c) || st_seen(c, r, true)) return; /* (the row exists) */
+        } else {
+            if (r->last_visit == c->visit_seq) return;
+            r->last_visit = c->visit_seq;
+        }
         a->visits++;
         a->bounces += k->bounce;
         a->duration_ms += k->duration_ms;
@@ -988,7 +1026,9 @@ static void row_add(struct qs *c, struct srow *r, const struct contrib *k)
         a->revenue_micros += k->e->rev;
         a->revenue_events++;
     }
-    if (r->last_visitor != k->visitor_seq) {
+    if (c->st) {
+        if (!st_seen(c, r, false)) a->visitors++;
+    } else if (r->last_visitor != k->visitor_seq) {
         r->last_visitor = k->visitor_seq;
         a->visitors++;
     }
@@ -1341,6 +1381,531 @@ static int emit(struct qs *c, struct q_table *t, bool want_total)
     return TALLY_OK;
 }
 
+/* ---------------------------------------------------------------- stream form */
+
+/* A visitor's state in the stream form's table (see STREAM FORM at the top). */
+struct qsv {
+    uint64_t visitor;
+    int64_t last_ts;  /* the visitor's last counted event so far */
+    int64_t first_ts; /* the current visit's first event */
+    uint64_t vmask;   /* rows 0..63 the visitor was counted in (bit = row index) */
+    uint64_t kmask;   /* rows 0..63 the current visit was counted in */
+    uint32_t seq;     /* dense visitor number, from 1 (visitor_seq; its vattr row) */
+    uint32_t visit;   /* the current visit's serial (c->visit_seq when it began) */
+    uint32_t vrow;    /* the last row (index + 1) beyond 63 the visitor was counted in */
+    uint32_t krow;    /* the last row (index + 1) beyond 63 the current visit was counted in */
+    bool used, first_in, tot_visitor, tot_visit;
+    bool vok; /* the current visit passes the filter's visit-only conjuncts */
+};
+
+struct qst {
+    struct qsv *tab; /* cap entries, a power of two, at most half used */
+    size_t cap, nv;
+    uint32_t *vattr; /* visit attributes: stride values per visitor (seq - 1), when used */
+    size_t capvattr;
+    int fields[RAW_ROW_FIELDS_MAX]; /* what each raw_row val[] holds: fields, then props */
+    uint32_t props[RAW_ROW_FIELDS_MAX];
+    size_t nf, np;
+    int slot[RAW_ROW_FIELDS_MAX]; /* the slot of val[i] (-1: none, the name for engagement) */
+    int name_val;                 /* val[] index of the event name, -1 */
+    bool visit_attrs;             /* a filter or dimension reads the visit's attributes */
+    /* the filter split at its top-level AND: the conjuncts that read only visit attributes
+     * (judged once per visit, as it begins) and the others (judged per event); NULL: none */
+    struct cnode vroot, eroot;
+    struct cnode *vfilter, *efilter;
+    bool row1;          /* the event filter or a dimension reads row 1 (the visit) */
+    bool visits;        /* visit contributions are made (always, see st_plan) */
+    bool visit_metrics; /* ... and counted: visits are asked for */
+    bool time_dims;     /* a dimension is time */
+    bool want_total;
+    struct qsv *cur;  /* the visitor whose event is being added */
+    bool by_id;       /* one dimension of dictionary ids: rows found through id_row */
+    uint32_t *id_row; /* dictionary id -> row index + 1 (0: not yet) */
+    size_t nid_row;
+    struct u64map seen_visitor, seen_visit; /* (row index + 1) << 32 | visitor seq / visit */
+};
+
+#define QS_STREAM_THREADS 1   /* decoding threads beside the query's (raw_scan_hours) */
+#define QS_STREAM_PREFETCH 64 /* rows between a prefetch of a visitor's entry and its use */
+#define QS_STREAM_TABLE_MIN 65536
+#define QS_STREAM_ID_ROWS_MAX (1u << 24) /* ids beyond: rows found by their key's hash */
+#define QS_STREAM_HUGE_BYTES (2u << 20)  /* tables at least this large ask for huge pages */
+
+bool qplan_stream_can(const struct query *q);
+
+static bool filter_streamable(const struct q_filter *f)
+{
+    if (!f) return true;
+    if (f->op == QF_AND || f->op == QF_OR || f->op == QF_NOT) {
+        for (size_t i = 0; i < f->nkids; i++)
+            if (!filter_streamable(&f->kids[i])) return false;
+        return true;
+    }
+    return f->dim.field != Q_DIM_GOAL && f->dim.field != ROLLUP_DIM_EXIT_PAGE;
+}
+
+bool qplan_stream_can(const struct query *q)
+{
+    for (size_t i = 0; i < q->nmetrics; i++)
+        switch (q->metrics[i]) {
+        case QM_VISITORS:
+        case QM_VISITS:
+        case QM_PAGEVIEWS:
+        case QM_VIEWS_PER_VISIT:
+        case QM_EVENTS:
+        case QM_PERCENTAGE:
+        case QM_CONVERSION_RATE:
+        case QM_GROUP_CONVERSION_RATE: break;
+        default: return false; /* bounces, durations, time on page, revenue */
+        }
+    for (size_t d = 0; d < q->ndims; d++)
+        if (q->dims[d].field == Q_DIM_GOAL || q->dims[d].field == ROLLUP_DIM_EXIT_PAGE)
+            return false;
+    return filter_streamable(q->filter);
+}
+
+static bool cnode_reads_visit(const struct cnode *n)
+{
+    if (n->op == QF_AND || n->op == QF_OR || n->op == QF_NOT) {
+        for (size_t i = 0; i < n->nkids; i++)
+            if (cnode_reads_visit(&n->kids[i])) return true;
+        return false;
+    }
+    return n->src == SRC_VISIT;
+}
+
+/* Whether every leaf under n reads the visit's attributes (and nothing else). */
+static bool cnode_visit_only(const struct cnode *n)
+{
+    if (n->op == QF_AND || n->op == QF_OR || n->op == QF_NOT) {
+        for (size_t i = 0; i < n->nkids; i++)
+            if (!cnode_visit_only(&n->kids[i])) return false;
+        return true;
+    }
+    return n->src == SRC_VISIT;
+}
+
+/* Splits c->root into st->vfilter (visit-only conjuncts) and st->efilter (the rest). The
+ * split nodes hold copies of the root's children (shallow: st_free frees only their arrays). */
+static int st_split(struct qs *c)
+{
+    struct qst *st = c->st;
+    struct cnode *r = c->root;
+    if (!r) return TALLY_OK;
+    if (r->op != QF_AND) {
+        if (cnode_visit_only(r))
+            st->vfilter = r;
+        else
+            st->efilter = r;
+        return TALLY_OK;
+    }
+    st->vroot = (struct cnode){.op = QF_AND};
+    st->eroot = (struct cnode){.op = QF_AND};
+    st->vroot.kids = calloc(r->nkids, sizeof *st->vroot.kids);
+    st->eroot.kids = calloc(r->nkids, sizeof *st->eroot.kids);
+    if (!st->vroot.kids || !st->eroot.kids) return TALLY_ENOMEM;
+    for (size_t i = 0; i < r->nkids; i++) {
+        struct cnode *to = cnode_visit_only(&r->kids[i]) ? &st->vroot : &st->eroot;
+        to->kids[to->nkids++] = r->kids[i];
+    }
+    if (st->vroot.nkids) st->vfilter = &st->vroot;
+    if (st->eroot.nkids) st->efilter = &st->eroot;
+    return TALLY_OK;
+}
+
+/* What the rows must carry and which state is kept. TALLY_ENOTSUP when the query's fields and
+ * properties do not fit a raw_row. */
+static int st_plan(struct qs *c, bool want_total)
+{
+    struct qst *st = c->st;
+    st->want_total = want_total;
+    st->name_val = -1;
+    for (int f = 0; f < DE_FIELD_COUNT; f++) {
+        if (c->fslot[f] < 0 && !(f == DE_NAME && c->eng_found)) continue;
+        if (st->nf == RAW_ROW_FIELDS_MAX) return TALLY_ENOTSUP;
+        if (f == DE_NAME) st->name_val = (int)st->nf;
+        st->slot[st->nf] = c->fslot[f];
+        st->fields[st->nf++] = f;
+    }
+    for (size_t p = 0; p < c->npkeys; p++) {
+        if (!c->pkey_found[p]) continue; /* never stored: "" on every event (the slot stays 0) */
+        if (st->nf + st->np == RAW_ROW_FIELDS_MAX) return TALLY_ENOTSUP;
+        st->slot[st->nf + st->np] = c->pslot[p];
+        st->props[st->np++] = c->pkey_id[p];
+    }
+    int rc = st_split(c);
+    if (rc) return rc;
+    st->row1 = st->efilter && cnode_reads_visit(st->efilter);
+    for (size_t d = 0; d < c->ndims; d++)
+        st->row1 |= c->dims[d].src == SRC_VISIT;
+    st->visit_attrs = st->row1 || st->vfilter;
+    /* visit contributions are made whatever the metrics: they make rows too (a row of an
+     * in-scope event after the range, of a visit begun in it), as in the holding form */
+    st->visits = true;
+    for (size_t i = 0; i < c->q->nmetrics; i++)
+        st->visit_metrics |=
+            c->q->metrics[i] == QM_VISITS || c->q->metrics[i] == QM_VIEWS_PER_VISIT;
+    for (size_t d = 0; d < c->ndims; d++)
+        st->time_dims |= c->dims[d].src == SRC_TIME;
+    st->by_id = c->ndims == 1 && (c->dims[0].src == SRC_EVENT || c->dims[0].src == SRC_VISIT);
+    /* the event's slots (row 0) and its visit's (row 1), for eval and rows_add */
+    if (!(c->ex = calloc(2 * c->stride + 1, sizeof *c->ex))) return TALLY_ENOMEM;
+    return TALLY_OK;
+}
+
+static bool st_visit_metrics(const struct qs *c)
+{
+    return c->st->visit_metrics;
+}
+
+/* Whether row r already counted the current visitor (visit: the current visit). */
+static bool st_seen(struct qs *c, struct srow *r, bool visit)
+{
+    struct qst *st = c->st;
+    struct qsv *v = st->cur;
+    if (r == &c->total) {
+        bool *f = visit ? &v->tot_visit : &v->tot_visitor;
+        bool was = *f;
+        *f = true;
+        return was;
+    }
+    uint32_t idx = (uint32_t)(r - c->rows);
+    if (idx < 64) { /* the first rows made (the commonest values): a bit in the entry */
+        uint64_t *mask = visit ? &v->kmask : &v->vmask, bit = 1ULL << idx;
+        bool was = *mask & bit;
+        *mask |= bit;
+        return was;
+    }
+    idx++;
+    uint32_t *last = visit ? &v->krow : &v->vrow;
+    if (*last == idx) return true;
+    *last = idx;
+    struct u64map *m = visit ? &st->seen_visit : &st->seen_visitor;
+    uint64_t key = (uint64_t)idx << 32 | (visit ? v->visit : v->seq);
+    if (u64map_get(m, key)) return true;
+    int rc = (m->n + 1) * 2 > m->cap ? qs_charge(c, (m->cap ? m->cap : 64) * 16) : TALLY_OK;
+    if (!rc && !u64map_put(m, key, 1)) rc = TALLY_ENOMEM;
+    if (rc && !c->err) c->err = rc;
+    return false;
+}
+
+static inline size_t st_home(const struct qst *st, uint64_t visitor)
+{
+    return (size_t)u64map_hash(visitor) & (st->cap - 1);
+}
+
+/* The table is mapped: zero pages, and huge pages where granted (random access over
+ * megabytes; funnel.c measured the TLB misses). */
+static struct qsv *st_table_alloc(size_t cap)
+{
+    size_t bytes = cap * sizeof(struct qsv);
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    if (bytes >= QS_STREAM_HUGE_BYTES) (void)madvise(p, bytes, MADV_HUGEPAGE);
+    return p;
+}
+
+/* Room in the table for n more visitors. */
+static int st_reserve(struct qs *c, size_t n)
+{
+    struct qst *st = c->st;
+    if ((st->nv + n + 1) * 2 <= st->cap) return TALLY_OK;
+    size_t cap = st->cap ? st->cap : QS_STREAM_TABLE_MIN;
+    while ((st->nv + n + 1) * 2 > cap)
+        cap *= 2;
+    int rc = qs_charge(c, (cap - st->cap) * sizeof *st->tab);
+    if (rc) return rc;
+    struct qsv *t = st_table_alloc(cap);
+    if (!t) return TALLY_ENOMEM;
+    struct qsv *old = st->tab;
+    size_t oldcap = st->cap;
+    st->tab = t;
+    st->cap = cap;
+    for (size_t i = 0; i < oldcap; i++) {
+        if (!old[i].used) continue;
+        size_t j = st_home(st, old[i].visitor);
+        while (t[j].used)
+            j = (j + 1) & (cap - 1);
+        t[j] = old[i];
+    }
+    if (old) munmap(old, oldcap * sizeof *old);
+    return TALLY_OK;
+}
+
+/* The visitor's entry, created when absent (room reserved by st_reserve). */
+static int st_find(struct qs *c, uint64_t visitor, struct qsv **out)
+{
+    struct qst *st = c->st;
+    size_t i = st_home(st, visitor);
+    while (st->tab[i].used) {
+        if (st->tab[i].visitor == visitor) {
+            *out = &st->tab[i];
+            return TALLY_OK;
+        }
+        i = (i + 1) & (st->cap - 1);
+    }
+    if (st->nv >= UINT32_MAX - 1) return TALLY_ETOOBIG;
+    if (st->row1 && st->nv + 1 > st->capvattr) {
+        size_t cap = st->capvattr;
+        int rc = qs_grow(c, (void **)&st->vattr, &cap, (st->nv + 1) * c->stride, sizeof *st->vattr);
+        if (rc) return rc;
+        st->capvattr = cap / (c->stride ? c->stride : 1);
+    }
+    st->tab[i] = (struct qsv){.visitor = visitor, .seq = (uint32_t)++st->nv, .used = true};
+    *out = &st->tab[i];
+    return TALLY_OK;
+}
+
+/* rows_add for the stream: with one dimension of dictionary ids the row is found through
+ * st->id_row (ids of a site are dense) instead of by hashing its key. */
+static int st_rows_add(struct qs *c, int64_t ts, const struct contrib *k)
+{
+    struct qst *st = c->st;
+    if (!st->by_id) return rows_add(c, 0, 1, 1, ts, k);
+    const struct cdim *cd = &c->dims[0];
+    uint32_t id = ex_of(c, cd->src == SRC_VISIT ? 1 : 0)[cd->slot];
+    if (id < st->nid_row && st->id_row[id]) {
+        row_add(c, &c->rows[st->id_row[id] - 1], k);
+        return TALLY_OK;
+    }
+    uint64_t key[QUERY_DIMS_MAX] = {id};
+    struct srow *r;
+    int rc = row_at(c, key, &r);
+    if (rc) return rc;
+    if (id < QS_STREAM_ID_ROWS_MAX) {
+        size_t cap = st->nid_row;
+        if (id >= cap &&
+            (rc = qs_grow(c, (void **)&st->id_row, &cap, (size_t)id + 1, sizeof *st->id_row)))
+            return rc;
+        if (cap > st->nid_row) memset(st->id_row + st->nid_row, 0, (cap - st->nid_row) * 4);
+        st->nid_row = cap;
+        st->id_row[id] = (uint32_t)(r - c->rows) + 1;
+    }
+    row_add(c, r, k);
+    return TALLY_OK;
+}
+
+/* One counted event of visitor v, in the visitor's time order. */
+static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r)
+{
+    struct qst *st = c->st;
+    const int64_t ts = r->ts_ms;
+    uint32_t *x = c->ex;
+    const size_t stride = c->stride;
+    for (size_t i = 0; i < st->nf + st->np; i++)
+        if (st->slot[i] >= 0) x[st->slot[i]] = r->val[i];
+    uint32_t *va = st->row1 ? st->vattr + (size_t)(v->seq - 1) * stride : NULL;
+    if (v->visit == 0 || ts - v->last_ts >= QS_GAP_MS) { /* a visit begins */
+        v->first_ts = ts;
+        v->first_in = in_range(c, ts);
+        v->visit = ++c->visit_seq;
+        v->krow = 0;
+        v->kmask = 0;
+        v->tot_visit = false;
+        v->vok = !st->vfilter || eval(c, st->vfilter, 0, 0, 0); /* row 0: its first event */
+        if (va)
+            for (size_t i = 0; i < stride; i++)
+                va[i] = x[i];
+    }
+    v->last_ts = ts;
+    const bool in_r = in_range(c, ts), visit = st->visits && v->first_in;
+    if (!v->vok || (!in_r && !visit)) return c->err;
+    if (va)
+        for (size_t i = 0; i < stride; i++)
+            x[stride + i] = va[i];
+    if (st->efilter && !eval(c, st->efilter, 0, 1, 1)) return c->err;
+    const struct sev e = {.ts = ts, .off = r->offset, .flags = r->flags};
+    st->cur = v;
+    int rc;
+    if (in_r) {
+        const struct contrib ek = {.visitor_seq = v->seq, .e = &e, .top_ms = -1};
+        if (st->want_total) row_add(c, &c->total, &ek);
+        if ((rc = st_rows_add(c, ts, &ek))) return rc;
+    }
+    /* Without visit metrics a visit's contribution only makes rows; an in-range event's own
+     * contribution made its row already unless a time bucket differs (the visit's is its
+     * first event's). */
+    if (visit && (st->visit_metrics || !in_r || st->time_dims)) {
+        const struct contrib vk = {.visit = true, .visitor_seq = v->seq, .e = &e};
+        if (st->want_total && st->visit_metrics) row_add(c, &c->total, &vk);
+        if ((rc = st_rows_add(c, v->first_ts, &vk))) return rc;
+    }
+    return c->err;
+}
+
+static inline bool st_counted(const struct qs *c, const struct raw_row *r)
+{
+    const struct qst *st = c->st;
+    if (r->flags & RAW_F_EXCLUDED) return false;
+    return !(c->eng_found && st->name_val >= 0 && r->val[st->name_val] == c->eng_id);
+}
+
+/* One hour of the stream: a visitor's rows in a run share one entry lookup, prefetched
+ * QS_STREAM_PREFETCH rows ahead. */
+static int st_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_t n)
+{
+    (void)hour_ms;
+    struct qs *c = arg;
+    if (c->deadline && timefmt_mono_ms() > c->deadline) return TALLY_ETIMEDOUT;
+    int rc = st_reserve(c, n);
+    if (rc) return rc;
+    struct qst *st = c->st;
+    for (size_t i = 0; i < n;) {
+        const uint64_t visitor = rows[i].visitor;
+        if (i + QS_STREAM_PREFETCH < n)
+            __builtin_prefetch(&st->tab[st_home(st, rows[i + QS_STREAM_PREFETCH].visitor)]);
+        if (i + 2 * QS_STREAM_PREFETCH < n) /* the rows too: written by the decoder long ago */
+            __builtin_prefetch(&rows[i + 2 * QS_STREAM_PREFETCH]);
+        struct qsv *v = NULL;
+        for (; i < n && rows[i].visitor == visitor; i++) {
+            if (!st_counted(c, &rows[i])) continue;
+            if (!v && (rc = st_find(c, visitor, &v))) return rc;
+            if ((rc = st_event(c, v, &rows[i]))) return rc;
+        }
+    }
+    return c->err;
+}
+
+static int st_scan(struct qs *c, int64_t from, int64_t to, raw_hour_fn fn, void *arg)
+{
+    const struct qst *st = c->st;
+    /* an hour's rows are held at once: bound them by what the budget leaves */
+    size_t rows_max = (c->mem_max / 4) / RAW_SCAN_HOURS_HELD / sizeof(struct raw_row);
+    return raw_scan_hours_props(c->s, c->site, from, to, st->fields, st->nf, st->props, st->np,
+                                rows_max, QS_STREAM_THREADS, fn, arg);
+}
+
+/* The backward probe: visitors whose chain of events may reach the range. */
+struct st_pvis {
+    int64_t head;       /* the chain's earliest event so far */
+    int64_t tmin, tmax; /* its events in the current window */
+    uint32_t round;     /* the window tmin/tmax belong to */
+    bool open;
+};
+
+struct st_probe {
+    struct qs *c;
+    struct u64map map; /* visitor -> index + 1 into pv (visitor 0: zero_at) */
+    struct st_pvis *pv;
+    size_t n, cap;
+    size_t zero_at; /* index + 1 of visitor 0, 0: none */
+    uint32_t round;
+};
+
+static int probe_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_t n)
+{
+    (void)hour_ms;
+    struct st_probe *p = arg;
+    struct qs *c = p->c;
+    if (c->deadline && timefmt_mono_ms() > c->deadline) return TALLY_ETIMEDOUT;
+    for (size_t i = 0; i < n; i++) {
+        const struct raw_row *r = &rows[i];
+        if (!st_counted(c, r)) continue;
+        uint64_t *slot = r->visitor ? u64map_get(&p->map, r->visitor) : NULL;
+        size_t at = r->visitor ? (slot ? (size_t)*slot : 0) : p->zero_at;
+        if (p->round == 0) {
+            if (at == 0) {
+                int rc = qs_grow(c, (void **)&p->pv, &p->cap, p->n + 1, sizeof *p->pv);
+                if (rc) return rc;
+                p->pv[p->n++] = (struct st_pvis){.head = r->ts_ms, .open = true};
+                at = p->n;
+                if (!r->visitor) {
+                    p->zero_at = at;
+                } else {
+                    if ((p->map.n + 1) * 2 > p->map.cap &&
+                        (rc = qs_charge(c, (p->map.cap ? p->map.cap : 64) * 16)))
+                        return rc;
+                    if (!u64map_put(&p->map, r->visitor, at)) return TALLY_ENOMEM;
+                }
+            } else if (r->ts_ms < p->pv[at - 1].head) {
+                p->pv[at - 1].head = r->ts_ms;
+            }
+            continue;
+        }
+        if (at == 0 || !p->pv[at - 1].open) continue;
+        struct st_pvis *v = &p->pv[at - 1];
+        if (v->round != p->round) {
+            v->round = p->round;
+            v->tmin = v->tmax = r->ts_ms;
+        } else {
+            if (r->ts_ms < v->tmin) v->tmin = r->ts_ms;
+            if (r->ts_ms > v->tmax) v->tmax = r->ts_ms;
+        }
+    }
+    return TALLY_OK;
+}
+
+/* Where the stream must begin so that every visit reaching the range is seen from its first
+ * event: windows of QS_GAP_MS back from the range's start, while a visitor's chain grew into
+ * the window (in the first window every visitor counts as chained: its next event may be in
+ * the range). Within one window a visitor's events are all chained to its latest one there
+ * (the window is one gap long), so a chain grows when that latest event lies less than a gap
+ * before the chain's earliest event. */
+static int st_probe_back(struct qs *c, int64_t *lo)
+{
+    struct st_probe p = {.c = c};
+    int rc = TALLY_OK;
+    int64_t w = c->r.from_ms;
+    *lo = w;
+    for (p.round = 0; w > 0; p.round++) {
+        int64_t a = w > QS_GAP_MS ? w - QS_GAP_MS : 0;
+        if ((rc = st_scan(c, a, w, probe_hour, &p))) break;
+        bool grew = p.round == 0 && p.n > 0;
+        for (size_t i = 0; p.round > 0 && i < p.n; i++) {
+            struct st_pvis *v = &p.pv[i];
+            if (!v->open) continue;
+            if (v->round == p.round && v->head - v->tmax < QS_GAP_MS) {
+                v->head = v->tmin;
+                grew = true;
+            } else {
+                v->open = false;
+            }
+        }
+        if (!grew) break;
+        *lo = a;
+        w = a;
+    }
+    free(p.pv);
+    u64map_free(&p.map);
+    return rc;
+}
+
+/* Whether a visit begun in the range may still continue at or after hi. */
+static bool st_pending(const struct qs *c, int64_t hi)
+{
+    const struct qst *st = c->st;
+    for (size_t i = 0; i < st->cap; i++)
+        if (st->tab[i].used && st->tab[i].first_in && st->tab[i].last_ts > hi - QS_GAP_MS)
+            return true;
+    return false;
+}
+
+static int st_run(struct qs *c)
+{
+    struct qst *st = c->st;
+    int64_t lo = c->r.from_ms;
+    int rc = TALLY_OK;
+    if (st->visit_attrs) rc = st_probe_back(c, &lo);
+    if (st->visits && lo > c->r.from_ms - QS_GAP_MS) lo = c->r.from_ms - QS_GAP_MS;
+    if (lo < 0) lo = 0;
+    if (!rc) rc = st_scan(c, lo, c->r.to_ms, st_hour, c);
+    for (int64_t hi = c->r.to_ms;
+         !rc && st->visits && hi < INT64_MAX - QS_GAP_MS && st_pending(c, hi); hi += QS_GAP_MS)
+        rc = st_scan(c, hi, hi + QS_GAP_MS, st_hour, c);
+    return rc ? rc : c->err;
+}
+
+static void st_free(struct qst *st)
+{
+    free(st->vroot.kids);
+    free(st->id_row);
+    free(st->eroot.kids);
+    if (st->tab) munmap(st->tab, st->cap * sizeof *st->tab);
+    free(st->vattr);
+    u64map_free(&st->seen_visitor);
+    u64map_free(&st->seen_visit);
+}
+
 /* ---------------------------------------------------------------- entry */
 
 static void qs_free(struct qs *c)
@@ -1373,11 +1938,11 @@ static void qs_free(struct qs *c)
     free(c);
 }
 
-int qexec_scan(struct store *s, uint32_t site_id, const struct query *q, struct q_range r,
-               bool want_total, const struct q_budget *b, struct q_table *t)
+static struct qs *qs_new(struct store *s, uint32_t site_id, const struct query *q, struct q_range r,
+                         const struct q_budget *b)
 {
     struct qs *c = calloc(1, sizeof *c);
-    if (!c) return TALLY_ENOMEM;
+    if (!c) return NULL;
     c->s = s;
     c->site = site_id;
     c->q = q;
@@ -1386,6 +1951,14 @@ int qexec_scan(struct store *s, uint32_t site_id, const struct query *q, struct 
     c->deadline = b ? b->deadline_ms : 0;
     c->mem_max = b && b->memory_bytes_max ? b->memory_bytes_max : QS_MEMORY_DEFAULT;
     c->rows_max = b && b->rows_max ? b->rows_max : QS_ROWS_DEFAULT;
+    return c;
+}
+
+int qexec_scan(struct store *s, uint32_t site_id, const struct query *q, struct q_range r,
+               bool want_total, const struct q_budget *b, struct q_table *t)
+{
+    struct qs *c = qs_new(s, site_id, q, r, b);
+    if (!c) return TALLY_ENOMEM;
     int rc = TALLY_OK;
     if (site_id != 0 && r.to_ms > r.from_ms) {
         rc = compile(c);
@@ -1394,6 +1967,28 @@ int qexec_scan(struct store *s, uint32_t site_id, const struct query *q, struct 
         if (!rc) rc = aggregate(c, want_total);
     }
     if (!rc) rc = emit(c, t, want_total);
+    qs_free(c);
+    return rc;
+}
+
+int qexec_stream(struct store *s, uint32_t site_id, const struct query *q, struct q_range r,
+                 bool want_total, const struct q_budget *b, struct q_table *t)
+{
+    if (!qplan_stream_can(q)) return TALLY_ENOTSUP;
+    struct qs *c = qs_new(s, site_id, q, r, b);
+    if (!c) return TALLY_ENOMEM;
+    struct qst st = {0};
+    c->st = &st;
+    c->total.a.visitors_exact = true;
+    int rc = TALLY_OK;
+    if (site_id != 0 && r.to_ms > r.from_ms) {
+        rc = compile(c);
+        if (!rc) rc = st_plan(c, want_total);
+        if (!rc) rc = st_run(c);
+    }
+    if (!rc) rc = emit(c, t, want_total);
+    st_free(&st);
+    c->st = NULL;
     qs_free(c);
     return rc;
 }

@@ -321,18 +321,31 @@ static int exec_one(struct store *s, uint32_t site_id, const struct query *q, st
 {
     int rc = TALLY_ENOTSUP;
     if (site_id == 0) { /* no data for the site yet */
-        *used = plan == Q_PLAN_SCAN ? Q_PLAN_SCAN : Q_PLAN_ROLLUP;
+        *used = plan == Q_PLAN_SCAN || plan == Q_PLAN_STREAM ? plan : Q_PLAN_ROLLUP;
         t->have_total = want_total;
         t->total.visitors_exact = true;
         return TALLY_OK;
     }
-    if (plan != Q_PLAN_SCAN && (plan == Q_PLAN_ROLLUP || qplan_rollup_can(q))) {
+    if (plan == Q_PLAN_ROLLUP || (plan == Q_PLAN_AUTO && qplan_rollup_can(q))) {
         rc = qexec_rollup(s, site_id, q, r, want_total, b, t);
         *used = Q_PLAN_ROLLUP;
         if (rc == TALLY_ENOTSUP && plan == Q_PLAN_ROLLUP) {
             snprintf(err, errcap, "the rollups cannot answer this query (use the scan plan)");
             return rc;
         }
+    }
+    if (rc == TALLY_ENOTSUP &&
+        (plan == Q_PLAN_STREAM || (plan == Q_PLAN_AUTO && qplan_stream_can(q)))) {
+        q_table_free(t);
+        rc = qexec_stream(s, site_id, q, r, want_total, b, t);
+        *used = Q_PLAN_STREAM;
+        if (rc == TALLY_ENOTSUP && plan == Q_PLAN_STREAM) {
+            snprintf(err, errcap, "the stream scan cannot answer this query (use the scan plan)");
+            return rc;
+        }
+        /* an hour of more rows than the budget holds at once: the holding form may still fit
+         * a short range */
+        if (rc == TALLY_ETOOBIG && plan == Q_PLAN_AUTO) rc = TALLY_ENOTSUP;
     }
     if (rc == TALLY_ENOTSUP) {
         q_table_free(t);
@@ -784,7 +797,10 @@ int query_execute(struct store *s, uint32_t site_id, const struct query *q,
             cJSON_AddNumberToObject(meta, "visitors_standard_error_percent", 0.81);
             cJSON_AddNumberToObject(meta, "visitors_error_bound_percent", 2.43);
         }
-        cJSON_AddStringToObject(meta, "plan", used == Q_PLAN_SCAN ? "scan" : "rollup");
+        cJSON_AddStringToObject(meta, "plan",
+                                used == Q_PLAN_SCAN     ? "scan"
+                                : used == Q_PLAN_STREAM ? "stream"
+                                                        : "rollup");
         if ((metric_wanted(q, QM_TOTAL_REVENUE) || metric_wanted(q, QM_AVERAGE_REVENUE)) &&
             main_t.have_total && main_t.n_other_rev) {
             /* revenue in other currencies is reported, never converted (API.md §4) */

@@ -229,7 +229,11 @@ struct q_budget {
     size_t rows_max;
 };
 
-enum q_plan { Q_PLAN_AUTO = 0, Q_PLAN_ROLLUP, Q_PLAN_SCAN };
+/* AUTO: the rollups when qplan_rollup_can, else the scan in its stream form when
+ * qplan_stream_can (and the query's fields fit its rows), else the scan holding the range's
+ * events. SCAN forces the holding form, STREAM the stream form (TALLY_ENOTSUP when it cannot
+ * answer). */
+enum q_plan { Q_PLAN_AUTO = 0, Q_PLAN_ROLLUP, Q_PLAN_SCAN, Q_PLAN_STREAM };
 
 /* Whether the rollup cells can answer q exactly (totals, time series, one dimension, filters
  * only on that dimension or on nothing; metrics the cells hold). */
@@ -242,6 +246,15 @@ int qexec_rollup(struct store *s, uint32_t site_id, const struct query *q, struc
                  bool want_total, const struct q_budget *b, struct q_table *t);
 int qexec_scan(struct store *s, uint32_t site_id, const struct query *q, struct q_range r,
                bool want_total, const struct q_budget *b, struct q_table *t);
+/* Whether the scan's stream form (qscan.c, STREAM FORM) can answer q: metrics visitors,
+ * visits, pageviews, views_per_visit, events, percentage and the conversion rates; no goal and
+ * no exit-page dimension or filter. */
+bool qplan_stream_can(const struct query *q);
+/* The scan in its stream form: the same answers as qexec_scan, without holding the range's
+ * events. TALLY_ENOTSUP when !qplan_stream_can(q) or its fields and properties are more than a
+ * raw_row carries (RAW_ROW_FIELDS_MAX); else as qexec_scan. */
+int qexec_stream(struct store *s, uint32_t site_id, const struct query *q, struct q_range r,
+                 bool want_total, const struct q_budget *b, struct q_table *t);
 
 /* Plans (q_plan: AUTO picks rollups when qplan_rollup_can, else the scan), runs the main range
  * and the comparison range, and writes the response body for q->api (v2: {results, meta,

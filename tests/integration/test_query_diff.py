@@ -1,8 +1,9 @@
 """Stats API (POST /api/v2/query) differential test: a seeded random event set is sent through
 native ingest, the same events are loaded into SQLite, and several hundred seeded random queries
-are answered three ways: the raw-store scan (X-Tally-Plan: scan), the rollup cells
-(X-Tally-Plan: rollup, when the planner says they can) and a reference computed here in SQL +
-Python from query.h's SEMANTICS paragraph. All three must agree exactly. Then hand-checked cases
+are answered up to four ways: the raw-store scan holding the range's events (X-Tally-Plan:
+scan), the same scan in its stream form (X-Tally-Plan: stream, when qplan_stream_can), the
+rollup cells (X-Tally-Plan: rollup, when the planner says they can) and a reference computed
+here in SQL + Python from query.h's SEMANTICS paragraph. All must agree exactly. Then hand-checked cases
 for each metric's definition on tiny event sets.
 
 REFERENCE MODEL (query.h SEMANTICS, engine.h, dedup.h, visitor.h):
@@ -668,6 +669,18 @@ def rollup_can(q):
     return True
 
 
+STREAM_METRICS = {"visitors", "visits", "pageviews", "views_per_visit", "events", "percentage",
+                  "conversion_rate", "group_conversion_rate"}
+
+
+def stream_can(q):
+    """qplan_stream_can (qscan.c), on the shapes generated here (flat filter lists)."""
+    if any(m not in STREAM_METRICS for m in q["metrics"]):
+        return False
+    fields = list(q["dimensions"]) + [f[1] for f in q.get("filters", [])]
+    return not any(x in ("event:goal", "visit:exit_page") for x in fields)
+
+
 # ------------------------------------------------------------------ the differential test
 
 @test
@@ -687,7 +700,7 @@ def random_queries_scan_rollup_and_reference_agree():
         print("sent %d events (%.1fs): %d counted in %d visits, excluded %s" %
               (len(events), time.time() - t0, ref.nevents, ref.nvisits, ref.excluded))
         check(ref.nvisits > 300 and ref.nevents > 2000, "generator too small")
-        nq = ncomparable = nskipped = 0
+        nq = ncomparable = nskipped = nstream = 0
         mismatches = []
         t0 = time.time()
         nrows = nempty = 0
@@ -706,6 +719,12 @@ def random_queries_scan_rollup_and_reference_agree():
             shapes[shape] = shapes.get(shape, 0) + 1
             s, body = query(t, key, qdoc, "scan")
             got_scan = rows_of(body) if s == 200 else ["HTTP %d %s" % (s, body)]
+            if stream_can(qdoc):
+                s3, body3 = query(t, key, qdoc, "stream")
+                nstream += 1
+                got_stream = rows_of(body3) if s3 == 200 else ["HTTP %d %s" % (s3, body3)]
+                if got_stream != expect:
+                    mismatches.append((qdoc, expect, got_stream, None))
             got_rollup = None
             if rollup_can(qdoc):
                 s2, body2 = query(t, key, qdoc, "rollup")
@@ -721,8 +740,10 @@ def random_queries_scan_rollup_and_reference_agree():
                 mismatches.append((qdoc, expect, got_scan, got_rollup))
         print("queries %d (%d expected rows, %d queries all-zero or empty; shapes %s)" %
               (nq, nrows, nempty, ", ".join("%s %d" % kv for kv in sorted(shapes.items()))))
-        print("queries %d, rollup-comparable %d (rollup refused %d), mismatches %d (%.1fs)" %
-              (nq, ncomparable, nskipped, len(mismatches), time.time() - t0))
+        print("queries %d, rollup-comparable %d (rollup refused %d), stream-comparable %d, "
+              "mismatches %d (%.1fs)" % (nq, ncomparable, nskipped, nstream, len(mismatches),
+                                         time.time() - t0))
+        check(nstream >= QUERIES // 5, "too few queries the stream form answers: %d" % nstream)
         # the same rollup queries again: whole-day breakdowns now come from the query cache
         for qdoc, first in rollup_answers:
             s2, body2 = query(t, key, qdoc, "rollup")
