@@ -1401,6 +1401,8 @@ struct qsv {
 struct qst {
     struct qsv *tab; /* cap entries, a power of two, at most half used */
     size_t cap, nv;
+    unsigned shift;  /* 64 - log2(cap) */
+    bool mix;        /* home slots by a mixing hash, not the visitor's top bits */
     uint32_t *vattr; /* visit attributes: stride values per visitor (seq - 1), when used */
     size_t capvattr;
     int fields[RAW_ROW_FIELDS_MAX]; /* what each raw_row val[] holds: fields, then props */
@@ -1428,6 +1430,7 @@ struct qst {
 #define QS_STREAM_THREADS 1   /* decoding threads beside the query's (raw_scan_hours) */
 #define QS_STREAM_PREFETCH 64 /* rows between a prefetch of a visitor's entry and its use */
 #define QS_STREAM_TABLE_MIN 65536
+#define QS_STREAM_PROBE_MAX 64           /* a longer probe switches the table to a mixing hash */
 #define QS_STREAM_ID_ROWS_MAX (1u << 24) /* ids beyond: rows found by their key's hash */
 #define QS_STREAM_HUGE_BYTES (2u << 20)  /* tables at least this large ask for huge pages */
 
@@ -1589,9 +1592,13 @@ static bool st_seen(struct qs *c, struct srow *r, bool visit)
     return false;
 }
 
+/* A visitor's home slot. Stored visitors are keyed hashes (uniform), so their top bits are the
+ * slot: a run of an hour's rows, sorted by visitor, then walks the table in address order (as
+ * funnel.c's table). Should the values not be uniform (a probe longer than
+ * QS_STREAM_PROBE_MAX), the table is rebuilt with a mixing hash. */
 static inline size_t st_home(const struct qst *st, uint64_t visitor)
 {
-    return (size_t)u64map_hash(visitor) & (st->cap - 1);
+    return st->mix ? (size_t)u64map_hash(visitor) & (st->cap - 1) : (size_t)(visitor >> st->shift);
 }
 
 /* The table is mapped: zero pages, and huge pages where granted (random access over
@@ -1605,14 +1612,10 @@ static struct qsv *st_table_alloc(size_t cap)
     return p;
 }
 
-/* Room in the table for n more visitors. */
-static int st_reserve(struct qs *c, size_t n)
+/* Moves the entries into a new table of cap slots (cap >= the current one). */
+static int st_rehash(struct qs *c, size_t cap)
 {
     struct qst *st = c->st;
-    if ((st->nv + n + 1) * 2 <= st->cap) return TALLY_OK;
-    size_t cap = st->cap ? st->cap : QS_STREAM_TABLE_MIN;
-    while ((st->nv + n + 1) * 2 > cap)
-        cap *= 2;
     int rc = qs_charge(c, (cap - st->cap) * sizeof *st->tab);
     if (rc) return rc;
     struct qsv *t = st_table_alloc(cap);
@@ -1621,6 +1624,7 @@ static int st_reserve(struct qs *c, size_t n)
     size_t oldcap = st->cap;
     st->tab = t;
     st->cap = cap;
+    st->shift = 64 - (unsigned)__builtin_ctzll(cap);
     for (size_t i = 0; i < oldcap; i++) {
         if (!old[i].used) continue;
         size_t j = st_home(st, old[i].visitor);
@@ -1632,17 +1636,33 @@ static int st_reserve(struct qs *c, size_t n)
     return TALLY_OK;
 }
 
+/* Room in the table for n more visitors. */
+static int st_reserve(struct qs *c, size_t n)
+{
+    struct qst *st = c->st;
+    if ((st->nv + n + 1) * 2 <= st->cap) return TALLY_OK;
+    size_t cap = st->cap ? st->cap : QS_STREAM_TABLE_MIN;
+    while ((st->nv + n + 1) * 2 > cap)
+        cap *= 2;
+    return st_rehash(c, cap);
+}
+
 /* The visitor's entry, created when absent (room reserved by st_reserve). */
 static int st_find(struct qs *c, uint64_t visitor, struct qsv **out)
 {
     struct qst *st = c->st;
-    size_t i = st_home(st, visitor);
+    size_t i = st_home(st, visitor), probes = 0;
     while (st->tab[i].used) {
         if (st->tab[i].visitor == visitor) {
             *out = &st->tab[i];
             return TALLY_OK;
         }
         i = (i + 1) & (st->cap - 1);
+        if (++probes > QS_STREAM_PROBE_MAX && !st->mix) { /* clustered: not uniform values */
+            st->mix = true;
+            int rc = st_rehash(c, st->cap);
+            return rc ? rc : st_find(c, visitor, out);
+        }
     }
     if (st->nv >= UINT32_MAX - 1) return TALLY_ETOOBIG;
     if (st->row1 && st->nv + 1 > st->capvattr) {

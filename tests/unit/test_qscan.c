@@ -857,6 +857,38 @@ TEST(stream_same_as_hold)
     store_close(fx.s);
 }
 
+/* Visitor values that are not uniform hashes (small numbers) crowd the stream's table at its
+ * first slots until it switches to a mixing hash; every visitor is still found again. */
+TEST(stream_clustered_visitors)
+{
+    nevs = 0;
+    for (uint64_t v = 1; v <= 300; v++) {
+        push(T("10:00:00") + (int64_t)v * 1000, v, "pageview", v % 2 ? "/a" : "/b");
+        push(T("10:20:00") + (int64_t)v * 1000, v, "pageview", "/a");
+    }
+    struct fixture fx;
+    load_now(&fx);
+    struct query q;
+    query_init(&q, &fx, T("10:00:00"), T("11:00:00"));
+    q.nmetrics = 2;
+    q.metrics[0] = QM_VISITORS;
+    q.metrics[1] = QM_VISITS;
+    q.ndims = 1;
+    q.dims[0].field = ROLLUP_DIM_PAGE;
+    struct q_table t;
+    ASSERT_EQ(stream(&fx, &q, &t), 0);
+    ASSERT_EQ(t.total.visitors, 300);
+    ASSERT_EQ(t.total.visits, 300);
+    ASSERT_EQ(t.n, 2);
+    ASSERT_STREQ(t.rows[0].dims[0], "/a");
+    ASSERT_EQ(t.rows[0].a.visitors, 300);
+    ASSERT_EQ(t.rows[0].a.visits, 300);
+    ASSERT_EQ(t.rows[0].a.pageviews, 450);
+    ASSERT_EQ(t.rows[1].a.visitors, 150);
+    q_table_free(&t);
+    store_close(fx.s);
+}
+
 /* The stream form refuses what it does not compute, and the hand-checked range edges hold. */
 TEST(stream_edges_and_refusals)
 {
@@ -970,6 +1002,7 @@ int main(void)
     RUN(goals);
     RUN(stream_same_as_hold);
     RUN(stream_edges_and_refusals);
+    RUN(stream_clustered_visitors);
     RUN(budget_and_speed);
     return test_summary();
 }
