@@ -63,18 +63,22 @@
  * exactly, visitors included.
  *
  * STREAM FORM (qexec_stream; qplan_stream_can says which queries). Phases 2-5 above hold
- * every event of the range and sort them; for the metrics visitors, visits, pageviews, events
- * (and those derived from them) with no goals and no exit page, nothing needs a whole visit at
- * once, so the events are judged as they go by: raw_scan_hours hands the span over hour by
- * hour, each visitor's rows in time order, decoded on a second thread (raw.h), and each
- * visitor has an entry in an open-addressing table (struct qsv): the last event's time (a gap
- * of QS_GAP_MS or more begins a visit), the visit's first time, whether it began in the range,
- * its serial and, when a filter or dimension reads visit attributes, the first event's slot
+ * every event of the range and sort them; for the metrics visitors, visits, pageviews, events,
+ * bounce rate and visit duration (and those derived from them) with no goals and no exit page,
+ * nothing needs a whole visit at once, so the events are judged as they go by: raw_scan_hours hands
+ * the span over hour by hour, each visitor's rows in time order, decoded on a second thread
+ * (raw.h), and each visitor has an entry in an open-addressing table (struct qsv): the last event's
+ * time (a gap of QS_GAP_MS or more begins a visit), the visit's first time, whether it began in the
+ * range, its serial and, when a filter or dimension reads visit attributes, the first event's slot
  * values. An event is evaluated with the same compiled filter (eval) and added to the same
  * rows (rows_add, row_add) as in the holding form; distinct visitors and visits per row, which
  * the holding form gets from visitor-by-visitor order, come from sets of (row, visitor) and
  * (row, visit) pairs, each visitor remembering its last row so that a run of events on one
- * row asks a set once (no dimensions: never). The span: visits need to know whether a visit
+ * row asks a set once (the first 64 rows: a bit per row in the entry). A visit's bounce and
+ * duration are known when it ends (its visitor's next visit begins, or the stream ends): each
+ * counted visit gets a number, the rows it was counted in are noted as (row, number) pairs,
+ * and when it ends its bounce and duration go to the total at once and to its rows after the
+ * stream. The span: visits need to know whether a visit
  * began before the range, i.e. whether the visitor had an event less than QS_GAP_MS before
  * its first one in the range, so the stream begins QS_GAP_MS before `from`; visit attributes
  * need the visit's first event however far back its chain goes, so a probe first walks back
@@ -1394,8 +1398,27 @@ struct qsv {
     uint32_t visit;   /* the current visit's serial (c->visit_seq when it began) */
     uint32_t vrow;    /* the last row (index + 1) beyond 63 the visitor was counted in */
     uint32_t krow;    /* the last row (index + 1) beyond 63 the current visit was counted in */
-    bool used, first_in, tot_visitor, tot_visit;
-    bool vok; /* the current visit passes the filter's visit-only conjuncts */
+    uint32_t kidx;    /* the current visit's number + 1 among the counted ones (0: not counted) */
+    uint8_t fl;       /* QSV_* */
+    uint8_t pv;       /* pageviews of the current visit, up to 2 (a bounce has 1) */
+};
+_Static_assert(sizeof(struct qsv) == 64, "a visitor's entry is one cache line");
+#define QSV_USED 0x1u
+#define QSV_FIRST_IN 0x2u    /* the current visit began in the range */
+#define QSV_TOT_VISITOR 0x4u /* the visitor is counted in the total */
+#define QSV_TOT_VISIT 0x8u   /* the current visit is counted in the total */
+#define QSV_VOK 0x10u        /* the current visit passes the filter's visit-only conjuncts */
+#define QSV_OTHER 0x20u      /* the current visit holds an interactive event not a pageview */
+
+/* A counted visit's bounce and duration, known when it ends (st_close). */
+struct qskres {
+    int64_t duration_ms;
+    bool bounce;
+};
+
+/* A row a counted visit was counted in: its bounce and duration go there once it ends. */
+struct qspair {
+    uint32_t row, kidx;
 };
 
 struct qst {
@@ -1418,6 +1441,11 @@ struct qst {
     bool row1;          /* the event filter or a dimension reads row 1 (the visit) */
     bool visits;        /* visit contributions are made (always, see st_plan) */
     bool visit_metrics; /* ... and counted: visits are asked for */
+    bool end_metrics;   /* bounce rate or visit duration: known when a visit ends */
+    struct qskres *kres; /* per counted visit (kidx - 1) */
+    size_t nk, capk;
+    struct qspair *pairs; /* (row, counted visit) for end_metrics */
+    size_t npairs, cappairs;
     bool time_dims;     /* a dimension is time */
     bool want_total;
     struct qsv *cur;  /* the visitor whose event is being added */
@@ -1456,10 +1484,12 @@ bool qplan_stream_can(const struct query *q)
         case QM_PAGEVIEWS:
         case QM_VIEWS_PER_VISIT:
         case QM_EVENTS:
+        case QM_BOUNCE_RATE:
+        case QM_VISIT_DURATION:
         case QM_PERCENTAGE:
         case QM_CONVERSION_RATE:
         case QM_GROUP_CONVERSION_RATE: break;
-        default: return false; /* bounces, durations, time on page, revenue */
+        default: return false; /* time on page, revenue */
         }
     for (size_t d = 0; d < q->ndims; d++)
         if (q->dims[d].field == Q_DIM_GOAL || q->dims[d].field == ROLLUP_DIM_EXIT_PAGE)
@@ -1545,9 +1575,11 @@ static int st_plan(struct qs *c, bool want_total)
     /* visit contributions are made whatever the metrics: they make rows too (a row of an
      * in-scope event after the range, of a visit begun in it), as in the holding form */
     st->visits = true;
-    for (size_t i = 0; i < c->q->nmetrics; i++)
-        st->visit_metrics |=
-            c->q->metrics[i] == QM_VISITS || c->q->metrics[i] == QM_VIEWS_PER_VISIT;
+    for (size_t i = 0; i < c->q->nmetrics; i++) {
+        enum q_metric m = c->q->metrics[i];
+        st->end_metrics |= m == QM_BOUNCE_RATE || m == QM_VISIT_DURATION;
+        st->visit_metrics |= m == QM_VISITS || m == QM_VIEWS_PER_VISIT || st->end_metrics;
+    }
     for (size_t d = 0; d < c->ndims; d++)
         st->time_dims |= c->dims[d].src == SRC_TIME;
     st->by_id = c->ndims == 1 && (c->dims[0].src == SRC_EVENT || c->dims[0].src == SRC_VISIT);
@@ -1561,18 +1593,10 @@ static bool st_visit_metrics(const struct qs *c)
     return c->st->visit_metrics;
 }
 
-/* Whether row r already counted the current visitor (visit: the current visit). */
-static bool st_seen(struct qs *c, struct srow *r, bool visit)
+/* st_seen for a row other than the total. */
+static bool st_seen_row(struct qs *c, struct qsv *v, uint32_t idx, bool visit)
 {
     struct qst *st = c->st;
-    struct qsv *v = st->cur;
-    if (r == &c->total) {
-        bool *f = visit ? &v->tot_visit : &v->tot_visitor;
-        bool was = *f;
-        *f = true;
-        return was;
-    }
-    uint32_t idx = (uint32_t)(r - c->rows);
     if (idx < 64) { /* the first rows made (the commonest values): a bit in the entry */
         uint64_t *mask = visit ? &v->kmask : &v->vmask, bit = 1ULL << idx;
         bool was = *mask & bit;
@@ -1590,6 +1614,60 @@ static bool st_seen(struct qs *c, struct srow *r, bool visit)
     if (!rc && !u64map_put(m, key, 1)) rc = TALLY_ENOMEM;
     if (rc && !c->err) c->err = rc;
     return false;
+}
+
+/* Whether row r already counted the current visitor (visit: the current visit). A visit
+ * counted in a row for the first time is noted there for its bounce and duration (st_close). */
+static bool st_seen(struct qs *c, struct srow *r, bool visit)
+{
+    struct qst *st = c->st;
+    struct qsv *v = st->cur;
+    if (r == &c->total) {
+        uint8_t f = visit ? QSV_TOT_VISIT : QSV_TOT_VISITOR;
+        bool was = v->fl & f;
+        v->fl |= f;
+        return was;
+    }
+    uint32_t idx = (uint32_t)(r - c->rows);
+    if (st_seen_row(c, v, idx, visit)) return true;
+    if (visit && st->end_metrics) {
+        int rc = qs_grow(c, (void **)&st->pairs, &st->cappairs, st->npairs + 1, sizeof *st->pairs);
+        if (rc) {
+            if (!c->err) c->err = rc;
+        } else {
+            st->pairs[st->npairs++] = (struct qspair){idx, v->kidx};
+        }
+    }
+    return false;
+}
+
+/* The current visit of v ends: its bounce and duration for the total and its rows. */
+static void st_close(struct qs *c, struct qsv *v)
+{
+    struct qst *st = c->st;
+    if (!v->kidx) return;
+    const bool bounce = v->pv == 1 && !(v->fl & QSV_OTHER);
+    const int64_t dur = v->last_ts - v->first_ts;
+    st->kres[v->kidx - 1] = (struct qskres){dur, bounce};
+    if (v->fl & QSV_TOT_VISIT) {
+        c->total.a.bounces += bounce;
+        c->total.a.duration_ms += dur;
+    }
+    v->kidx = 0;
+}
+
+/* After the stream: every visit ended; each row gets its visits' bounces and durations. */
+static void st_finish(struct qs *c)
+{
+    struct qst *st = c->st;
+    for (size_t i = 0; i < st->cap; i++)
+        if (st->tab[i].fl & QSV_USED) st_close(c, &st->tab[i]);
+    for (size_t i = 0; i < st->npairs; i++) {
+        const struct qskres *k = &st->kres[st->pairs[i].kidx - 1];
+        struct q_agg *a = &c->rows[st->pairs[i].row].a;
+        a->bounces += k->bounce;
+        a->duration_ms += k->duration_ms;
+    }
 }
 
 /* A visitor's home slot. Stored visitors are keyed hashes (uniform), so their top bits are the
@@ -1626,9 +1704,9 @@ static int st_rehash(struct qs *c, size_t cap)
     st->cap = cap;
     st->shift = 64 - (unsigned)__builtin_ctzll(cap);
     for (size_t i = 0; i < oldcap; i++) {
-        if (!old[i].used) continue;
+        if (!(old[i].fl & QSV_USED)) continue;
         size_t j = st_home(st, old[i].visitor);
-        while (t[j].used)
+        while (t[j].fl & QSV_USED)
             j = (j + 1) & (cap - 1);
         t[j] = old[i];
     }
@@ -1652,7 +1730,7 @@ static int st_find(struct qs *c, uint64_t visitor, struct qsv **out)
 {
     struct qst *st = c->st;
     size_t i = st_home(st, visitor), probes = 0;
-    while (st->tab[i].used) {
+    while (st->tab[i].fl & QSV_USED) {
         if (st->tab[i].visitor == visitor) {
             *out = &st->tab[i];
             return TALLY_OK;
@@ -1671,7 +1749,7 @@ static int st_find(struct qs *c, uint64_t visitor, struct qsv **out)
         if (rc) return rc;
         st->capvattr = cap / (c->stride ? c->stride : 1);
     }
-    st->tab[i] = (struct qsv){.visitor = visitor, .seq = (uint32_t)++st->nv, .used = true};
+    st->tab[i] = (struct qsv){.visitor = visitor, .seq = (uint32_t)++st->nv, .fl = QSV_USED};
     *out = &st->tab[i];
     return TALLY_OK;
 }
@@ -1716,20 +1794,26 @@ static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r)
         if (st->slot[i] >= 0) x[st->slot[i]] = r->val[i];
     uint32_t *va = st->row1 ? st->vattr + (size_t)(v->seq - 1) * stride : NULL;
     if (v->visit == 0 || ts - v->last_ts >= QS_GAP_MS) { /* a visit begins */
+        if (v->visit) st_close(c, v);
         v->first_ts = ts;
-        v->first_in = in_range(c, ts);
         v->visit = ++c->visit_seq;
         v->krow = 0;
         v->kmask = 0;
-        v->tot_visit = false;
-        v->vok = !st->vfilter || eval(c, st->vfilter, 0, 0, 0); /* row 0: its first event */
+        v->pv = 0;
+        v->fl &= (uint8_t) ~(QSV_FIRST_IN | QSV_TOT_VISIT | QSV_VOK | QSV_OTHER);
+        if (in_range(c, ts)) v->fl |= QSV_FIRST_IN;
+        if (!st->vfilter || eval(c, st->vfilter, 0, 0, 0)) v->fl |= QSV_VOK; /* row 0: first */
         if (va)
             for (size_t i = 0; i < stride; i++)
                 va[i] = x[i];
     }
     v->last_ts = ts;
-    const bool in_r = in_range(c, ts), visit = st->visits && v->first_in;
-    if (!v->vok || (!in_r && !visit)) return c->err;
+    if (r->flags & RAW_F_PAGEVIEW)
+        v->pv += v->pv < 2;
+    else if (!(r->flags & RAW_F_NONINTERACTIVE))
+        v->fl |= QSV_OTHER;
+    const bool in_r = in_range(c, ts), visit = st->visits && (v->fl & QSV_FIRST_IN);
+    if (!(v->fl & QSV_VOK) || (!in_r && !visit)) return c->err;
     if (va)
         for (size_t i = 0; i < stride; i++)
             x[stride + i] = va[i];
@@ -1746,6 +1830,12 @@ static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r)
      * contribution made its row already unless a time bucket differs (the visit's is its
      * first event's). */
     if (visit && (st->visit_metrics || !in_r || st->time_dims)) {
+        if (st->end_metrics && !v->kidx) { /* counted: its bounce and duration when it ends */
+            if ((rc = qs_grow(c, (void **)&st->kres, &st->capk, st->nk + 1, sizeof *st->kres)))
+                return rc;
+            st->kres[st->nk++] = (struct qskres){0};
+            v->kidx = (uint32_t)st->nk;
+        }
         const struct contrib vk = {.visit = true, .visitor_seq = v->seq, .e = &e};
         if (st->want_total && st->visit_metrics) row_add(c, &c->total, &vk);
         if ((rc = st_rows_add(c, v->first_ts, &vk))) return rc;
@@ -1895,8 +1985,7 @@ static bool st_pending(const struct qs *c, int64_t hi)
 {
     const struct qst *st = c->st;
     for (size_t i = 0; i < st->cap; i++)
-        if (st->tab[i].used && st->tab[i].first_in && st->tab[i].last_ts > hi - QS_GAP_MS)
-            return true;
+        if ((st->tab[i].fl & QSV_FIRST_IN) && st->tab[i].last_ts > hi - QS_GAP_MS) return true;
     return false;
 }
 
@@ -1912,6 +2001,7 @@ static int st_run(struct qs *c)
     for (int64_t hi = c->r.to_ms;
          !rc && st->visits && hi < INT64_MAX - QS_GAP_MS && st_pending(c, hi); hi += QS_GAP_MS)
         rc = st_scan(c, hi, hi + QS_GAP_MS, st_hour, c);
+    if (!rc && st->end_metrics) st_finish(c);
     return rc ? rc : c->err;
 }
 
@@ -1919,6 +2009,8 @@ static void st_free(struct qst *st)
 {
     free(st->vroot.kids);
     free(st->id_row);
+    free(st->kres);
+    free(st->pairs);
     free(st->eroot.kids);
     if (st->tab) munmap(st->tab, st->cap * sizeof *st->tab);
     free(st->vattr);

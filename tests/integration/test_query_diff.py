@@ -669,8 +669,9 @@ def rollup_can(q):
     return True
 
 
-STREAM_METRICS = {"visitors", "visits", "pageviews", "views_per_visit", "events", "percentage",
-                  "conversion_rate", "group_conversion_rate"}
+STREAM_METRICS = {"visitors", "visits", "pageviews", "views_per_visit", "bounce_rate",
+                  "visit_duration", "events", "percentage", "conversion_rate",
+                  "group_conversion_rate"}
 
 
 def stream_can(q):

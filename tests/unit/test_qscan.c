@@ -725,14 +725,15 @@ static int stream(const struct fixture *fx, const struct query *q, struct q_tabl
 }
 
 /* The numbers the stream form computes (not bounces, durations, time on page, revenue; visits
- * only when asked for). */
-static bool agg_same(const struct q_agg *a, const struct q_agg *b, bool visits)
+ * visits 1: and visits; 2: and bounces and durations). */
+static bool agg_same(const struct q_agg *a, const struct q_agg *b, int visits)
 {
-    return a->visitors == b->visitors && (!visits || a->visits == b->visits) &&
+    return a->visitors == b->visitors && (visits < 1 || a->visits == b->visits) &&
+           (visits < 2 || (a->bounces == b->bounces && a->duration_ms == b->duration_ms)) &&
            a->pageviews == b->pageviews && a->events == b->events;
 }
 
-static void tables_same(const struct q_table *h, const struct q_table *s, int i, bool visits)
+static void tables_same(const struct q_table *h, const struct q_table *s, int i, int visits)
 {
     if (!agg_same(&h->total, &s->total, visits))
         TEST_FAIL_("query %d total: hold vi %llu vs %lld pv %lld ev %lld; stream vi %llu vs %lld "
@@ -808,10 +809,12 @@ TEST(stream_same_as_hold)
         int64_t from = d0 - 86400000 + (int64_t)(rnd() % (5 * 1440)) * 60000 + rnd() % 60000;
         int64_t to = from + 1 + (int64_t)(rnd() % (3 * 1440)) * 60000 + rnd() % 60000;
         query_init(&q, &fx, from, to);
-        q.nmetrics = 4;
+        q.nmetrics = 6;
         q.metrics[0] = QM_VISITORS, q.metrics[1] = QM_VISITS, q.metrics[2] = QM_PAGEVIEWS,
-        q.metrics[3] = QM_EVENTS;
-        if (rnd() % 4 == 0) q.nmetrics = 1; /* visitors only: no visit state needed */
+        q.metrics[3] = QM_EVENTS, q.metrics[4] = QM_BOUNCE_RATE, q.metrics[5] = QM_VISIT_DURATION;
+        uint32_t mk = rnd() % 4;
+        if (mk == 0) q.nmetrics = 1; /* visitors only: no visit metrics */
+        if (mk == 1) q.nmetrics = 4; /* no bounces and durations (known at a visit's end) */
         q.ndims = rnd() % 3;
         for (size_t d = 0; d < q.ndims; d++)
             q.dims[d] = dims[rnd() % TALLY_ARRAY_LEN(dims)];
@@ -846,7 +849,7 @@ TEST(stream_same_as_hold)
             continue;
         }
         ASSERT_EQ(rc, 0);
-        tables_same(&h, &s, i, q.nmetrics > 1);
+        tables_same(&h, &s, i, q.nmetrics == 1 ? 0 : q.nmetrics == 4 ? 1 : 2);
         streamed++;
         with_visits += h.total.visits > 0;
         q_table_free(&h);
@@ -897,14 +900,18 @@ TEST(stream_edges_and_refusals)
     load_now(&fx);
     struct query q;
     query_init(&q, &fx, T("10:00:00"), T("12:00:00"));
-    q.nmetrics = 2;
+    q.nmetrics = 4;
     q.metrics[0] = QM_VISITS;
     q.metrics[1] = QM_PAGEVIEWS;
+    q.metrics[2] = QM_VISIT_DURATION;
+    q.metrics[3] = QM_BOUNCE_RATE;
     struct q_table t;
     ASSERT_EQ(stream(&fx, &q, &t), 0);
     ASSERT_EQ(t.total.visits, 1); /* only B starts in the range */
     ASSERT_EQ(t.total.pageviews, 8);
     ASSERT_EQ(t.total.visitors, 3);
+    ASSERT_EQ(t.total.duration_ms, 50 * 60000); /* B: 11:50 .. 12:40, after the range */
+    ASSERT_EQ(t.total.bounces, 0);
     q_table_free(&t);
     /* C's visit began at 06:00, five windows before the range: the probe goes back that far */
     q.ndims = 1;
@@ -927,7 +934,7 @@ TEST(stream_edges_and_refusals)
     q_table_free(&t);
     /* what it does not compute */
     q.filter = NULL;
-    q.metrics[1] = QM_BOUNCE_RATE;
+    q.metrics[1] = QM_TIME_ON_PAGE;
     ASSERT_TRUE(!qplan_stream_can(&q));
     ASSERT_EQ(stream(&fx, &q, &t), TALLY_ENOTSUP);
     q.metrics[1] = QM_PAGEVIEWS;
