@@ -63,9 +63,9 @@
  * exactly, visitors included.
  *
  * STREAM FORM (qexec_stream; qplan_stream_can says which queries). Phases 2-5 above hold
- * every event of the range and sort them; for the metrics visitors, visits, pageviews, events,
- * bounce rate and visit duration (and those derived from them) with no goals and no exit page,
- * nothing needs a whole visit at once, so the events are judged as they go by: raw_scan_hours hands
+ * every event of the range and sort them; for every metric but revenue (not in a raw_row), with
+ * no goals and no exit page, nothing needs a whole visit at once, so the events are judged as
+ * they go by: raw_scan_hours hands
  * the span over hour by hour, each visitor's rows in time order, decoded on a second thread
  * (raw.h), and each visitor has an entry in an open-addressing table (struct qsv): the last event's
  * time (a gap of QS_GAP_MS or more begins a visit), the visit's first time, whether it began in the
@@ -78,18 +78,19 @@
  * duration are known when it ends (its visitor's next visit begins, or the stream ends): each
  * counted visit gets a number, the rows it was counted in are noted as (row, number) pairs,
  * and when it ends its bounce and duration go to the total at once and to its rows after the
- * stream. The span: visits need to know whether a visit
- * began before the range, i.e. whether the visitor had an event less than QS_GAP_MS before
+ * stream. Time on page: an in-scope pageview in the range waits in its visitor's entry
+ * (QSV_TOP, its row in top_row) for the visit's next event. The span: visits need to know whether a
+ * visit began before the range, i.e. whether the visitor had an event less than QS_GAP_MS before
  * its first one in the range, so the stream begins QS_GAP_MS before `from`; visit attributes
  * need the visit's first event however far back its chain goes, so a probe first walks back
  * window by window (QS_GAP_MS each) while some visitor's chain grew into the window, and the
  * stream begins at the last such window (a chain cut there ends before the range and counts
- * nothing). A visit begun in the range is in scope by any of its events, also later ones: the
- * stream goes on window by window past `to` while such a visit may still continue. Events
- * before `from` only set visit state; after `to` they only put visits begun in the range in
- * scope. The memory is the visitor table, the pair sets and the hours in flight, not the
- * range's events. test_qscan's stream_same_as_hold and test_query_diff hold it to the
- * holding form and to the reference.
+ * nothing). A visit begun in the range is in scope by any of its events, also later ones, and
+ * a pageview's time on page may end after the range: the stream goes on window by window past
+ * `to` while such a visit may still continue. Events before `from` only set visit state; after
+ * `to` they only put visits begun in the range in scope and end times on page. The memory is the
+ * visitor table, the pair sets and the hours in flight, not the range's events. test_qscan's
+ * stream_same_as_hold and test_query_diff hold it to the holding form and to the reference.
  *
  * THREADS. One call runs on the caller's thread (the stream form also starts one decoding
  * thread for the call) and shares nothing (the query is read only).
@@ -1409,6 +1410,9 @@ _Static_assert(sizeof(struct qsv) == 64, "a visitor's entry is one cache line");
 #define QSV_TOT_VISIT 0x8u   /* the current visit is counted in the total */
 #define QSV_VOK 0x10u        /* the current visit passes the filter's visit-only conjuncts */
 #define QSV_OTHER 0x20u      /* the current visit holds an interactive event not a pageview */
+#define QSV_TOP                                                                                    \
+    0x40u /* its last event is an in-scope pageview in the range: its time                         \
+             on page comes with the visit's next event (row: top_row) */
 
 /* A counted visit's bounce and duration, known when it ends (st_close). */
 struct qskres {
@@ -1442,6 +1446,9 @@ struct qst {
     bool visits;        /* visit contributions are made (always, see st_plan) */
     bool visit_metrics; /* ... and counted: visits are asked for */
     bool end_metrics;   /* bounce rate or visit duration: known when a visit ends */
+    bool top;           /* time on page */
+    uint32_t *top_row;  /* per visitor (seq - 1): the row of its pageview pending (QSV_TOP) */
+    size_t captop;
     struct qskres *kres; /* per counted visit (kidx - 1) */
     size_t nk, capk;
     struct qspair *pairs; /* (row, counted visit) for end_metrics */
@@ -1486,10 +1493,11 @@ bool qplan_stream_can(const struct query *q)
         case QM_EVENTS:
         case QM_BOUNCE_RATE:
         case QM_VISIT_DURATION:
+        case QM_TIME_ON_PAGE:
         case QM_PERCENTAGE:
         case QM_CONVERSION_RATE:
         case QM_GROUP_CONVERSION_RATE: break;
-        default: return false; /* time on page, revenue */
+        default: return false; /* revenue (not in a raw_row) */
         }
     for (size_t d = 0; d < q->ndims; d++)
         if (q->dims[d].field == Q_DIM_GOAL || q->dims[d].field == ROLLUP_DIM_EXIT_PAGE)
@@ -1578,6 +1586,7 @@ static int st_plan(struct qs *c, bool want_total)
     for (size_t i = 0; i < c->q->nmetrics; i++) {
         enum q_metric m = c->q->metrics[i];
         st->end_metrics |= m == QM_BOUNCE_RATE || m == QM_VISIT_DURATION;
+        st->top |= m == QM_TIME_ON_PAGE;
         st->visit_metrics |= m == QM_VISITS || m == QM_VIEWS_PER_VISIT || st->end_metrics;
     }
     for (size_t d = 0; d < c->ndims; d++)
@@ -1749,6 +1758,10 @@ static int st_find(struct qs *c, uint64_t visitor, struct qsv **out)
         if (rc) return rc;
         st->capvattr = cap / (c->stride ? c->stride : 1);
     }
+    if (st->top && st->nv + 1 > st->captop) {
+        int rc = qs_grow(c, (void **)&st->top_row, &st->captop, st->nv + 1, sizeof *st->top_row);
+        if (rc) return rc;
+    }
     st->tab[i] = (struct qsv){.visitor = visitor, .seq = (uint32_t)++st->nv, .fl = QSV_USED};
     *out = &st->tab[i];
     return TALLY_OK;
@@ -1756,20 +1769,34 @@ static int st_find(struct qs *c, uint64_t visitor, struct qsv **out)
 
 /* rows_add for the stream: with one dimension of dictionary ids the row is found through
  * st->id_row (ids of a site are dense) instead of by hashing its key. */
-static int st_rows_add(struct qs *c, int64_t ts, const struct contrib *k)
+static int st_rows_add(struct qs *c, int64_t ts, const struct contrib *k, uint32_t *row)
 {
     struct qst *st = c->st;
-    if (!st->by_id) return rows_add(c, 0, 1, 1, ts, k);
+    struct srow *r;
+    int rc;
+    if (!st->by_id) { /* rows_add's key, without goals (the stream form has none) */
+        uint64_t key[QUERY_DIMS_MAX];
+        for (size_t d = 0; d < c->ndims; d++) {
+            const struct cdim *cd = &c->dims[d];
+            key[d] = cd->src == SRC_TIME    ? (uint64_t)tbucket(c, d, ts)
+                     : cd->src == SRC_VISIT ? ex_of(c, 1)[cd->slot]
+                                            : ex_of(c, 0)[cd->slot];
+        }
+        if ((rc = row_at(c, key, &r))) return rc;
+        row_add(c, r, k);
+        *row = (uint32_t)(r - c->rows);
+        return TALLY_OK;
+    }
     const struct cdim *cd = &c->dims[0];
     uint32_t id = ex_of(c, cd->src == SRC_VISIT ? 1 : 0)[cd->slot];
     if (id < st->nid_row && st->id_row[id]) {
-        row_add(c, &c->rows[st->id_row[id] - 1], k);
+        *row = st->id_row[id] - 1;
+        row_add(c, &c->rows[*row], k);
         return TALLY_OK;
     }
     uint64_t key[QUERY_DIMS_MAX] = {id};
-    struct srow *r;
-    int rc = row_at(c, key, &r);
-    if (rc) return rc;
+    if ((rc = row_at(c, key, &r))) return rc;
+    *row = (uint32_t)(r - c->rows);
     if (id < QS_STREAM_ID_ROWS_MAX) {
         size_t cap = st->nid_row;
         if (id >= cap &&
@@ -1777,10 +1804,24 @@ static int st_rows_add(struct qs *c, int64_t ts, const struct contrib *k)
             return rc;
         if (cap > st->nid_row) memset(st->id_row + st->nid_row, 0, (cap - st->nid_row) * 4);
         st->nid_row = cap;
-        st->id_row[id] = (uint32_t)(r - c->rows) + 1;
+        st->id_row[id] = *row + 1;
     }
     row_add(c, r, k);
     return TALLY_OK;
+}
+
+/* The pageview of v pending its time on page gets it: d ms until the visit's next event. */
+static void st_top(struct qs *c, struct qsv *v, int64_t d)
+{
+    struct qst *st = c->st;
+    struct q_agg *a = &c->rows[st->top_row[v->seq - 1]].a;
+    a->top_ms += d;
+    a->top_count++;
+    if (st->want_total) {
+        c->total.a.top_ms += d;
+        c->total.a.top_count++;
+    }
+    v->fl &= (uint8_t)~QSV_TOP;
 }
 
 /* One counted event of visitor v, in the visitor's time order. */
@@ -1800,13 +1841,14 @@ static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r)
         v->krow = 0;
         v->kmask = 0;
         v->pv = 0;
-        v->fl &= (uint8_t) ~(QSV_FIRST_IN | QSV_TOT_VISIT | QSV_VOK | QSV_OTHER);
+        v->fl &= (uint8_t) ~(QSV_FIRST_IN | QSV_TOT_VISIT | QSV_VOK | QSV_OTHER | QSV_TOP);
         if (in_range(c, ts)) v->fl |= QSV_FIRST_IN;
         if (!st->vfilter || eval(c, st->vfilter, 0, 0, 0)) v->fl |= QSV_VOK; /* row 0: first */
         if (va)
             for (size_t i = 0; i < stride; i++)
                 va[i] = x[i];
-    }
+    } else if (v->fl & QSV_TOP) /* the next event of the visit of a pageview pending */
+        st_top(c, v, ts - v->last_ts);
     v->last_ts = ts;
     if (r->flags & RAW_F_PAGEVIEW)
         v->pv += v->pv < 2;
@@ -1821,10 +1863,15 @@ static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r)
     const struct sev e = {.ts = ts, .off = r->offset, .flags = r->flags};
     st->cur = v;
     int rc;
+    uint32_t row;
     if (in_r) {
         const struct contrib ek = {.visitor_seq = v->seq, .e = &e, .top_ms = -1};
         if (st->want_total) row_add(c, &c->total, &ek);
-        if ((rc = st_rows_add(c, ts, &ek))) return rc;
+        if ((rc = st_rows_add(c, ts, &ek, &row))) return rc;
+        if (st->top && (r->flags & RAW_F_PAGEVIEW)) { /* time on page: at the next event */
+            st->top_row[v->seq - 1] = row;
+            v->fl |= QSV_TOP;
+        }
     }
     /* Without visit metrics a visit's contribution only makes rows; an in-range event's own
      * contribution made its row already unless a time bucket differs (the visit's is its
@@ -1838,7 +1885,7 @@ static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r)
         }
         const struct contrib vk = {.visit = true, .visitor_seq = v->seq, .e = &e};
         if (st->want_total && st->visit_metrics) row_add(c, &c->total, &vk);
-        if ((rc = st_rows_add(c, v->first_ts, &vk))) return rc;
+        if ((rc = st_rows_add(c, v->first_ts, &vk, &row))) return rc;
     }
     return c->err;
 }
@@ -1980,12 +2027,14 @@ static int st_probe_back(struct qs *c, int64_t *lo)
     return rc;
 }
 
-/* Whether a visit begun in the range may still continue at or after hi. */
+/* Whether a visit begun in the range, or one whose pageview waits for its time on page, may
+ * still continue at or after hi. */
 static bool st_pending(const struct qs *c, int64_t hi)
 {
     const struct qst *st = c->st;
     for (size_t i = 0; i < st->cap; i++)
-        if ((st->tab[i].fl & QSV_FIRST_IN) && st->tab[i].last_ts > hi - QS_GAP_MS) return true;
+        if ((st->tab[i].fl & (QSV_FIRST_IN | QSV_TOP)) && st->tab[i].last_ts > hi - QS_GAP_MS)
+            return true;
     return false;
 }
 
@@ -2010,6 +2059,7 @@ static void st_free(struct qst *st)
     free(st->vroot.kids);
     free(st->id_row);
     free(st->kres);
+    free(st->top_row);
     free(st->pairs);
     free(st->eroot.kids);
     if (st->tab) munmap(st->tab, st->cap * sizeof *st->tab);

@@ -670,7 +670,7 @@ def rollup_can(q):
 
 
 STREAM_METRICS = {"visitors", "visits", "pageviews", "views_per_visit", "bounce_rate",
-                  "visit_duration", "events", "percentage", "conversion_rate",
+                  "visit_duration", "time_on_page", "events", "percentage", "conversion_rate",
                   "group_conversion_rate"}
 
 

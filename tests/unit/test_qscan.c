@@ -725,11 +725,12 @@ static int stream(const struct fixture *fx, const struct query *q, struct q_tabl
 }
 
 /* The numbers the stream form computes (not bounces, durations, time on page, revenue; visits
- * visits 1: and visits; 2: and bounces and durations). */
+ * visits 1: and visits; 2: and bounces, durations and time on page). */
 static bool agg_same(const struct q_agg *a, const struct q_agg *b, int visits)
 {
     return a->visitors == b->visitors && (visits < 1 || a->visits == b->visits) &&
-           (visits < 2 || (a->bounces == b->bounces && a->duration_ms == b->duration_ms)) &&
+           (visits < 2 || (a->bounces == b->bounces && a->duration_ms == b->duration_ms &&
+                           a->top_ms == b->top_ms && a->top_count == b->top_count)) &&
            a->pageviews == b->pageviews && a->events == b->events;
 }
 
@@ -803,18 +804,19 @@ TEST(stream_same_as_hold)
     };
     const int64_t d0 = tr_ts(D0);
     rng_state = 99;
-    int streamed = 0, with_visits = 0;
+    int streamed = 0, with_visits = 0, with_top = 0;
     for (int i = 0; i < 400; i++) {
         struct query q;
         int64_t from = d0 - 86400000 + (int64_t)(rnd() % (5 * 1440)) * 60000 + rnd() % 60000;
         int64_t to = from + 1 + (int64_t)(rnd() % (3 * 1440)) * 60000 + rnd() % 60000;
         query_init(&q, &fx, from, to);
-        q.nmetrics = 6;
+        q.nmetrics = 7;
         q.metrics[0] = QM_VISITORS, q.metrics[1] = QM_VISITS, q.metrics[2] = QM_PAGEVIEWS,
-        q.metrics[3] = QM_EVENTS, q.metrics[4] = QM_BOUNCE_RATE, q.metrics[5] = QM_VISIT_DURATION;
+        q.metrics[3] = QM_EVENTS, q.metrics[4] = QM_BOUNCE_RATE, q.metrics[5] = QM_VISIT_DURATION,
+        q.metrics[6] = QM_TIME_ON_PAGE;
         uint32_t mk = rnd() % 4;
         if (mk == 0) q.nmetrics = 1; /* visitors only: no visit metrics */
-        if (mk == 1) q.nmetrics = 4; /* no bounces and durations (known at a visit's end) */
+        if (mk == 1) q.nmetrics = 4; /* no bounces, durations, time on page (known later) */
         q.ndims = rnd() % 3;
         for (size_t d = 0; d < q.ndims; d++)
             q.dims[d] = dims[rnd() % TALLY_ARRAY_LEN(dims)];
@@ -852,11 +854,13 @@ TEST(stream_same_as_hold)
         tables_same(&h, &s, i, q.nmetrics == 1 ? 0 : q.nmetrics == 4 ? 1 : 2);
         streamed++;
         with_visits += h.total.visits > 0;
+        with_top += q.nmetrics == 7 && h.total.top_count > 0;
         q_table_free(&h);
         q_table_free(&s);
     }
     ASSERT_TRUE(streamed > 300);
     ASSERT_TRUE(with_visits > 100); /* the comparison is not vacuous */
+    ASSERT_TRUE(with_top > 50);
     store_close(fx.s);
 }
 
@@ -892,6 +896,31 @@ TEST(stream_clustered_visitors)
     store_close(fx.s);
 }
 
+/* A visit begun before the range whose last pageview in it waits for an event after it: the
+ * stream goes on past the range for that pageview's time on page alone. */
+TEST(stream_time_on_page_after_range)
+{
+    nevs = 0;
+    for (int i = 0; i <= 5; i++) /* 09:40, 10:05 ... 11:45, every 25 min */
+        push(T("09:40:00") + i * 25 * 60000, 1, "pageview", "/p");
+    push(T("12:05:00"), 1, "pageview", "/q");
+    struct fixture fx;
+    load_now(&fx);
+    struct query q;
+    query_init(&q, &fx, T("10:00:00"), T("12:00:00"));
+    q.nmetrics = 1;
+    q.metrics[0] = QM_TIME_ON_PAGE;
+    struct q_table t;
+    ASSERT_EQ(stream(&fx, &q, &t), 0);
+    ASSERT_EQ(t.total.top_count, 5);
+    ASSERT_EQ(t.total.top_ms, (4 * 25 + 20) * 60000);
+    q_table_free(&t);
+    ASSERT_EQ(scan(&fx, &q, &t), 0);
+    ASSERT_EQ(t.total.top_count, 5);
+    q_table_free(&t);
+    store_close(fx.s);
+}
+
 /* The stream form refuses what it does not compute, and the hand-checked range edges hold. */
 TEST(stream_edges_and_refusals)
 {
@@ -900,11 +929,12 @@ TEST(stream_edges_and_refusals)
     load_now(&fx);
     struct query q;
     query_init(&q, &fx, T("10:00:00"), T("12:00:00"));
-    q.nmetrics = 4;
+    q.nmetrics = 5;
     q.metrics[0] = QM_VISITS;
     q.metrics[1] = QM_PAGEVIEWS;
     q.metrics[2] = QM_VISIT_DURATION;
     q.metrics[3] = QM_BOUNCE_RATE;
+    q.metrics[4] = QM_TIME_ON_PAGE;
     struct q_table t;
     ASSERT_EQ(stream(&fx, &q, &t), 0);
     ASSERT_EQ(t.total.visits, 1); /* only B starts in the range */
@@ -912,6 +942,10 @@ TEST(stream_edges_and_refusals)
     ASSERT_EQ(t.total.visitors, 3);
     ASSERT_EQ(t.total.duration_ms, 50 * 60000); /* B: 11:50 .. 12:40, after the range */
     ASSERT_EQ(t.total.bounces, 0);
+    /* time on page: B's /in2 until 12:15 (after the range), C's 10:00 .. 11:20 pageviews 20
+     * min each (11:40 is its last event); A's /x is its last */
+    ASSERT_EQ(t.total.top_ms, (25 + 5 * 20) * 60000);
+    ASSERT_EQ(t.total.top_count, 6);
     q_table_free(&t);
     /* C's visit began at 06:00, five windows before the range: the probe goes back that far */
     q.ndims = 1;
@@ -934,7 +968,7 @@ TEST(stream_edges_and_refusals)
     q_table_free(&t);
     /* what it does not compute */
     q.filter = NULL;
-    q.metrics[1] = QM_TIME_ON_PAGE;
+    q.metrics[1] = QM_TOTAL_REVENUE;
     ASSERT_TRUE(!qplan_stream_can(&q));
     ASSERT_EQ(stream(&fx, &q, &t), TALLY_ENOTSUP);
     q.metrics[1] = QM_PAGEVIEWS;
@@ -1010,6 +1044,7 @@ int main(void)
     RUN(stream_same_as_hold);
     RUN(stream_edges_and_refusals);
     RUN(stream_clustered_visitors);
+    RUN(stream_time_on_page_after_range);
     RUN(budget_and_speed);
     return test_summary();
 }
