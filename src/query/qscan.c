@@ -64,8 +64,8 @@
  *
  * STREAM FORM (qexec_stream; qplan_stream_can says which queries). Phases 2-5 above hold
  * every event of the range and sort them; for every metric but revenue (not in a raw_row), with
- * no goals and no exit page, nothing needs a whole visit at once, so the events are judged as
- * they go by: raw_scan_hours hands
+ * no exit page (and no time on page by goal), nothing needs a whole visit at once, so the
+ * events are judged as they go by: raw_scan_hours hands
  * the span over hour by hour, each visitor's rows in time order, decoded on a second thread
  * (raw.h), and each visitor has an entry in an open-addressing table (struct qsv): the last event's
  * time (a gap of QS_GAP_MS or more begins a visit), the visit's first time, whether it began in the
@@ -1447,6 +1447,8 @@ struct qst {
     bool visit_metrics; /* ... and counted: visits are asked for */
     bool end_metrics;   /* bounce rate or visit duration: known when a visit ends */
     bool top;           /* time on page */
+    bool goal_dims;     /* a dimension is event:goal: an event may make several rows */
+    struct sev ev1;     /* the event being added (c->ev points here: goals read its flags) */
     uint32_t *top_row;  /* per visitor (seq - 1): the row of its pageview pending (QSV_TOP) */
     size_t captop;
     struct qskres *kres; /* per counted visit (kidx - 1) */
@@ -1479,7 +1481,7 @@ static bool filter_streamable(const struct q_filter *f)
             if (!filter_streamable(&f->kids[i])) return false;
         return true;
     }
-    return f->dim.field != Q_DIM_GOAL && f->dim.field != ROLLUP_DIM_EXIT_PAGE;
+    return f->dim.field != ROLLUP_DIM_EXIT_PAGE;
 }
 
 bool qplan_stream_can(const struct query *q)
@@ -1499,9 +1501,12 @@ bool qplan_stream_can(const struct query *q)
         case QM_GROUP_CONVERSION_RATE: break;
         default: return false; /* revenue (not in a raw_row) */
         }
+    bool top = false;
+    for (size_t i = 0; i < q->nmetrics; i++)
+        top |= q->metrics[i] == QM_TIME_ON_PAGE;
     for (size_t d = 0; d < q->ndims; d++)
-        if (q->dims[d].field == Q_DIM_GOAL || q->dims[d].field == ROLLUP_DIM_EXIT_PAGE)
-            return false;
+        if ((q->dims[d].field == Q_DIM_GOAL && top) || q->dims[d].field == ROLLUP_DIM_EXIT_PAGE)
+            return false; /* a pageview's time on page waits for one row, not several goals */
     return filter_streamable(q->filter);
 }
 
@@ -1592,6 +1597,9 @@ static int st_plan(struct qs *c, bool want_total)
     for (size_t d = 0; d < c->ndims; d++)
         st->time_dims |= c->dims[d].src == SRC_TIME;
     st->by_id = c->ndims == 1 && (c->dims[0].src == SRC_EVENT || c->dims[0].src == SRC_VISIT);
+    for (size_t d = 0; d < c->ndims; d++)
+        st->goal_dims |= c->dims[d].src == SRC_GOAL;
+    c->ev = &st->ev1;
     /* the event's slots (row 0) and its visit's (row 1), for eval and rows_add */
     if (!(c->ex = calloc(2 * c->stride + 1, sizeof *c->ex))) return TALLY_ENOMEM;
     return TALLY_OK;
@@ -1774,7 +1782,9 @@ static int st_rows_add(struct qs *c, int64_t ts, const struct contrib *k, uint32
     struct qst *st = c->st;
     struct srow *r;
     int rc;
-    if (!st->by_id) { /* rows_add's key, without goals (the stream form has none) */
+    *row = UINT32_MAX;
+    if (st->goal_dims) return rows_add(c, 0, 1, 1, ts, k); /* the rows of its goals */
+    if (!st->by_id) {                                      /* rows_add's key (no goal dimension) */
         uint64_t key[QUERY_DIMS_MAX];
         for (size_t d = 0; d < c->ndims; d++) {
             const struct cdim *cd = &c->dims[d];
@@ -1859,13 +1869,14 @@ static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r)
     if (va)
         for (size_t i = 0; i < stride; i++)
             x[stride + i] = va[i];
+    st->ev1 = (struct sev){.ts = ts, .off = r->offset, .flags = r->flags}; /* goals read it */
     if (st->efilter && !eval(c, st->efilter, 0, 1, 1)) return c->err;
-    const struct sev e = {.ts = ts, .off = r->offset, .flags = r->flags};
+    const struct sev *e = &st->ev1;
     st->cur = v;
     int rc;
     uint32_t row;
     if (in_r) {
-        const struct contrib ek = {.visitor_seq = v->seq, .e = &e, .top_ms = -1};
+        const struct contrib ek = {.visitor_seq = v->seq, .e = e, .top_ms = -1};
         if (st->want_total) row_add(c, &c->total, &ek);
         if ((rc = st_rows_add(c, ts, &ek, &row))) return rc;
         if (st->top && (r->flags & RAW_F_PAGEVIEW)) { /* time on page: at the next event */
@@ -1883,7 +1894,7 @@ static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r)
             st->kres[st->nk++] = (struct qskres){0};
             v->kidx = (uint32_t)st->nk;
         }
-        const struct contrib vk = {.visit = true, .visitor_seq = v->seq, .e = &e};
+        const struct contrib vk = {.visit = true, .visitor_seq = v->seq, .e = e};
         if (st->want_total && st->visit_metrics) row_add(c, &c->total, &vk);
         if ((rc = st_rows_add(c, v->first_ts, &vk, &row))) return rc;
     }
@@ -2151,6 +2162,7 @@ int qexec_stream(struct store *s, uint32_t site_id, const struct query *q, struc
     if (!rc) rc = emit(c, t, want_total);
     st_free(&st);
     c->st = NULL;
+    c->ev = NULL; /* st.ev1 */
     qs_free(c);
     return rc;
 }

@@ -678,8 +678,10 @@ def stream_can(q):
     """qplan_stream_can (qscan.c), on the shapes generated here (flat filter lists)."""
     if any(m not in STREAM_METRICS for m in q["metrics"]):
         return False
+    if "event:goal" in q["dimensions"] and "time_on_page" in q["metrics"]:
+        return False
     fields = list(q["dimensions"]) + [f[1] for f in q.get("filters", [])]
-    return not any(x in ("event:goal", "visit:exit_page") for x in fields)
+    return "visit:exit_page" not in fields
 
 
 # ------------------------------------------------------------------ the differential test
