@@ -166,7 +166,7 @@ struct raw_row {
  * fields: enum devent_field values. 0, fn's value, TALLY_ETOOBIG, TALLY_ENOMEM,
  * TALLY_ECORRUPT, TALLY_EIO, TALLY_EINVAL (a bad field). Any thread. */
 #define RAW_SCAN_THREADS_MAX 4
-#define RAW_SCAN_HOURS_HELD 32 /* = RAW_CHUNK_SLOTS x RAW_CHUNK_HOURS in raw.c */
+#define RAW_SCAN_HOURS_HELD 8 /* = RAW_CHUNK_SLOTS x RAW_CHUNK_HOURS in raw.c */
 typedef int (*raw_hour_fn)(void *arg, int64_t hour_start_ms, const struct raw_row *rows,
                            size_t n);
 int raw_scan_hours(struct store *s, uint32_t site_id, int64_t from_ms, int64_t to_ms,
