@@ -1410,9 +1410,9 @@ _Static_assert(sizeof(struct qsv) == 64, "a visitor's entry is one cache line");
 #define QSV_TOT_VISIT 0x8u   /* the current visit is counted in the total */
 #define QSV_VOK 0x10u        /* the current visit passes the filter's visit-only conjuncts */
 #define QSV_OTHER 0x20u      /* the current visit holds an interactive event not a pageview */
-#define QSV_TOP                                                                                    \
-    0x40u /* its last event is an in-scope pageview in the range: its time                         \
-             on page comes with the visit's next event (row: top_row) */
+/* its last event is an in-scope pageview in the range, whose time on page comes with the
+ * visit's next event (its row: top_row) */
+#define QSV_TOP 0x40u
 
 /* A counted visit's bounce and duration, known when it ends (st_close). */
 struct qskres {
