@@ -1457,6 +1457,9 @@ struct qst {
     size_t npairs, cappairs;
     bool time_dims;     /* a dimension is time */
     bool want_total;
+    /* the latest event of a visitor while its visit began in the range or its pageview waited
+     * for its time on page (st_pending: no scan of the table; at worst one window too many) */
+    int64_t pending_ts_max;
     struct qsv *cur;  /* the visitor whose event is being added */
     bool by_id;       /* one dimension of dictionary ids: rows found through id_row */
     uint32_t *id_row; /* dictionary id -> row index + 1 (0: not yet) */
@@ -1929,6 +1932,8 @@ static int st_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_
             if (!st_counted(c, &rows[i])) continue;
             if (!v && (rc = st_find(c, visitor, &v))) return rc;
             if ((rc = st_event(c, v, &rows[i]))) return rc;
+            if ((v->fl & (QSV_FIRST_IN | QSV_TOP)) && v->last_ts > st->pending_ts_max)
+                st->pending_ts_max = v->last_ts;
         }
     }
     return c->err;
@@ -2042,11 +2047,7 @@ static int st_probe_back(struct qs *c, int64_t *lo)
  * still continue at or after hi. */
 static bool st_pending(const struct qs *c, int64_t hi)
 {
-    const struct qst *st = c->st;
-    for (size_t i = 0; i < st->cap; i++)
-        if ((st->tab[i].fl & (QSV_FIRST_IN | QSV_TOP)) && st->tab[i].last_ts > hi - QS_GAP_MS)
-            return true;
-    return false;
+    return c->st->pending_ts_max > hi - QS_GAP_MS;
 }
 
 static int st_run(struct qs *c)
@@ -2150,7 +2151,7 @@ int qexec_stream(struct store *s, uint32_t site_id, const struct query *q, struc
     if (!qplan_stream_can(q)) return TALLY_ENOTSUP;
     struct qs *c = qs_new(s, site_id, q, r, b);
     if (!c) return TALLY_ENOMEM;
-    struct qst st = {0};
+    struct qst st = {.pending_ts_max = INT64_MIN};
     c->st = &st;
     c->total.a.visitors_exact = true;
     int rc = TALLY_OK;
