@@ -255,13 +255,14 @@ bool qplan_stream_can(const struct query *q);
 int qexec_stream(struct store *s, uint32_t site_id, const struct query *q, struct q_range r,
                  bool want_total, const struct q_budget *b, struct q_table *t);
 
-/* Plans (q_plan: AUTO picks rollups when qplan_rollup_can, else the scan), runs the main range
- * and the comparison range, and writes the response body for q->api (v2: {results, meta,
- * query}; v1: the v1 shapes) into *json (malloc'd, caller frees; *len its length). site_id is
- * the store's id of q->site (store_site_id; a site with no data yet answers empty results: pass
- * 0). 0, or an error with a message in err: TALLY_ETIMEDOUT (time budget), TALLY_ETOOBIG
- * (memory or row budget), TALLY_EIO, TALLY_ECORRUPT, TALLY_ENOMEM. Any thread but never an
- * event loop: a scan may take the whole time budget. */
+/* Plans (q_plan: AUTO picks rollups when qplan_rollup_can, else the scan: its stream form when
+ * it can answer, else the holding form), runs the main range and the comparison range, and
+ * writes the response body for q->api (v2: {results, meta, query}; v1: the v1 shapes) into
+ * *json (malloc'd, caller frees; *len its length). site_id is the store's id of q->site
+ * (store_site_id; a site with no data yet answers empty results: pass 0). 0, or an error with
+ * a message in err: TALLY_ETIMEDOUT (time budget), TALLY_ETOOBIG (memory or row budget),
+ * TALLY_EIO, TALLY_ECORRUPT, TALLY_ENOMEM. Any thread but never an event loop: a scan may take
+ * the whole time budget. */
 int query_execute(struct store *s, uint32_t site_id, const struct query *q,
                   const struct q_budget *b, enum q_plan plan, char **json, size_t *len,
                   char *err, size_t errcap);
