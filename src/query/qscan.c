@@ -60,7 +60,9 @@
  * ~50 ms, aggregation ~60 ms (it was ~190 ms before regroup(): random access per event). One
  * thread: on that machine a second one could not be measured reliably. The natural split is
  * by visitor (visitor index parity) for group + aggregate: rows of disjoint visitor sets add up
- * exactly, visitors included.
+ * exactly, visitors included. The stream form (below) on the same bench (200k events, the
+ * default): 17-23 ms against 93-97 ms for this holding form; on the 10M set of bench/query
+ * 0.3-0.5 s against 2.6-3.2 s (bench/RESULTS.md).
  *
  * STREAM FORM (qexec_stream; qplan_stream_can says which queries). Phases 2-5 above hold
  * every event of the range and sort them; for every metric but revenue (not in a raw_row), with

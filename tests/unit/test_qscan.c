@@ -1024,24 +1024,34 @@ TEST(budget_and_speed)
     b = (struct q_budget){timefmt_mono_ms() + 60000, 256u << 20, 10};
     ASSERT_EQ(qexec_scan(fx.s, fx.site, &q, q.range, true, &b, &t), TALLY_ETOOBIG);
     q_table_free(&t);
+    /* the same three budgets hold the stream form */
+    b = (struct q_budget){timefmt_mono_ms() - 1, 256u << 20, 100000};
+    ASSERT_EQ(qexec_stream(fx.s, fx.site, &q, q.range, true, &b, &t), TALLY_ETIMEDOUT);
+    q_table_free(&t);
+    b = (struct q_budget){timefmt_mono_ms() + 60000, 1u << 20, 100000};
+    ASSERT_EQ(qexec_stream(fx.s, fx.site, &q, q.range, true, &b, &t), TALLY_ETOOBIG);
+    q_table_free(&t);
+    b = (struct q_budget){timefmt_mono_ms() + 60000, 256u << 20, 10};
+    ASSERT_EQ(qexec_stream(fx.s, fx.site, &q, q.range, true, &b, &t), TALLY_ETOOBIG);
+    q_table_free(&t);
 
     /* speed, printed (best of 3: the machine may be shared): plain breakdown, then with a
      * contains filter */
-    for (int k = 0; k < 2; k++) {
-        q.filter = k ? &leaf : NULL;
+    for (int k = 0; k < 4; k++) { /* k & 1: the filter; k & 2: the stream form */
+        q.filter = k & 1 ? &leaf : NULL;
         int64_t ms = INT64_MAX;
         for (int rep = 0; rep < 3; rep++) {
             q_table_free(&t);
             int64_t t0 = timefmt_mono_ms();
-            ASSERT_EQ(scan(&fx, &q, &t), 0);
+            ASSERT_EQ(k & 2 ? stream(&fx, &q, &t) : scan(&fx, &q, &t), 0);
             int64_t d = timefmt_mono_ms() - t0;
             if (d < ms) ms = d;
         }
-        ASSERT_EQ(t.n, k ? 8u : 28u);
-        if (!k) ASSERT_EQ(t.total.events, (int64_t)n);
-        printf("qscan bench: %zu events, %s: %lld ms, %.1f M events/s, %zu rows\n", n,
-               k ? "2 dims + contains filter" : "2 dims", (long long)ms,
-               ms ? (double)n / (double)ms / 1000.0 : 0.0, t.n);
+        ASSERT_EQ(t.n, k & 1 ? 8u : 28u);
+        if (!(k & 1)) ASSERT_EQ(t.total.events, (int64_t)n);
+        printf("qscan bench (%s): %zu events, %s: %lld ms, %.1f M events/s, %zu rows\n",
+               k & 2 ? "stream" : "hold", n, k & 1 ? "2 dims + contains filter" : "2 dims",
+               (long long)ms, ms ? (double)n / (double)ms / 1000.0 : 0.0, t.n);
         q_table_free(&t);
     }
     store_close(fx.s);
