@@ -66,8 +66,8 @@
  *
  * STREAM FORM (qexec_stream; qplan_stream_can says which queries). Phases 2-5 above hold
  * every event of the range and sort them; for every metric but revenue (not in a raw_row), with
- * no exit page (and no time on page by goal), nothing needs a whole visit at once, so the
- * events are judged as they go by: raw_scan_hours hands
+ * no exit-page filter (and no time on page by goal), nothing needs a whole visit at once, so
+ * the events are judged as they go by: raw_scan_hours hands
  * the span over hour by hour, each visitor's rows in time order, decoded on a second thread
  * (raw.h), and each visitor has an entry in an open-addressing table (struct qsv): the last event's
  * time (a gap of QS_GAP_MS or more begins a visit), the visit's first time, whether it began in the
@@ -81,18 +81,21 @@
  * counted visit gets a number, the rows it was counted in are noted as (row, number) pairs,
  * and when it ends its bounce and duration go to the total at once and to its rows after the
  * stream. Time on page: an in-scope pageview in the range waits in its visitor's entry
- * (QSV_TOP, its row in top_row) for the visit's next event. The span: visits need to know whether a
+ * (QSV_TOP, its row in top_row) for the visit's next event. The exit page as the only
+ * dimension: what a visit's in-scope events add waits in a struct qsexit (QSV_DEFER) until
+ * the visit ends, when its last event names the row. The span: visits need to know whether a
  * visit began before the range, i.e. whether the visitor had an event less than QS_GAP_MS before
  * its first one in the range, so the stream begins QS_GAP_MS before `from`; visit attributes
  * need the visit's first event however far back its chain goes, so a probe first walks back
  * window by window (QS_GAP_MS each) while some visitor's chain grew into the window, and the
  * stream begins at the last such window (a chain cut there ends before the range and counts
  * nothing). A visit begun in the range is in scope by any of its events, also later ones, and
- * a pageview's time on page may end after the range: the stream goes on window by window past
- * `to` while such a visit may still continue. Events before `from` only set visit state; after
- * `to` they only put visits begun in the range in scope and end times on page. The memory is the
- * visitor table, the pair sets and the hours in flight, not the range's events. test_qscan's
- * stream_same_as_hold and test_query_diff hold it to the holding form and to the reference.
+ * a pageview's time on page or a visit's exit page may lie after the range: the stream goes on
+ * window by window past `to` while such a visit may still continue. Events before `from` only
+ * set visit state; after `to` they only put visits begun in the range in scope, end times on
+ * page and name exit pages. The memory is the visitor table, the pair sets and the hours in
+ * flight, not the range's events. test_qscan's stream_same_as_hold and test_query_diff hold it
+ * to the holding form and to the reference.
  *
  * THREADS. One call runs on the caller's thread (the stream form also starts one decoding
  * thread for the call) and shares nothing (the query is read only).
@@ -1416,6 +1419,18 @@ _Static_assert(sizeof(struct qsv) == 64, "a visitor's entry is one cache line");
  * visit's next event (its row: top_row) */
 #define QSV_TOP 0x40u
 
+/* the exit page is the dimension: the current visit holds contributions waiting for its end */
+#define QSV_DEFER 0x80u
+
+/* With the exit page as the dimension, a visit's row is known only when it ends: what its
+ * in-scope events add waits here (per visitor, seq - 1) until st_close. */
+struct qsexit {
+    int64_t top_ms;
+    uint32_t pv, ev, top_count; /* in-scope events in the range */
+    uint32_t exit_id;           /* the path of the visit's last event so far */
+    bool visit_in;              /* begun in the range with an in-scope event: a visit */
+};
+
 /* A counted visit's bounce and duration, known when it ends (st_close). */
 struct qskres {
     int64_t duration_ms;
@@ -1450,6 +1465,9 @@ struct qst {
     bool end_metrics;   /* bounce rate or visit duration: known when a visit ends */
     bool top;           /* time on page */
     bool goal_dims;     /* a dimension is event:goal: an event may make several rows */
+    bool exit_dim;      /* the only dimension is the exit page (struct qsexit) */
+    struct qsexit *exits;
+    size_t capexits;
     struct sev ev1;     /* the event being added (c->ev points here: goals read its flags) */
     uint32_t *top_row;  /* per visitor (seq - 1): the row of its pageview pending (QSV_TOP) */
     size_t captop;
@@ -1509,9 +1527,12 @@ bool qplan_stream_can(const struct query *q)
     bool top = false;
     for (size_t i = 0; i < q->nmetrics; i++)
         top |= q->metrics[i] == QM_TIME_ON_PAGE;
-    for (size_t d = 0; d < q->ndims; d++)
-        if ((q->dims[d].field == Q_DIM_GOAL && top) || q->dims[d].field == ROLLUP_DIM_EXIT_PAGE)
+    for (size_t d = 0; d < q->ndims; d++) {
+        if (q->dims[d].field == Q_DIM_GOAL && top)
             return false; /* a pageview's time on page waits for one row, not several goals */
+        if (q->dims[d].field == ROLLUP_DIM_EXIT_PAGE && q->ndims > 1)
+            return false; /* a visit's contributions wait for its end in one row only */
+    }
     return filter_streamable(q->filter);
 }
 
@@ -1604,6 +1625,7 @@ static int st_plan(struct qs *c, bool want_total)
     st->by_id = c->ndims == 1 && (c->dims[0].src == SRC_EVENT || c->dims[0].src == SRC_VISIT);
     for (size_t d = 0; d < c->ndims; d++)
         st->goal_dims |= c->dims[d].src == SRC_GOAL;
+    st->exit_dim = c->ndims == 1 && c->dims[0].src == SRC_EXIT;
     c->ev = &st->ev1;
     /* the event's slots (row 0) and its visit's (row 1), for eval and rows_add */
     if (!(c->ex = calloc(2 * c->stride + 1, sizeof *c->ex))) return TALLY_ENOMEM;
@@ -1667,15 +1689,41 @@ static bool st_seen(struct qs *c, struct srow *r, bool visit)
 static void st_close(struct qs *c, struct qsv *v)
 {
     struct qst *st = c->st;
-    if (!v->kidx) return;
     const bool bounce = v->pv == 1 && !(v->fl & QSV_OTHER);
     const int64_t dur = v->last_ts - v->first_ts;
-    st->kres[v->kidx - 1] = (struct qskres){dur, bounce};
-    if (v->fl & QSV_TOT_VISIT) {
-        c->total.a.bounces += bounce;
-        c->total.a.duration_ms += dur;
+    if (v->kidx) {
+        st->kres[v->kidx - 1] = (struct qskres){dur, bounce};
+        if (v->fl & QSV_TOT_VISIT) {
+            c->total.a.bounces += bounce;
+            c->total.a.duration_ms += dur;
+        }
+        v->kidx = 0;
     }
-    v->kidx = 0;
+    if (!(v->fl & QSV_DEFER)) return;
+    v->fl &= (uint8_t)~QSV_DEFER;
+    /* the exit page is known: the visit's row gets what waited */
+    const struct qsexit *x = &st->exits[v->seq - 1];
+    uint64_t key[QUERY_DIMS_MAX] = {x->exit_id};
+    struct srow *r;
+    int rc = row_at(c, key, &r);
+    if (rc) {
+        if (!c->err) c->err = rc;
+        return;
+    }
+    struct q_agg *a = &r->a;
+    if (x->ev) {
+        st->cur = v;
+        if (!st_seen_row(c, v, (uint32_t)(r - c->rows), false)) a->visitors++;
+        a->pageviews += x->pv;
+        a->events += x->ev;
+        a->top_ms += x->top_ms;
+        a->top_count += x->top_count;
+    }
+    if (x->visit_in) { /* one row per visit: no set needed */
+        a->visits++;
+        a->bounces += bounce;
+        a->duration_ms += dur;
+    }
 }
 
 /* After the stream: every visit ended; each row gets its visits' bounces and durations. */
@@ -1771,6 +1819,10 @@ static int st_find(struct qs *c, uint64_t visitor, struct qsv **out)
         if (rc) return rc;
         st->capvattr = cap / (c->stride ? c->stride : 1);
     }
+    if (st->exit_dim && st->nv + 1 > st->capexits) {
+        int rc = qs_grow(c, (void **)&st->exits, &st->capexits, st->nv + 1, sizeof *st->exits);
+        if (rc) return rc;
+    }
     if (st->top && st->nv + 1 > st->captop) {
         int rc = qs_grow(c, (void **)&st->top_row, &st->captop, st->nv + 1, sizeof *st->top_row);
         if (rc) return rc;
@@ -1829,9 +1881,14 @@ static int st_rows_add(struct qs *c, int64_t ts, const struct contrib *k, uint32
 static void st_top(struct qs *c, struct qsv *v, int64_t d)
 {
     struct qst *st = c->st;
-    struct q_agg *a = &c->rows[st->top_row[v->seq - 1]].a;
-    a->top_ms += d;
-    a->top_count++;
+    if (st->exit_dim) { /* its row waits for the visit's end */
+        st->exits[v->seq - 1].top_ms += d;
+        st->exits[v->seq - 1].top_count++;
+    } else {
+        struct q_agg *a = &c->rows[st->top_row[v->seq - 1]].a;
+        a->top_ms += d;
+        a->top_count++;
+    }
     if (st->want_total) {
         c->total.a.top_ms += d;
         c->total.a.top_count++;
@@ -1857,6 +1914,7 @@ static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r)
         v->kmask = 0;
         v->pv = 0;
         v->fl &= (uint8_t) ~(QSV_FIRST_IN | QSV_TOT_VISIT | QSV_VOK | QSV_OTHER | QSV_TOP);
+        if (st->exit_dim) st->exits[v->seq - 1] = (struct qsexit){0};
         if (in_range(c, ts)) v->fl |= QSV_FIRST_IN;
         if (!st->vfilter || eval(c, st->vfilter, 0, 0, 0)) v->fl |= QSV_VOK; /* row 0: first */
         if (va)
@@ -1865,6 +1923,7 @@ static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r)
     } else if (v->fl & QSV_TOP) /* the next event of the visit of a pageview pending */
         st_top(c, v, ts - v->last_ts);
     v->last_ts = ts;
+    if (st->exit_dim) st->exits[v->seq - 1].exit_id = x[c->dims[0].slot];
     if (r->flags & RAW_F_PAGEVIEW)
         v->pv += v->pv < 2;
     else if (!(r->flags & RAW_F_NONINTERACTIVE))
@@ -1883,7 +1942,14 @@ static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r)
     if (in_r) {
         const struct contrib ek = {.visitor_seq = v->seq, .e = e, .top_ms = -1};
         if (st->want_total) row_add(c, &c->total, &ek);
-        if ((rc = st_rows_add(c, ts, &ek, &row))) return rc;
+        if (st->exit_dim) { /* its row waits for the visit's end */
+            struct qsexit *xe = &st->exits[v->seq - 1];
+            xe->ev++;
+            xe->pv += (r->flags & RAW_F_PAGEVIEW) != 0;
+            v->fl |= QSV_DEFER;
+        } else if ((rc = st_rows_add(c, ts, &ek, &row))) {
+            return rc;
+        }
         if (st->top && (r->flags & RAW_F_PAGEVIEW)) { /* time on page: at the next event */
             st->top_row[v->seq - 1] = row;
             v->fl |= QSV_TOP;
@@ -1901,7 +1967,12 @@ static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r)
         }
         const struct contrib vk = {.visit = true, .visitor_seq = v->seq, .e = e};
         if (st->want_total && st->visit_metrics) row_add(c, &c->total, &vk);
-        if ((rc = st_rows_add(c, v->first_ts, &vk, &row))) return rc;
+        if (st->exit_dim) {
+            st->exits[v->seq - 1].visit_in = true;
+            v->fl |= QSV_DEFER;
+        } else if ((rc = st_rows_add(c, v->first_ts, &vk, &row))) {
+            return rc;
+        }
     }
     return c->err;
 }
@@ -1934,7 +2005,7 @@ static int st_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_
             if (!st_counted(c, &rows[i])) continue;
             if (!v && (rc = st_find(c, visitor, &v))) return rc;
             if ((rc = st_event(c, v, &rows[i]))) return rc;
-            if ((v->fl & (QSV_FIRST_IN | QSV_TOP)) && v->last_ts > st->pending_ts_max)
+            if ((v->fl & (QSV_FIRST_IN | QSV_TOP | QSV_DEFER)) && v->last_ts > st->pending_ts_max)
                 st->pending_ts_max = v->last_ts;
         }
     }
@@ -2064,7 +2135,7 @@ static int st_run(struct qs *c)
     for (int64_t hi = c->r.to_ms;
          !rc && st->visits && hi < INT64_MAX - QS_GAP_MS && st_pending(c, hi); hi += QS_GAP_MS)
         rc = st_scan(c, hi, hi + QS_GAP_MS, st_hour, c);
-    if (!rc && st->end_metrics) st_finish(c);
+    if (!rc && (st->end_metrics || st->exit_dim)) st_finish(c);
     return rc ? rc : c->err;
 }
 
@@ -2074,6 +2145,7 @@ static void st_free(struct qst *st)
     free(st->id_row);
     free(st->kres);
     free(st->top_row);
+    free(st->exits);
     free(st->pairs);
     free(st->eroot.kids);
     if (st->tab) munmap(st->tab, st->cap * sizeof *st->tab);

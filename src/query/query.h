@@ -247,7 +247,8 @@ int qexec_rollup(struct store *s, uint32_t site_id, const struct query *q, struc
 int qexec_scan(struct store *s, uint32_t site_id, const struct query *q, struct q_range r,
                bool want_total, const struct q_budget *b, struct q_table *t);
 /* Whether the scan's stream form (qscan.c, STREAM FORM) can answer q: every metric but the
- * revenue ones; no exit-page dimension or filter; no time on page with a goal dimension. */
+ * revenue ones; no exit-page filter, the exit page only as the sole dimension; no time on page
+ * with a goal dimension. */
 bool qplan_stream_can(const struct query *q);
 /* The scan in its stream form: the same answers as qexec_scan, without holding the range's
  * events. TALLY_ENOTSUP when !qplan_stream_can(q) or its fields and properties are more than a

@@ -680,8 +680,9 @@ def stream_can(q):
         return False
     if "event:goal" in q["dimensions"] and "time_on_page" in q["metrics"]:
         return False
-    fields = list(q["dimensions"]) + [f[1] for f in q.get("filters", [])]
-    return "visit:exit_page" not in fields
+    if "visit:exit_page" in q["dimensions"] and len(q["dimensions"]) > 1:
+        return False
+    return "visit:exit_page" not in [f[1] for f in q.get("filters", [])]
 
 
 # ------------------------------------------------------------------ the differential test

@@ -829,6 +829,10 @@ TEST(stream_same_as_hold)
         for (size_t d = 0; d < q.ndims; d++)
             q.dims[d] = dims[rnd() % TALLY_ARRAY_LEN(dims)];
         if (q.ndims == 2 && q.dims[0].field == q.dims[1].field) q.ndims = 1;
+        if (rnd() % 8 == 0) { /* the exit page, alone (the stream form takes it so) */
+            q.ndims = 1;
+            q.dims[0] = (struct q_dim){ROLLUP_DIM_EXIT_PAGE, QT_NONE, ""};
+        }
         for (size_t d = 0; d < q.ndims; d++) /* a goal row per goal: no time on page */
             if (q.dims[d].field == Q_DIM_GOAL && q.nmetrics == 7) q.nmetrics = 6;
         struct q_filter leaf[3], top, inner;
@@ -907,7 +911,8 @@ TEST(stream_clustered_visitors)
 }
 
 /* A visit begun before the range whose last pageview in it waits for an event after it: the
- * stream goes on past the range for that pageview's time on page alone. */
+ * stream goes on past the range for that pageview's time on page alone (and, by exit page, for
+ * the visit's last event). */
 TEST(stream_time_on_page_after_range)
 {
     nevs = 0;
@@ -927,6 +932,18 @@ TEST(stream_time_on_page_after_range)
     q_table_free(&t);
     ASSERT_EQ(scan(&fx, &q, &t), 0);
     ASSERT_EQ(t.total.top_count, 5);
+    q_table_free(&t);
+    /* the same visit by exit page: its last event, /q, lies after the range (no time on page
+     * asked: only the waiting exit page makes the stream go on) */
+    q.nmetrics = 2;
+    q.metrics[0] = QM_VISITORS;
+    q.metrics[1] = QM_PAGEVIEWS;
+    q.ndims = 1;
+    q.dims[0].field = ROLLUP_DIM_EXIT_PAGE;
+    ASSERT_EQ(stream(&fx, &q, &t), 0);
+    ASSERT_EQ(t.n, 1);
+    ASSERT_STREQ(t.rows[0].dims[0], "/q");
+    ASSERT_EQ(t.rows[0].a.pageviews, 5);
     q_table_free(&t);
     store_close(fx.s);
 }
@@ -982,9 +999,26 @@ TEST(stream_edges_and_refusals)
     ASSERT_TRUE(!qplan_stream_can(&q));
     ASSERT_EQ(stream(&fx, &q, &t), TALLY_ENOTSUP);
     q.metrics[1] = QM_PAGEVIEWS;
+    /* the exit page alone: each visit's row waits for its last event (B's is after the range;
+     * A's /x and C's 11:40 /l are in it) */
     q.ndims = 1;
     q.dims[0].field = ROLLUP_DIM_EXIT_PAGE;
+    ASSERT_EQ(stream(&fx, &q, &t), 0);
+    ASSERT_EQ(t.n, 3);
+    ASSERT_STREQ(t.rows[0].dims[0], "/after2");
+    ASSERT_EQ(t.rows[0].a.visits, 1);
+    ASSERT_EQ(t.rows[0].a.pageviews, 1); /* /in2, the only one in the range */
+    ASSERT_EQ(t.rows[0].a.duration_ms, 50 * 60000);
+    ASSERT_STREQ(t.rows[1].dims[0], "/l");
+    ASSERT_EQ(t.rows[1].a.pageviews, 6);
+    ASSERT_EQ(t.rows[1].a.visits, 0);
+    ASSERT_STREQ(t.rows[2].dims[0], "/x");
+    ASSERT_EQ(t.rows[2].a.visitors, 1);
+    q_table_free(&t);
+    q.ndims = 2; /* with another dimension: refused */
+    q.dims[1].field = ROLLUP_DIM_PAGE;
     ASSERT_EQ(stream(&fx, &q, &t), TALLY_ENOTSUP);
+    q.ndims = 1;
     q.dims[0].field = Q_DIM_GOAL; /* time on page (metrics[4]) by goal: several rows */
     ASSERT_EQ(stream(&fx, &q, &t), TALLY_ENOTSUP);
     q.nmetrics = 4;
