@@ -316,12 +316,25 @@ def ingested_events_are_counted():
         s, h, b = query(t, body, keys.read)
         eq(s, 200, b)
         eq(b["results"][0]["metrics"], [2, 3, 4], b)
-        for plan in ("rollup", "scan"):
+        for plan in ("rollup", "scan", "stream"):
             s, h, b2 = query(t, dict(body, metrics=["visitors", "pageviews"]), keys.admin,
                              {"X-Tally-Plan": plan})
             eq(s, 200, b2)
             eq(h.get("x-tally-plan"), plan)
+            eq(b2["meta"]["plan"], plan, b2)
             eq(b2["results"][0]["metrics"], [2, 3], (plan, b2))
+        # a filter on another dimension than the breakdown: not the rollups; the planner
+        # streams it, and the holding scan agrees
+        q2 = dict(body, metrics=["visitors", "pageviews"],
+                  dimensions=["event:page"], filters=[["is", "visit:entry_page", ["/"]]])
+        s, h, auto = query(t, q2, keys.read)
+        eq(s, 200, auto)
+        eq(auto["meta"]["plan"], "stream", auto)
+        s, h, held = query(t, q2, keys.admin, {"X-Tally-Plan": "scan"})
+        eq(s, 200, held)
+        eq(held["results"], auto["results"])
+        eq(sorted((r["dimensions"][0], r["metrics"][1]) for r in auto["results"]),
+           [("/", 2), ("/pricing", 1)], auto)
         s, _, b = query(t, dict(body, dimensions=["event:page"], metrics=["pageviews"]),
                         keys.site_a)
         eq(s, 200, b)
@@ -358,6 +371,10 @@ def revenue_in_other_currencies_is_reported_in_meta():
         d = day(base)
         body = {"site_id": "example.com", "metrics": ["total_revenue", "events"],
                 "date_range": [d, d]}
+        # the stream form carries no revenue: asked for it, it says so
+        s, h, b = query(t, body, keys.admin, {"X-Tally-Plan": "stream"})
+        eq(s, 400, b)
+        check("stream scan cannot answer" in b["error"], b)
         for plan in ("rollup", "scan"):
             s, h, b = query(t, body, keys.admin, {"X-Tally-Plan": plan})
             eq(s, 200, b)
