@@ -47,10 +47,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "ingest/timefmt.h"
 #include "query/qvisit.h"
+#include "query/vtable.h"
 #include "rollup/u64map.h"
 #include "store/raw.h"
 #include "tally/error.h"
@@ -416,7 +416,6 @@ struct fstream {
 };
 
 #define FS_RESOLVED 0x100u
-#define FS_HUGE_BYTES (2u << 20) /* tables at least this large ask for huge pages */
 #define FS_PREFETCH_ROWS 48
 #define FS_PROBE_MAX 64 /* a longer probe switches the table to a mixing hash */ /* rows between a prefetch of a visitor's entry and its use */
 
@@ -436,29 +435,12 @@ static inline size_t fs_home(const struct fstream *fs, uint64_t visitor)
     return fs->mix ? (size_t)u64map_hash(visitor) & (fs->cap - 1) : (size_t)(visitor >> fs->shift);
 }
 
-/* The table is mapped, not malloc'd: zero pages, and huge pages where the system grants them
- * (a visitor table of 10^5..10^6 entries is random access over megabytes: with 4 KiB pages
- * nearly every probe also missed the TLB). */
-static struct fsv *fs_table_alloc(size_t cap)
-{
-    size_t bytes = cap * sizeof(struct fsv);
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return NULL;
-    if (bytes >= FS_HUGE_BYTES) (void)madvise(p, bytes, MADV_HUGEPAGE);
-    return p;
-}
-
-static void fs_table_free(struct fsv *t, size_t cap)
-{
-    if (t) munmap(t, cap * sizeof *t);
-}
-
 /* Moves the entries into a new table of cap slots (cap >= the current one). */
 static int fs_rehash(struct fstream *fs, size_t cap)
 {
     int rc = fs_charge(fs->c, (cap - fs->cap) * sizeof *fs->tab);
     if (rc) return rc;
-    struct fsv *t = fs_table_alloc(cap);
+    struct fsv *t = vtable_map(cap * sizeof *t); /* (vtable.h: mapped, huge pages) */
     if (!t) return TALLY_ENOMEM;
     struct fsv *old = fs->tab;
     size_t oldcap = fs->cap;
@@ -471,7 +453,7 @@ static int fs_rehash(struct fstream *fs, size_t cap)
         while (t[j].used) j = (j + 1) & (cap - 1);
         t[j] = old[i];
     }
-    fs_table_free(old, oldcap);
+    vtable_unmap(old, oldcap * sizeof *old);
     return TALLY_OK;
 }
 
@@ -666,7 +648,7 @@ static int fs_compute(struct fctx *c, const struct q_budget *b)
     for (size_t i = 0; !rc && i < fs.cap; i++)
         for (size_t k = 0; fs.tab[i].used && k < fs.tab[i].best; k++)
             c->r->visitors[k]++;
-    fs_table_free(fs.tab, fs.cap);
+    vtable_unmap(fs.tab, fs.cap * sizeof *fs.tab);
     free(fs.start);
     free(fs.pmask);
     free(fs.nmask);

@@ -102,11 +102,11 @@
  */
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "ingest/timefmt.h"
 #include "query/query.h"
 #include "query/qvisit.h"
+#include "query/vtable.h"
 #include "rollup/cell.h"
 #include "rollup/u64map.h"
 #include "store/raw.h"
@@ -1492,7 +1492,6 @@ struct qst {
 #define QS_STREAM_TABLE_MIN 65536
 #define QS_STREAM_PROBE_MAX 64           /* a longer probe switches the table to a mixing hash */
 #define QS_STREAM_ID_ROWS_MAX (1u << 24) /* ids beyond: rows found by their key's hash */
-#define QS_STREAM_HUGE_BYTES (2u << 20)  /* tables at least this large ask for huge pages */
 
 bool qplan_stream_can(const struct query *q);
 
@@ -1749,24 +1748,13 @@ static inline size_t st_home(const struct qst *st, uint64_t visitor)
     return st->mix ? (size_t)u64map_hash(visitor) & (st->cap - 1) : (size_t)(visitor >> st->shift);
 }
 
-/* The table is mapped: zero pages, and huge pages where granted (random access over
- * megabytes; funnel.c measured the TLB misses). */
-static struct qsv *st_table_alloc(size_t cap)
-{
-    size_t bytes = cap * sizeof(struct qsv);
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return NULL;
-    if (bytes >= QS_STREAM_HUGE_BYTES) (void)madvise(p, bytes, MADV_HUGEPAGE);
-    return p;
-}
-
 /* Moves the entries into a new table of cap slots (cap >= the current one). */
 static int st_rehash(struct qs *c, size_t cap)
 {
     struct qst *st = c->st;
     int rc = qs_charge(c, (cap - st->cap) * sizeof *st->tab);
     if (rc) return rc;
-    struct qsv *t = st_table_alloc(cap);
+    struct qsv *t = vtable_map(cap * sizeof *t);
     if (!t) return TALLY_ENOMEM;
     struct qsv *old = st->tab;
     size_t oldcap = st->cap;
@@ -1780,7 +1768,7 @@ static int st_rehash(struct qs *c, size_t cap)
             j = (j + 1) & (cap - 1);
         t[j] = old[i];
     }
-    if (old) munmap(old, oldcap * sizeof *old);
+    vtable_unmap(old, oldcap * sizeof *old);
     return TALLY_OK;
 }
 
@@ -2148,7 +2136,7 @@ static void st_free(struct qst *st)
     free(st->exits);
     free(st->pairs);
     free(st->eroot.kids);
-    if (st->tab) munmap(st->tab, st->cap * sizeof *st->tab);
+    vtable_unmap(st->tab, st->cap * sizeof *st->tab);
     free(st->vattr);
     u64map_free(&st->seen_visitor);
     u64map_free(&st->seen_visit);
