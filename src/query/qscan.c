@@ -1460,8 +1460,7 @@ struct qst {
     struct cnode vroot, eroot;
     struct cnode *vfilter, *efilter;
     bool row1;          /* the event filter or a dimension reads row 1 (the visit) */
-    bool visits;        /* visit contributions are made (always, see st_plan) */
-    bool visit_metrics; /* ... and counted: visits are asked for */
+    bool visit_metrics; /* visit contributions are counted, not only make rows (st_event) */
     bool end_metrics;   /* bounce rate or visit duration: known when a visit ends */
     bool top;           /* time on page */
     bool goal_dims;     /* a dimension is event:goal: an event may make several rows */
@@ -1610,9 +1609,6 @@ static int st_plan(struct qs *c, bool want_total)
     for (size_t d = 0; d < c->ndims; d++)
         st->row1 |= c->dims[d].src == SRC_VISIT;
     st->visit_attrs = st->row1 || st->vfilter;
-    /* visit contributions are made whatever the metrics: they make rows too (a row of an
-     * in-scope event after the range, of a visit begun in it), as in the holding form */
-    st->visits = true;
     for (size_t i = 0; i < c->q->nmetrics; i++) {
         enum q_metric m = c->q->metrics[i];
         st->end_metrics |= m == QM_BOUNCE_RATE || m == QM_VISIT_DURATION;
@@ -1916,7 +1912,9 @@ static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r)
         v->pv += v->pv < 2;
     else if (!(r->flags & RAW_F_NONINTERACTIVE))
         v->fl |= QSV_OTHER;
-    const bool in_r = in_range(c, ts), visit = st->visits && (v->fl & QSV_FIRST_IN);
+    /* visit contributions are made whatever the metrics: they make rows too (a row of an
+     * in-scope event after the range, of a visit begun in it), as in the holding form */
+    const bool in_r = in_range(c, ts), visit = v->fl & QSV_FIRST_IN;
     if (!(v->fl & QSV_VOK) || (!in_r && !visit)) return c->err;
     if (va)
         for (size_t i = 0; i < stride; i++)
@@ -2117,11 +2115,11 @@ static int st_run(struct qs *c)
     int64_t lo = c->r.from_ms;
     int rc = TALLY_OK;
     if (st->visit_attrs) rc = st_probe_back(c, &lo);
-    if (st->visits && lo > c->r.from_ms - QS_GAP_MS) lo = c->r.from_ms - QS_GAP_MS;
+    if (lo > c->r.from_ms - QS_GAP_MS) lo = c->r.from_ms - QS_GAP_MS; /* visits begun before */
     if (lo < 0) lo = 0;
     if (!rc) rc = st_scan(c, lo, c->r.to_ms, st_hour, c);
     for (int64_t hi = c->r.to_ms;
-         !rc && st->visits && hi < INT64_MAX - QS_GAP_MS && st_pending(c, hi); hi += QS_GAP_MS)
+         !rc && hi < INT64_MAX - QS_GAP_MS && st_pending(c, hi); hi += QS_GAP_MS)
         rc = st_scan(c, hi, hi + QS_GAP_MS, st_hour, c);
     if (!rc && (st->end_metrics || st->exit_dim)) st_finish(c);
     return rc ? rc : c->err;
