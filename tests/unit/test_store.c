@@ -898,6 +898,28 @@ struct blk {
     size_t len;
 };
 
+/* A copy of the site's first raw block (bl->val malloc'd); returns whether it is the site's
+ * only block. */
+static bool first_block(struct store *s, uint32_t site, struct blk *bl)
+{
+    uint8_t lo[4], hi[4];
+    store_put_be32(lo, site);
+    store_put_be32(hi, site + 1);
+    struct store_iter *it = store_iter_new(s, STORE_CF_RAW, lo, 4, hi, 4);
+    store_iter_seek_first(it);
+    ASSERT_TRUE(store_iter_valid(it));
+    size_t kl, vl;
+    memcpy(bl->key, store_iter_key(it, &kl), 16);
+    const uint8_t *v = store_iter_value(it, &vl);
+    bl->len = vl;
+    bl->val = malloc(vl);
+    memcpy(bl->val, v, vl);
+    store_iter_next(it);
+    bool only = !store_iter_valid(it);
+    store_iter_free(it);
+    return only;
+}
+
 static int grab_block(void *arg, const struct raw_event *ev)
 {
     (void)arg;
@@ -928,20 +950,8 @@ TEST(raw_block_truncation_and_bit_flips)
         raw_writer_commit(w);
         raw_writer_free(w);
         store_batch_free(b);
-        uint8_t lo[4], hi[4];
-        store_put_be32(lo, site);
-        store_put_be32(hi, site + 1);
-        struct store_iter *it = store_iter_new(s, STORE_CF_RAW, lo, 4, hi, 4);
-        store_iter_seek_first(it);
-        ASSERT_TRUE(store_iter_valid(it));
         struct blk bl;
-        size_t kl, vl;
-        memcpy(bl.key, store_iter_key(it, &kl), 16);
-        const uint8_t *v = store_iter_value(it, &vl);
-        bl.len = vl;
-        bl.val = malloc(vl);
-        memcpy(bl.val, v, vl);
-        store_iter_free(it);
+        first_block(s, site, &bl);
         ASSERT_EQ(bl.val[0], version);
         const char *seeds = getenv("RAW_FUZZ_SEEDS"); /* the fuzz target's seed corpus */
         if (seeds) {
@@ -1008,22 +1018,8 @@ TEST(raw_scan_hours_props_corrupt_blocks)
         rng = 5;
         const int64_t base = 1767225600000LL;
         write_prop_events(s, site, base, 80, 1, 1000000, version, version); /* one block */
-        uint8_t lo[4], hi[4];
-        store_put_be32(lo, site);
-        store_put_be32(hi, site + 1);
-        struct store_iter *it = store_iter_new(s, STORE_CF_RAW, lo, 4, hi, 4);
-        store_iter_seek_first(it);
-        ASSERT_TRUE(store_iter_valid(it));
         struct blk bl;
-        size_t kl, vl;
-        memcpy(bl.key, store_iter_key(it, &kl), 16);
-        const uint8_t *v = store_iter_value(it, &vl);
-        bl.len = vl;
-        bl.val = malloc(vl);
-        memcpy(bl.val, v, vl);
-        store_iter_next(it);
-        ASSERT_TRUE(!store_iter_valid(it));
-        store_iter_free(it);
+        ASSERT_TRUE(first_block(s, site, &bl));
         ASSERT_EQ(bl.val[0], version);
         static const int fields[] = {DE_PATH};
         const uint32_t keys[] = {dict_id_of(s, site, "plan"), dict_id_of(s, site, "n"),
