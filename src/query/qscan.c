@@ -2118,8 +2118,8 @@ static int st_run(struct qs *c)
     if (lo > c->r.from_ms - QS_GAP_MS) lo = c->r.from_ms - QS_GAP_MS; /* visits begun before */
     if (lo < 0) lo = 0;
     if (!rc) rc = st_scan(c, lo, c->r.to_ms, st_hour, c);
-    for (int64_t hi = c->r.to_ms;
-         !rc && hi < INT64_MAX - QS_GAP_MS && st_pending(c, hi); hi += QS_GAP_MS)
+    for (int64_t hi = c->r.to_ms; !rc && hi < INT64_MAX - QS_GAP_MS && st_pending(c, hi);
+         hi += QS_GAP_MS)
         rc = st_scan(c, hi, hi + QS_GAP_MS, st_hour, c);
     if (!rc && (st->end_metrics || st->exit_dim)) st_finish(c);
     return rc ? rc : c->err;
