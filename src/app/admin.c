@@ -44,6 +44,7 @@ static enum key_scope key_scope_of(struct app *app, const struct http_request *r
 static void *backup_main(void *arg)
 {
     struct admin *ad = arg;
+    pthread_setname_np(pthread_self(), "tally-backup");
     struct app *app = ad->app;
     struct backup_result r;
     diag_info("backup into %s: started", ad->dir);

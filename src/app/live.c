@@ -442,6 +442,7 @@ static void deadline_in(struct timespec *ts, int ms)
 static void *ticker_main(void *arg)
 {
     struct live *lv = arg;
+    pthread_setname_np(pthread_self(), "tally-live");
     int64_t next_count = 0;
     for (;;) {
         pthread_mutex_lock(&lv->mu);

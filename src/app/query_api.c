@@ -900,6 +900,7 @@ static void run_job(struct query_api *qa, struct qjob *j)
 static void *worker_main(void *arg)
 {
     struct query_api *qa = arg;
+    pthread_setname_np(pthread_self(), "tally-query");
     for (;;) {
         pthread_mutex_lock(&qa->mu);
         while (!qa->head && !qa->stop) pthread_cond_wait(&qa->cond, &qa->mu);

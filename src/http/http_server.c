@@ -376,6 +376,7 @@ static void worker_on_wake(evutil_socket_t fd, short what, void *arg)
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
+    pthread_setname_np(pthread_self(), "tally-http");
     struct http_server *srv = w->srv;
     /* Short slice: a worker that wakes preempts background work (core/sched.h). */
     if (sched_latency_critical() != 0) diag_debug("http: worker keeps the default CPU slice");

@@ -637,6 +637,7 @@ static bool part_active(struct jspart *pt, int64_t now)
 static void *refresh_main(void *arg)
 {
     struct jslog *js = arg;
+    pthread_setname_np(pthread_self(), "tally-jsrefresh");
     for (;;) {
         run_deferred(js);
         pthread_mutex_lock(&js->mu);

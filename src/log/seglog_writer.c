@@ -139,6 +139,7 @@ static void completer_release(struct seglog *log)
 static void *syncer_main(void *arg)
 {
     struct seglog *log = arg;
+    pthread_setname_np(pthread_self(), "tally-logsync");
     latency_critical();
     pthread_mutex_lock(&log->qmu);
     for (;;) {
@@ -407,6 +408,7 @@ static void writer_encode(struct seglog *log)
 static void *helper_main(void *arg)
 {
     struct seglog *log = arg;
+    pthread_setname_np(pthread_self(), "tally-logenc");
     uint64_t seen = 0;
     pthread_mutex_lock(&log->hmu);
     for (;;) {
@@ -521,6 +523,7 @@ static void finish_group(struct seglog *log, int qi, int err, uint64_t first)
 static void *completer_main(void *arg)
 {
     struct seglog *log = arg;
+    pthread_setname_np(pthread_self(), "tally-logdone");
     latency_critical();
     pthread_mutex_lock(&log->qmu);
     for (;;) {
@@ -797,6 +800,7 @@ static int take_buffer(struct seglog *log)
 static void *writer_main(void *arg)
 {
     struct seglog *log = arg;
+    pthread_setname_np(pthread_self(), "tally-logwrite");
     latency_critical();
     log->last_sync_ms = seglog_mono_ms();
     pthread_mutex_lock(&log->qmu);

@@ -460,6 +460,7 @@ static void pipe_put_full(struct pipe *p, struct pbatch *b)
 static void *pipe_reader(void *arg)
 {
     struct pipe *p = arg;
+    pthread_setname_np(pthread_self(), "tally-readahead");
     struct evlog_reader *r = NULL;
     int rc = evlog_reader_open(p->log, p->from, &r);
     for (;;) {
@@ -965,6 +966,7 @@ static void *worker_main(void *arg)
     struct worker *w = arg;
     struct part *pt = w->part;
     struct rollup_service *svc = pt->svc;
+    pthread_setname_np(pthread_self(), w->raw ? "tally-raw" : "tally-rollup");
     /* Consumers are background work: under a CPU shortage ingest (acknowledgements) goes
      * first and the consumers' lag grows, to be caught up when load drops. Linux applies a
      * nice value to the calling thread only. */

@@ -1528,6 +1528,7 @@ struct hworker {
 static void *hworker_main(void *arg)
 {
     struct hworker *w = arg;
+    pthread_setname_np(pthread_self(), "tally-scan");
     struct hscan *x = w->x;
     pthread_mutex_lock(&x->mu);
     while (!x->stop && x->next < x->nchunks)
