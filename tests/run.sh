@@ -16,6 +16,11 @@ pass=0; fail=0
 # burners (1 run in 12).
 RETRY_ONCE="test_jslog test_cluster test_cluster.py"
 
+# An abort in a sanitizer build prints a stack trace (ASan's handle_abort), so that a failure
+# like the one above says where it happened; the release builds ignore these variables.
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}handle_abort=1"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:+$UBSAN_OPTIONS:}print_stacktrace=1"
+
 run_one() { # label, command...
     label=$1; shift
     log="$OUT/$(echo "$label" | tr '/ ' '__').log"
@@ -25,7 +30,7 @@ run_one() { # label, command...
     *" $(basename "$label") "*)
         if [ "$rc" != 0 ] || grep -q '^FAIL ' "$log"; then
             echo "RETRY [$label] failed once (status $rc); its last lines:"
-            tail -20 "$log" | sed 's/^/    /'
+            tail -60 "$log" | sed 's/^/    /'
             timeout -k 5 "$T" "$@" >"$log" 2>&1
             rc=$?
         fi
