@@ -56,6 +56,17 @@
  * callback into us) before anything is freed. If the library did not finish in time, the
  * remaining appends complete with TALLY_ECLOSED and the handle is deliberately leaked rather
  * than freed under a callback that may still run.
+ *
+ * SUBSCRIPTIONS ARE DESTROYED LATE. libnats 3.4 (Debian 12's) reads a subscription from the
+ * connection's table and uses it after letting go of the table's lock without holding a
+ * reference (nats.c issue #637, fixed in 3.6): a subscription that another thread unsubscribes
+ * and destroys in that window is used after it was freed (seen here: an ASan SEGV in
+ * natsConn_processMsg on the read loop thread, in 1 of ~20 runs of test_jslog, as a reader
+ * closed while a pull request's status was arriving). So a subscription this module drops is
+ * unsubscribed at once (nothing new is delivered to it) and destroyed only once it has waited
+ * JSLOG_SUB_GRAVE_MS in js->grave (checked when another is dropped and on every refresh tick),
+ * or once natsConnection_Close has returned (it joins the read loop). Invariant: every
+ * subscription in js->grave is unsubscribed and referenced by nothing of ours.
  */
 #include "log/jslog.h"
 
@@ -95,6 +106,7 @@
 #define JSLOG_HIST_BUCKETS 16
 #define JSLOG_MAP_MIN 1024
 #define JSLOG_TL_REGS 8 /* a thread's recent registrations */
+#define JSLOG_SUB_GRAVE_MS 2000 /* a dropped subscription waits this long before it is freed */
 
 struct jslog;
 
@@ -170,6 +182,13 @@ struct jslog {
     bool thread_started;
     uint32_t rr;
 
+    pthread_mutex_t grave_mu; /* grave: dropped subscriptions (SUBSCRIPTIONS ARE DESTROYED LATE) */
+    struct jsgrave {
+        natsSubscription *sub;
+        int64_t at_ms; /* when it was dropped */
+    } * grave;
+    size_t grave_count, grave_cap;
+
     struct jspart *parts;
 };
 
@@ -227,6 +246,45 @@ static void sleep_ms(int64_t ms)
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
     }
+}
+
+/* Destroys the subscriptions in js->grave that were dropped JSLOG_SUB_GRAVE_MS ago or earlier,
+ * or all of them when `all` (only once the connection's read loop has stopped). Any thread. */
+static void graves_reap(struct jslog *js, bool all)
+{
+    int64_t now = mono_ms();
+    pthread_mutex_lock(&js->grave_mu);
+    size_t keep = 0;
+    for (size_t i = 0; i < js->grave_count; i++) {
+        if (all || now - js->grave[i].at_ms >= JSLOG_SUB_GRAVE_MS)
+            natsSubscription_Destroy(js->grave[i].sub);
+        else
+            js->grave[keep++] = js->grave[i];
+    }
+    js->grave_count = keep;
+    pthread_mutex_unlock(&js->grave_mu);
+}
+
+/* Unsubscribes sub now and destroys it later (SUBSCRIPTIONS ARE DESTROYED LATE); the caller
+ * forgets it. If the grave cannot grow (no memory) sub is left allocated: a leak rather than
+ * a use after free. Any thread. */
+static void sub_bury(struct jslog *js, natsSubscription *sub)
+{
+    if (!sub) return;
+    natsSubscription_Unsubscribe(sub);
+    graves_reap(js, false);
+    pthread_mutex_lock(&js->grave_mu);
+    if (js->grave_count == js->grave_cap) {
+        size_t cap = js->grave_cap ? 2 * js->grave_cap : 16;
+        struct jsgrave *g = realloc(js->grave, cap * sizeof *g);
+        if (g) {
+            js->grave = g;
+            js->grave_cap = cap;
+        }
+    }
+    if (js->grave_count < js->grave_cap)
+        js->grave[js->grave_count++] = (struct jsgrave){sub, mono_ms()};
+    pthread_mutex_unlock(&js->grave_mu);
 }
 
 static void deadline_after_ms(struct timespec *ts, int64_t ms)
@@ -640,6 +698,7 @@ static void *refresh_main(void *arg)
     pthread_setname_np(pthread_self(), "tally-jsrefresh");
     for (;;) {
         run_deferred(js);
+        graves_reap(js, false);
         pthread_mutex_lock(&js->mu);
         bool stop = js->stop;
         pthread_mutex_unlock(&js->mu);
@@ -865,6 +924,9 @@ static void js_free(struct jslog *js)
         free(js->urls[i]);
     natsOptions_Destroy(js->nopts);
     free(js->map);
+    graves_reap(js, true); /* buried after the connection closed, if any */
+    free(js->grave);
+    pthread_mutex_destroy(&js->grave_mu);
     pthread_mutex_destroy(&js->mu);
     pthread_cond_destroy(&js->cv);
     free(js);
@@ -877,7 +939,8 @@ static bool close_conn(struct jslog *js)
     if (!js->nc) return true;
     jsCtx_Destroy(js->jsc);
     js->jsc = NULL;
-    natsConnection_Close(js->nc);
+    natsConnection_Close(js->nc); /* returns once the read loop has stopped */
+    graves_reap(js, true);
     struct timespec dl;
     deadline_after_ms(&dl, 5000);
     pthread_mutex_lock(&js->mu);
@@ -905,6 +968,7 @@ int jslog_open(const struct jslog_options *opt, struct jslog **out, char *err)
     struct jslog *js = calloc(1, sizeof *js);
     if (!js) return TALLY_ENOMEM;
     pthread_mutex_init(&js->mu, NULL);
+    pthread_mutex_init(&js->grave_mu, NULL);
     cond_init_mono(&js->cv);
     js->serial = atomic_fetch_add(&jslog_serial_next, 1);
     for (int i = 0; i < opt->url_count; i++) {
@@ -979,7 +1043,7 @@ int jslog_tap(struct jslog *js, uint32_t p, jslog_tap_fn fn, void *arg)
         s = natsSubscription_SetPendingLimits(pt->tap, JSLOG_TAP_PENDING_MSGS,
                                               JSLOG_TAP_PENDING_BYTES);
     if (s != NATS_OK) {
-        natsSubscription_Destroy(pt->tap);
+        sub_bury(js, pt->tap); /* subscribed, perhaps, before SetPendingLimits failed */
         pt->tap = NULL;
         return s == NATS_NO_MEMORY ? TALLY_ENOMEM : TALLY_EIO;
     }
@@ -992,8 +1056,7 @@ void jslog_close(struct jslog *js)
     atomic_store(&js->closing, 1);
     for (uint32_t p = 0; p < js->partitions; p++) {
         if (!js->parts[p].tap) continue;
-        natsSubscription_Unsubscribe(js->parts[p].tap); /* no new tap callbacks */
-        natsSubscription_Destroy(js->parts[p].tap);
+        sub_bury(js, js->parts[p].tap); /* no new tap callbacks */
         js->parts[p].tap = NULL;
     }
     for (uint32_t p = 0; p < js->partitions; p++) {
@@ -1289,8 +1352,7 @@ static bool parse_ack_reply(const char *reply, uint64_t *sseq, uint64_t *pending
 static void reader_drop_sub(struct jsreader *r)
 {
     if (r->sub) {
-        natsSubscription_Unsubscribe(r->sub);
-        natsSubscription_Destroy(r->sub);
+        sub_bury(r->part->js, r->sub);
         r->sub = NULL;
     }
     r->req_open = false;

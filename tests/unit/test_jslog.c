@@ -754,6 +754,42 @@ TEST(deleted_message_is_skipped)
     jslog_close(js);
 }
 
+/* Readers closed while the server is still answering their pull request: the connection's read
+ * loop delivers to a subscription the reader has just dropped. jslog.c destroys dropped
+ * subscriptions late (SUBSCRIPTIONS ARE DESTROYED LATE); destroyed at once, libnats 3.4 uses
+ * them after they were freed, which this test shows under ASan within a few hundred rounds. */
+TEST(reader_churn_while_delivering)
+{
+    struct jslog_options o;
+    opts_single(&o, 1);
+    o.prefix = "CHURN";
+    struct jslog *js = NULL;
+    ASSERT_EQ(jslog_open(&o, &js, NULL), 0);
+    struct evlog sink, p0;
+    jslog_sink(js, &sink);
+    jslog_partition(js, 0, &p0);
+    for (int k = 0; k < 20; k++)
+        ASSERT_EQ(append_n(&sink, 0, 64 * k, 64), 0);
+    ASSERT_EQ(evlog_committed_offset(&p0), 1280);
+    int rounds = 0;
+    for (int64_t end = now_ms() + 3000; now_ms() < end; rounds++) {
+        uint64_t from = (uint64_t)rounds * 97 % 1000;
+        struct evlog_reader *r = NULL;
+        ASSERT_EQ(evlog_reader_open(&p0, from, &r), 0);
+        struct seglog_record rec;
+        int rc;
+        for (int64_t until = now_ms() + 5000;
+             (rc = evlog_reader_next(r, &rec)) == TALLY_EAGAIN && now_ms() < until;)
+            msleep(1);
+        ASSERT_EQ(rc, 0);
+        ASSERT_EQ(rec.offset, from);
+        evlog_reader_close(r); /* the rest of the batch (up to 256 records) still arriving */
+    }
+    printf("# churn: %d readers opened, read from and closed in 3 s\n", rounds);
+    ASSERT_TRUE(rounds >= 20);
+    jslog_close(js);
+}
+
 TEST(cluster_r3_survives_a_server)
 {
     struct nats_srv c3[3];
@@ -880,6 +916,7 @@ int main(void)
     RUN(retention_gives_erange);
     RUN(deleted_message_is_skipped);
     RUN(consumer_deleted_under_reader);
+    RUN(reader_churn_while_delivering);
     RUN(server_down_and_back);
     RUN(cluster_r3_survives_a_server);
     kill_all();
