@@ -204,14 +204,15 @@ int qexec_rollup(struct store *s, uint32_t site_id, const struct query *q, struc
     }
     bool event_filter = fdim >= 0 && !rollup_dim_is_visit(fdim);
     bool visit_metrics = wants_visit_metrics(q);
+    /* visits holding two selected values of an event dimension would be counted twice: such
+     * a read stops at the second value (TALLY_ENOTSUP: the planner scans instead) */
+    bool one_value = event_filter && visit_metrics;
     int rc = TALLY_OK;
 
     if (want_total || q->ndims == 0) {
         struct rollup_metrics m;
-        size_t nv = 0;
-        rc = rollup_read_matching(s, site_id, g, rdim, p, &pc, r.from_ms, to_ms, &m, &nv);
+        rc = rollup_read_matching(s, site_id, g, rdim, p, &pc, r.from_ms, to_ms, one_value, &m);
         if (rc) return rc;
-        if (event_filter && nv > 1 && visit_metrics) return TALLY_ENOTSUP;
         to_agg(q, &m, &t->total);
         t->have_total = true;
         t->n_other_rev = 0;
@@ -240,10 +241,8 @@ int qexec_rollup(struct store *s, uint32_t site_id, const struct query *q, struc
             be = q_time_bucket(q, d->time, be, NULL, 0);
             int64_t f0 = bs < r.from_ms ? r.from_ms : bs, f1 = be < to_ms ? be : to_ms;
             struct rollup_metrics m;
-            size_t nv = 0;
-            rc = rollup_read_matching(s, site_id, TZ_DAY, rdim, p, &pc, f0, f1, &m, &nv);
+            rc = rollup_read_matching(s, site_id, TZ_DAY, rdim, p, &pc, f0, f1, one_value, &m);
             if (rc) return rc;
-            if (event_filter && nv > 1 && visit_metrics) return TALLY_ENOTSUP;
             struct q_row row = {0};
             to_agg(q, &m, &row.a);
             if (!agg_empty(&row.a)) {
@@ -261,11 +260,9 @@ int qexec_rollup(struct store *s, uint32_t site_id, const struct query *q, struc
     }
     if (is_time) {
         struct series_ctx c = {q, t, b, d->time, 0};
-        size_t nv = 0;
-        rc = rollup_read_series_matching(s, site_id, g, rdim, p, &pc, r.from_ms, to_ms,
-                                         series_fn, &c, &nv);
+        rc = rollup_read_series_matching(s, site_id, g, rdim, p, &pc, r.from_ms, to_ms, one_value,
+                                         series_fn, &c);
         if (rc) return rc;
-        if (event_filter && nv > 1 && visit_metrics) return TALLY_ENOTSUP;
         for (size_t i = 0; i < t->n; i++)
             if (!t->rows[i].a.visitors_exact) t->estimated = true;
         return past_deadline(b) ? TALLY_ETIMEDOUT : TALLY_OK;

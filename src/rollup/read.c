@@ -464,7 +464,8 @@ struct match_ctx {
     bool series;
     rollup_series_fn fn;
     void *arg;
-    struct strtab *seen;   /* distinct accepted values */
+    struct strtab *seen; /* one_value: the accepted value seen so far */
+    bool one_value;      /* a second accepted value ends the read: TALLY_ENOTSUP */
 };
 
 static int match_emit(struct match_ctx *c)
@@ -483,9 +484,10 @@ static int match_cb(void *arg, uint32_t bucket, const char *value, size_t vlen,
 {
     struct match_ctx *c = arg;
     if (c->pred && !c->pred(c->parg, value, vlen)) return 0;
-    if (c->seen && strtab_count(c->seen) < 2) {
+    if (c->one_value) {
         bool created;
         if (strtab_intern(c->seen, 0, value, (uint32_t)vlen, &created) < 0) return TALLY_ENOMEM;
+        if (strtab_count(c->seen) > 1) return TALLY_ENOTSUP;
     }
     if (c->series && c->open && bucket != c->bucket) {
         int rc = match_emit(c);
@@ -498,32 +500,29 @@ static int match_cb(void *arg, uint32_t bucket, const char *value, size_t vlen,
 
 int rollup_read_matching(struct store *s, uint32_t site, enum tz_gran g, int dim,
                          rollup_value_pred pred, void *parg, int64_t from_ms, int64_t to_ms,
-                         struct rollup_metrics *out, size_t *values_matched)
+                         bool one_value, struct rollup_metrics *out)
 {
-    struct match_ctx c = {.pred = pred, .parg = parg, .seen = strtab_new()};
-    if (!c.seen) return TALLY_ENOMEM;
+    struct match_ctx c = {.pred = pred, .parg = parg, .one_value = one_value};
+    if (one_value && !(c.seen = strtab_new())) return TALLY_ENOMEM;
     agg_init(&c.a);
     int rc = each_cell(s, site, g, dim, from_ms, to_ms, match_cb, &c);
     agg_metrics(&c.a, out);
     agg_free(&c.a);
-    if (values_matched) *values_matched = strtab_count(c.seen);
     strtab_free(c.seen);
     return rc;
 }
 
 int rollup_read_series_matching(struct store *s, uint32_t site, enum tz_gran g, int dim,
-                                rollup_value_pred pred, void *parg, int64_t from_ms,
-                                int64_t to_ms, rollup_series_fn fn, void *arg,
-                                size_t *values_matched)
+                                rollup_value_pred pred, void *parg, int64_t from_ms, int64_t to_ms,
+                                bool one_value, rollup_series_fn fn, void *arg)
 {
-    struct match_ctx c = {.pred = pred, .parg = parg, .series = true, .fn = fn, .arg = arg,
-                          .seen = strtab_new()};
-    if (!c.seen) return TALLY_ENOMEM;
+    struct match_ctx c = {
+        .pred = pred, .parg = parg, .series = true, .fn = fn, .arg = arg, .one_value = one_value};
+    if (one_value && !(c.seen = strtab_new())) return TALLY_ENOMEM;
     agg_init(&c.a);
     int rc = each_cell(s, site, g, dim, from_ms, to_ms, match_cb, &c);
     if (!rc) rc = match_emit(&c);
     agg_free(&c.a);
-    if (values_matched) *values_matched = strtab_count(c.seen);
     strtab_free(c.seen);
     return rc;
 }

@@ -100,18 +100,18 @@ int rollup_read_breakdown_split(struct store *s, uint32_t site, enum tz_gran g, 
 
 /* Metrics summed over every value of dim that pred accepts (pred NULL: every value), with
  * visitors as ONE union over those values' cells (so a visitor seen with two accepted values
- * counts once). *values_matched (may be NULL) gets the number of distinct accepted values seen,
- * capped at 2 (callers only need "none, one, several": summing visits of several values of an
- * EVENT dimension would count a visit once per value). Same errors as rollup_read_value. */
+ * counts once). one_value: the caller cannot use an answer over several values (summing
+ * visits of several values of an EVENT dimension would count a visit once per value), so
+ * reading stops at the second distinct accepted value with TALLY_ENOTSUP, before the rest of
+ * the range is read. Same errors as rollup_read_value. */
 typedef bool (*rollup_value_pred)(void *arg, const char *value, size_t vlen);
 int rollup_read_matching(struct store *s, uint32_t site, enum tz_gran g, int dim,
                          rollup_value_pred pred, void *parg, int64_t from_ms, int64_t to_ms,
-                         struct rollup_metrics *out, size_t *values_matched);
+                         bool one_value, struct rollup_metrics *out);
 /* The same per stored bucket of g (ascending; buckets with no accepted value are skipped). */
 int rollup_read_series_matching(struct store *s, uint32_t site, enum tz_gran g, int dim,
-                                rollup_value_pred pred, void *parg, int64_t from_ms,
-                                int64_t to_ms, rollup_series_fn fn, void *arg,
-                                size_t *values_matched);
+                                rollup_value_pred pred, void *parg, int64_t from_ms, int64_t to_ms,
+                                bool one_value, rollup_series_fn fn, void *arg);
 
 /* ---- digest ---- */
 

@@ -517,6 +517,68 @@ TEST(series_and_breakdown)
     store_close(s);
 }
 
+/* rollup_read_matching over the values a predicate accepts: visitors are one union, sums add
+ * up; with one_value, a second accepted value stops the read (TALLY_ENOTSUP), one does not. */
+static bool starts_with_a(void *arg, const char *value, size_t vlen)
+{
+    (void)arg;
+    return vlen >= 2 && value[1] == 'a';
+}
+
+static bool is_b(void *arg, const char *value, size_t vlen)
+{
+    (void)arg;
+    return vlen == 2 && memcmp(value, "/b", 2) == 0;
+}
+
+static int count_buckets(void *arg, int64_t bucket_ms, const struct rollup_metrics *m)
+{
+    (void)bucket_ms;
+    (void)m;
+    ++*(int *)arg;
+    return 0;
+}
+
+TEST(matching_values_and_one_value)
+{
+    tr_zone_name = "UTC";
+    struct store *s = tr_open_store(test_tmpdir());
+    struct engine *e = tr_engine(s);
+    next_off = 0;
+    add(e, "a.com", "2026-01-10T10:00:00Z", 1, "pageview", "/a1");
+    add(e, "a.com", "2026-01-10T10:01:00Z", 1, "pageview", "/a2");
+    add(e, "a.com", "2026-01-10T11:00:00Z", 2, "pageview", "/b");
+    add(e, "a.com", "2026-01-11T12:00:00Z", 3, "pageview", "/a1");
+    ASSERT_EQ(engine_flush(e), 0);
+    uint32_t site = tr_site(s, "a.com");
+    int64_t from = tr_ts("2026-01-10T00:00:00Z"), to = tr_ts("2026-01-12T00:00:00Z");
+    struct rollup_metrics m;
+    ASSERT_EQ(rollup_read_matching(s, site, TZ_DAY, ROLLUP_DIM_PAGE, starts_with_a, NULL, from, to,
+                                   false, &m),
+              0);
+    ASSERT_EQ(m.pageviews, 3);
+    ASSERT_EQ(m.visitors, 2); /* visitor 1 under /a1 and /a2 counts once */
+    ASSERT_EQ(m.visits, 3);   /* a sum: visitor 1's one visit once per value */
+    ASSERT_EQ(rollup_read_matching(s, site, TZ_DAY, ROLLUP_DIM_PAGE, starts_with_a, NULL, from, to,
+                                   true, &m),
+              TALLY_ENOTSUP);
+    ASSERT_EQ(
+        rollup_read_matching(s, site, TZ_DAY, ROLLUP_DIM_PAGE, is_b, NULL, from, to, true, &m), 0);
+    ASSERT_EQ(m.pageviews, 1);
+    ASSERT_EQ(m.visits, 1);
+    int nb = 0;
+    ASSERT_EQ(rollup_read_series_matching(s, site, TZ_DAY, ROLLUP_DIM_PAGE, starts_with_a, NULL,
+                                          from, to, true, count_buckets, &nb),
+              TALLY_ENOTSUP);
+    nb = 0;
+    ASSERT_EQ(rollup_read_series_matching(s, site, TZ_DAY, ROLLUP_DIM_PAGE, starts_with_a, NULL,
+                                          from, to, false, count_buckets, &nb),
+              0);
+    ASSERT_EQ(nb, 2);
+    engine_close(e);
+    store_close(s);
+}
+
 /* Day breakdowns are kept in the store's memo: a repeat is a hit, a flush that changes a day
  * of the range makes the next read compute again (never a stale answer), a flush elsewhere
  * does not. */
@@ -662,6 +724,7 @@ int main(void)
     RUN(exclusions_and_bounces);
     RUN(props_revenue_and_minute_retention);
     RUN(series_and_breakdown);
+    RUN(matching_values_and_one_value);
     RUN(breakdown_memo_follows_the_engine);
     RUN(breakdown_split_keeps_the_days_before_today);
     tz_shutdown();
