@@ -14,7 +14,9 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -76,6 +78,8 @@ static inline int nats_srv_start(struct nats_srv *s, const struct nats_srv *all,
     pid_t pid = fork();
     if (pid < 0) return -1;
     if (pid == 0) {
+        /* a test that dies (a crash, a timeout's kill) takes its servers with it */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
             dup2(fd, 1);
