@@ -1487,7 +1487,8 @@ struct qst {
 };
 
 #define QS_STREAM_THREADS 1   /* decoding threads beside the query's (raw_scan_hours) */
-#define QS_STREAM_PREFETCH 64 /* rows between a prefetch of a visitor's entry and its use */
+#define QS_STREAM_PREFETCH 64 /* rows between a prefetch of the rows and their use */
+#define QS_STREAM_PREFETCH_GROUPS 24 /* visitors between a prefetch of an entry and its use */
 #define QS_STREAM_TABLE_MIN 65536
 #define QS_STREAM_PROBE_MAX 64           /* a longer probe switches the table to a mixing hash */
 #define QS_STREAM_ID_ROWS_MAX (1u << 24) /* ids beyond: rows found by their key's hash */
@@ -1970,8 +1971,18 @@ static inline bool st_counted(const struct qs *c, const struct raw_row *r)
     return !(c->eng_found && st->name_val >= 0 && r->val[st->name_val] == c->eng_id);
 }
 
-/* One hour of the stream: a visitor's rows in a run share one entry lookup, prefetched
- * QS_STREAM_PREFETCH rows ahead. */
+/* The index of the first row after i's run of rows of one visitor. */
+static inline size_t st_next_run(const struct raw_row *rows, size_t n, size_t i)
+{
+    const uint64_t visitor = rows[i].visitor;
+    while (++i < n && rows[i].visitor == visitor) {
+    }
+    return i;
+}
+
+/* One hour of the stream: a visitor's rows in a run share one entry lookup, whose entry was
+ * prefetched QS_STREAM_PREFETCH_GROUPS runs earlier (every run's: a cursor walks the runs
+ * ahead; a prefetch per row distance missed the runs between). */
 static int st_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_t n)
 {
     (void)hour_ms;
@@ -1980,10 +1991,17 @@ static int st_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_
     int rc = st_reserve(c, n);
     if (rc) return rc;
     struct qst *st = c->st;
+    size_t ahead = 0; /* the start of the run QS_STREAM_PREFETCH_GROUPS runs ahead */
+    for (int g = 0; g < QS_STREAM_PREFETCH_GROUPS && ahead < n; g++) {
+        __builtin_prefetch(&st->tab[st_home(st, rows[ahead].visitor)]);
+        ahead = st_next_run(rows, n, ahead);
+    }
     for (size_t i = 0; i < n;) {
         const uint64_t visitor = rows[i].visitor;
-        if (i + QS_STREAM_PREFETCH < n)
-            __builtin_prefetch(&st->tab[st_home(st, rows[i + QS_STREAM_PREFETCH].visitor)]);
+        if (ahead < n) {
+            __builtin_prefetch(&st->tab[st_home(st, rows[ahead].visitor)]);
+            ahead = st_next_run(rows, n, ahead);
+        }
         if (i + 2 * QS_STREAM_PREFETCH < n) /* the rows too: written by the decoder long ago */
             __builtin_prefetch(&rows[i + 2 * QS_STREAM_PREFETCH]);
         struct qsv *v = NULL;
