@@ -1164,9 +1164,9 @@ static int do_visit(struct qs *c, const uint32_t *o, size_t n, uint32_t visitor_
                 row_add(c, &c->total, &ek);
                 if (e->flags & QS_F_REV_OTHER) other_rev_add(c, e->cur, e->rev);
             }
-            if ((rc = rows_add(c, o[i], o[0], o[n - 1], e->ts, &ek))) return rc;
+            if (c->ndims && (rc = rows_add(c, o[i], o[0], o[n - 1], e->ts, &ek))) return rc;
         }
-        if (first_in && (rc = rows_add(c, o[i], o[0], o[n - 1], f->ts, &vk))) return rc;
+        if (first_in && c->ndims && (rc = rows_add(c, o[i], o[0], o[n - 1], f->ts, &vk))) return rc;
     }
     return c->err;
 }
@@ -1869,7 +1869,7 @@ static void st_top(struct qs *c, struct qsv *v, int64_t d)
     if (st->exit_dim) { /* its row waits for the visit's end */
         st->exits[v->seq - 1].top_ms += d;
         st->exits[v->seq - 1].top_count++;
-    } else {
+    } else if (st->top_row[v->seq - 1] != UINT32_MAX) { /* (no row: an aggregate) */
         struct q_agg *a = &c->rows[st->top_row[v->seq - 1]].a;
         a->top_ms += d;
         a->top_count++;
@@ -1925,7 +1925,7 @@ static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r)
     const struct sev *e = &st->ev1;
     st->cur = v;
     int rc;
-    uint32_t row;
+    uint32_t row = UINT32_MAX; /* no row: an aggregate (no dimension) */
     if (in_r) {
         const struct contrib ek = {.visitor_seq = v->seq, .e = e, .top_ms = -1};
         if (st->want_total) row_add(c, &c->total, &ek);
@@ -1934,7 +1934,7 @@ static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r)
             xe->ev++;
             xe->pv += (r->flags & RAW_F_PAGEVIEW) != 0;
             v->fl |= QSV_DEFER;
-        } else if ((rc = st_rows_add(c, ts, &ek, &row))) {
+        } else if (c->ndims && (rc = st_rows_add(c, ts, &ek, &row))) {
             return rc;
         }
         if (st->top && (r->flags & RAW_F_PAGEVIEW)) { /* time on page: at the next event */
@@ -1957,7 +1957,7 @@ static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r)
         if (st->exit_dim) {
             st->exits[v->seq - 1].visit_in = true;
             v->fl |= QSV_DEFER;
-        } else if ((rc = st_rows_add(c, v->first_ts, &vk, &row))) {
+        } else if (c->ndims && (rc = st_rows_add(c, v->first_ts, &vk, &row))) {
             return rc;
         }
     }

@@ -240,8 +240,9 @@ enum q_plan { Q_PLAN_AUTO = 0, Q_PLAN_ROLLUP, Q_PLAN_SCAN, Q_PLAN_STREAM };
 bool qplan_rollup_can(const struct query *q);
 
 /* Executors: fill t (rows of every combination present in r, plus t->total when
- * want_total). 0, TALLY_ETIMEDOUT, TALLY_ETOOBIG, TALLY_EIO, TALLY_ECORRUPT, TALLY_ENOMEM.
- * Any thread; concurrent with the consumers (RocksDB snapshots). */
+ * want_total; a query without dimensions gets no row, its answer is t->total). 0, TALLY_ETIMEDOUT,
+ * TALLY_ETOOBIG, TALLY_EIO, TALLY_ECORRUPT, TALLY_ENOMEM. Any thread; concurrent with the consumers
+ * (RocksDB snapshots). */
 int qexec_rollup(struct store *s, uint32_t site_id, const struct query *q, struct q_range r,
                  bool want_total, const struct q_budget *b, struct q_table *t);
 int qexec_scan(struct store *s, uint32_t site_id, const struct query *q, struct q_range r,
