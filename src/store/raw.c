@@ -998,11 +998,21 @@ int raw_scan(struct store *s, uint32_t site_id, int64_t from_ms, int64_t to_ms, 
 /* ---- projection scan (raw_scan_hours) ---- */
 
 #define HOUR_RUNS_KEPT 15 /* an hour of more runs (flushes) than this + 1 is merge-sorted */
+#define HOUR_LATE_MAX 256 /* late-row visitors noted per hour; more: hour_order walks every row */
 
 struct hour_buf {
     struct raw_row *rows, *tmp;
     size_t n, cap, rows_max, captmp;
     size_t descents; /* places where a row sorts before the one before it (run starts) */
+    /* LATE ROWS: a row of a run after the first that is not later, by (ts, offset), than every
+     * row of the runs before it (lmax when its run began: bmax) is late; only its visitor's
+     * rows can be out of time order across runs. late[]: those visitors (late_all: too many
+     * to note). lmax: the latest (ts, offset) so far. */
+    uint64_t late[HOUR_LATE_MAX];
+    size_t nlate;
+    bool late_all;
+    int64_t lmax_ts, bmax_ts;
+    uint64_t lmax_off, bmax_off;
     size_t start[HOUR_RUNS_KEPT]; /* where runs 1..descents start, while descents fit */
     uint64_t *runs;  /* merge scratch: run starts */
     size_t capruns;
@@ -1102,6 +1112,21 @@ static int v2_props(const uint8_t *p, const uint8_t *end, uint64_t n, const stru
     return !sp.bad && sp.p == sp.end ? TALLY_OK : TALLY_ECORRUPT;
 }
 
+/* LATE ROWS (struct hour_buf): row (t, o) of visitor v, after the descent check. */
+static inline void late_note(struct hour_buf *h, uint64_t v, int64_t t, uint64_t o)
+{
+    if (h->descents && (t < h->bmax_ts || (t == h->bmax_ts && o <= h->bmax_off))) {
+        if (h->nlate < HOUR_LATE_MAX)
+            h->late[h->nlate++] = v;
+        else
+            h->late_all = true;
+    }
+    if (t > h->lmax_ts || (t == h->lmax_ts && o > h->lmax_off)) {
+        h->lmax_ts = t;
+        h->lmax_off = o;
+    }
+}
+
 /* The rows of a v2 block from its expanded columns, nv value slots each (3 or RAW_ROW_FIELDS_MAX: a
  * constant once inlined, so the common case of up to 3 stays the loop it was); slots from nv on are
  * 0. Checks each row's time within the hour, drops it when out of [from, to) and notes where the
@@ -1134,7 +1159,10 @@ v2_assemble(struct hour_buf *h, struct vruns *vr, uint64_t n, const uint64_t *xo
             if (visitor < pv || (visitor == pv && (t < pt || (t == pt && o < po)))) {
                 if (h->descents < HOUR_RUNS_KEPT) h->start[h->descents] = h->n + k;
                 h->descents++;
+                h->bmax_ts = h->lmax_ts;
+                h->bmax_off = h->lmax_off;
             }
+            late_note(h, visitor, t, o);
             struct raw_row *r = &base[k++];
             r->ts_ms = t;
             r->offset = o;
@@ -1291,7 +1319,10 @@ static int block_rows(const uint8_t *key, size_t klen, const uint8_t *val, size_
         if (h->n && rowcmp(r - 1, r) > 0) {
             if (h->descents < HOUR_RUNS_KEPT) h->start[h->descents] = h->n;
             h->descents++;
+            h->bmax_ts = h->lmax_ts;
+            h->bmax_off = h->lmax_off;
         }
+        late_note(h, visitor, ts, offset);
         h->n++;
     }
     return p == end ? TALLY_OK : TALLY_ECORRUPT;
@@ -1406,15 +1437,50 @@ static int rowcmp_q(const void *a, const void *b)
     return rowcmp(a, b);
 }
 
+/* Puts visitor v's rows, the spans sa[i]..se[i] of ns runs (total rows), in (ts, offset) order
+ * across those spans (sorted among themselves, written back into the same places). */
+static int visitor_reorder(struct hour_buf *h, const size_t *sa, const size_t *se, size_t ns,
+                           size_t total)
+{
+    struct raw_row *rows = h->rows;
+    if (total > h->captmp) {
+        struct raw_row *t = realloc(h->tmp, total * sizeof *t);
+        if (!t) return TALLY_ENOMEM;
+        h->tmp = t;
+        h->captmp = total;
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < ns; i++) {
+        memcpy(h->tmp + o, rows + sa[i], (se[i] - sa[i]) * sizeof *rows);
+        o += se[i] - sa[i];
+    }
+    qsort(h->tmp, total, sizeof *h->tmp, rowcmp_q);
+    o = 0;
+    for (size_t i = 0; i < ns; i++) {
+        memcpy(rows + sa[i], h->tmp + o, (se[i] - sa[i]) * sizeof *rows);
+        o += se[i] - sa[i];
+    }
+    return TALLY_OK;
+}
+
+static int u64_cmp_q(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 /* Puts h's rows in an order where every visitor's rows come by (ts, offset). The rows are runs
- * (one per flush of the hour), each sorted by (visitor, ts, offset). One walk over the runs
- * side by side, visitor by visitor (each run's rows of the visitor are a span), checks that the
- * visitor's spans taken in run order are in time order; a visitor for whom they are not (a
- * late event) has its rows sorted among themselves and written back into the same spans, the
- * earliest into the first run's span. So every run stays sorted, nothing else moves, and a
- * caller reading run after run sees each visitor's rows in time order (measured on bench/funnel:
- * 9 in 10 two-run hours held a late event, and merging whole hours took 11 % of the CPU). More
- * than HOUR_RUNS_KEPT + 1 runs: the hour is merged into one order (hour_sort). */
+ * (one per flush of the hour), each sorted by (visitor, ts, offset). Only a visitor with a
+ * late row (LATE ROWS in struct hour_buf) can have spans (its rows in one run) out of time
+ * order taken in run order: for each such visitor its span in each run is found by binary
+ * search, and if the spans are not in time order its rows are sorted among themselves and
+ * written back into the same spans, the earliest into the first run's span. When too many
+ * visitors had late rows, one walk over the runs side by side, visitor by visitor, does the
+ * same for all. So every run stays sorted, nothing else moves, and a caller reading run after
+ * run sees each visitor's rows in time order (measured on bench/funnel: 9 in 10 two-run hours
+ * held a late event, and merging whole hours took 11 % of the CPU; the walk over every row
+ * took 5-8 % of a stream query's). More than HOUR_RUNS_KEPT + 1 runs: the hour is merged into
+ * one order (hour_sort). */
 static int hour_order(struct hour_buf *h)
 {
     if (h->descents > HOUR_RUNS_KEPT) return hour_sort(h);
@@ -1425,6 +1491,37 @@ static int hour_order(struct hour_buf *h)
     for (size_t r = 1; r < nr; r++) pos[r] = end[r - 1] = h->start[r - 1];
     end[nr - 1] = h->n;
     struct raw_row *rows = h->rows;
+    int rc = TALLY_OK;
+    if (!h->late_all) {
+        qsort(h->late, h->nlate, sizeof *h->late, u64_cmp_q);
+        for (size_t i = 0; i < h->nlate && !rc; i++) {
+            const uint64_t v = h->late[i];
+            if (i && v == h->late[i - 1]) continue;
+            size_t ns = 0, total = 0;
+            bool late = false;
+            for (size_t r = 0; r < nr; r++) {
+                size_t lo = pos[r], hi = end[r]; /* the first row of v or after, in run r */
+                while (lo < hi) {
+                    size_t mid = lo + (hi - lo) / 2;
+                    if (rows[mid].visitor < v)
+                        lo = mid + 1;
+                    else
+                        hi = mid;
+                }
+                if (lo == end[r] || rows[lo].visitor != v) continue;
+                size_t e = lo + 1;
+                while (e < end[r] && rows[e].visitor == v)
+                    e++;
+                if (ns && rowcmp(&rows[se[ns - 1] - 1], &rows[lo]) > 0) late = true;
+                sa[ns] = lo;
+                se[ns++] = e;
+                total += e - lo;
+            }
+            if (late) rc = visitor_reorder(h, sa, se, ns, total);
+        }
+        h->descents = 0;
+        return rc;
+    }
     for (;;) {
         bool any = false;
         uint64_t v = UINT64_MAX;
@@ -1446,24 +1543,7 @@ static int hour_order(struct hour_buf *h)
             total += e - pos[r];
             pos[r] = e;
         }
-        if (!late) continue;
-        if (total > h->captmp) {
-            struct raw_row *t = realloc(h->tmp, total * sizeof *t);
-            if (!t) return TALLY_ENOMEM;
-            h->tmp = t;
-            h->captmp = total;
-        }
-        size_t o = 0;
-        for (size_t i = 0; i < ns; i++) {
-            memcpy(h->tmp + o, rows + sa[i], (se[i] - sa[i]) * sizeof *rows);
-            o += se[i] - sa[i];
-        }
-        qsort(h->tmp, total, sizeof *h->tmp, rowcmp_q);
-        o = 0;
-        for (size_t i = 0; i < ns; i++) {
-            memcpy(rows + sa[i], h->tmp + o, (se[i] - sa[i]) * sizeof *rows);
-            o += se[i] - sa[i];
-        }
+        if (late && (rc = visitor_reorder(h, sa, se, ns, total))) return rc;
     }
     h->descents = 0;
     return TALLY_OK;
@@ -1488,7 +1568,10 @@ static int chunk_decode(struct hscan *x, struct store_iter *it, uint64_t c,
         if (!h || hour != sl->hour[sl->nh - 1]) {
             if (h && h->descents && (rc = hour_order(h))) return rc;
             h = &sl->hb[sl->nh];
-            h->n = h->descents = 0;
+            h->n = h->descents = h->nlate = 0;
+            h->late_all = false;
+            h->lmax_ts = h->bmax_ts = INT64_MIN;
+            h->lmax_off = h->bmax_off = 0;
             sl->hour[sl->nh++] = hour;
         }
         const uint8_t *v = store_iter_value(it, &vl);

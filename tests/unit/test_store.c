@@ -107,6 +107,9 @@ struct gen {
     char path[32];
 };
 
+static int64_t gen_spread_ms = 10LL * 3600 * 1000; /* gen_event's times: base + [0, this) */
+static uint64_t gen_visitors = 50;                 /* gen_event's visitors: 1 .. this */
+
 static void gen_event(struct gen *g, uint64_t offset, int64_t base_ms)
 {
     static const char *names[] = {"pageview", "pageview", "Signup", "Click"};
@@ -116,9 +119,9 @@ static void gen_event(struct gen *g, uint64_t offset, int64_t base_ms)
     memset(g, 0, sizeof *g);
     struct devent *e = &g->ev;
     e->offset = offset;
-    e->ts_ms = base_ms + (int64_t)(rnd() % (10LL * 3600 * 1000));
+    e->ts_ms = base_ms + (int64_t)(rnd() % (uint64_t)gen_spread_ms);
     e->received_ms = e->ts_ms + (int64_t)(rnd() % 5000);
-    e->visitor = rnd() % 50 + 1;
+    e->visitor = rnd() % gen_visitors + 1;
     for (int f = 0; f < DE_FIELD_COUNT; f++) e->str[f] = (struct devent_str){"", 0};
     const char *name = pick(names, 4);
     e->str[DE_NAME] = (struct devent_str){name, (uint32_t)strlen(name)};
@@ -358,8 +361,11 @@ static int hrow_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, siz
 
 /* flush_every: the mean events per flush. 40: every hour is more runs than raw.c keeps apart
  * (merged); 500: a few runs per hour whose visitors' times interleave (late events fixed in
- * place, the runs handed over one after the other). */
-static void hours_vs_scan(unsigned flush_every)
+ * place, the runs handed over one after the other: the visitors of the late rows looked up in
+ * each run). narrow: every event in two hours, ~1,500 an hour in ~3 runs, of 2,000 visitors,
+ * so more late rows than raw.c notes (HOUR_LATE_MAX: the walk over every row finds the late
+ * visitors). */
+static void hours_vs_scan(unsigned flush_every, bool narrow)
 {
     const char *dir = test_tmpdir();
     struct store *s = open_store(dir);
@@ -373,8 +379,11 @@ static void hours_vs_scan(unsigned flush_every)
     struct store_batch *b = store_batch_new(s);
     /* events over 80 hours arriving in random time order, flushed in small random slices:
      * every hour is several blocks whose times interleave */
+    gen_spread_ms = (narrow ? 2 : 10) * 3600000LL;
+    gen_visitors = narrow ? 2000 : 50;
     for (int i = 0; i < NEV; i++) {
-        gen_event(&g, 5000 + (uint64_t)i, base + (int64_t)(rnd() % 8) * 10 * 3600000LL);
+        int64_t b0 = narrow ? base + 4 * 3600000LL : base + (int64_t)(rnd() % 8) * 10 * 3600000LL;
+        gen_event(&g, 5000 + (uint64_t)i, b0);
         ASSERT_EQ(raw_writer_add(w, site, &g.ev, 0), 0);
         if (rnd() % flush_every == 0 || i == NEV - 1) {
             ASSERT_EQ(raw_writer_flush(w, b), 0);
@@ -383,6 +392,8 @@ static void hours_vs_scan(unsigned flush_every)
             store_batch_clear(b);
         }
     }
+    gen_spread_ms = 10LL * 3600 * 1000;
+    gen_visitors = 50;
     raw_writer_free(w);
     store_batch_free(b);
     static struct hrow want[NEV], got[NEV];
@@ -413,7 +424,7 @@ static void hours_vs_scan(unsigned flush_every)
         if (block_version == 1) ASSERT_TRUE(some.bad > 0);       /* v1: everything is */
     }
     /* fn's value stops the scan (workers included) */
-    struct hcollect c = {.r = got, .last_hour = INT64_MIN, .stop_at = 5};
+    struct hcollect c = {.r = got, .last_hour = INT64_MIN, .stop_at = narrow ? 2 : 5};
     ASSERT_EQ(raw_scan_hours(s, site, from, to, fields, 3, 0, 2, hrow_hour, &c), 7);
     /* an hour beyond rows_max; bad fields; an empty range */
     c = (struct hcollect){.r = got, .last_hour = INT64_MIN};
@@ -431,8 +442,9 @@ static void hours_vs_scan(unsigned flush_every)
 
 TEST(raw_scan_hours_matches_raw_scan)
 {
-    hours_vs_scan(40);
-    hours_vs_scan(500);
+    hours_vs_scan(40, false);
+    hours_vs_scan(500, false);
+    hours_vs_scan(500, true);
 }
 
 /* ---- raw_scan_hours_props: field and property value ids, as raw_scan gives them ---- */
