@@ -295,36 +295,47 @@ static int kv_salt(struct cluster *c, const char *key, bool create, uint8_t out[
     return TALLY_EIO;
 }
 
-/* Purges every day.<n> with n < today - 1. Failures are logged and retried the next day. */
+/* Purges every day.<n> with n < today - 1. Failures are logged and retried the next day. The
+ * keys come from the bucket stream's subject list (stream info with a subject filter), not
+ * from kvStore_Keys: that one reads through a watcher subscription which libnats 3.4 destroys
+ * under its own read loop (the race of nats.c #637, see jslog.c). A subject that holds only a
+ * delete or purge marker is listed too, and purged with the rest (no marker is left). */
 static int purge_old_days(struct cluster *c, int64_t today)
 {
-    kvKeysList keys = {0};
-    kvWatchOptions wo;
-    kvWatchOptions_Init(&wo);
-    wo.Timeout = CLUSTER_NATS_REQUEST_TIMEOUT_MS;
-    natsStatus st = kvStore_Keys(&keys, c->kv, &wo);
-    if (st == NATS_NOT_FOUND) return TALLY_OK; /* empty bucket */
+    char stream[96], filter[160];
+    snprintf(stream, sizeof stream, "KV_%s", c->bucket);
+    snprintf(filter, sizeof filter, "$KV.%s.day.>", c->bucket);
+    const size_t prefix = strlen(filter) - 5; /* "$KV.<bucket>." */
+    jsOptions io;
+    jsOptions_Init(&io);
+    io.Wait = CLUSTER_NATS_REQUEST_TIMEOUT_MS;
+    io.Stream.Info.SubjectsFilter = filter;
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus st = js_GetStreamInfo(&si, c->js, stream, &io, &jerr);
     if (st != NATS_OK) {
         char why[CLUSTER_ERR_BYTES];
-        nats_why(why, "keys", st);
+        nats_why(why, "subjects", st);
         diag_warn("cluster: cannot list %s: %s", c->bucket, why);
+        jsStreamInfo_Destroy(si);
         return TALLY_EIO;
     }
     int rc = TALLY_OK, purged = 0;
-    for (int i = 0; i < keys.Count; i++) {
-        const char *k = keys.Keys[i];
+    const jsStreamStateSubjects *subs = si ? si->State.Subjects : NULL;
+    for (int i = 0; subs && i < subs->Count; i++) {
+        const char *subject = subs->List[i].Subject;
+        if (!subject || strlen(subject) <= prefix || strncmp(subject, filter, prefix) != 0)
+            continue;
+        const char *k = subject + prefix;
         if (strncmp(k, "day.", 4) != 0) continue;
         char *end;
         long long day = strtoll(k + 4, &end, 10);
         if (end == k + 4 || *end || day >= today - 1) continue;
-        char stream[96], subject[160];
-        snprintf(stream, sizeof stream, "KV_%s", c->bucket);
-        snprintf(subject, sizeof subject, "$KV.%s.%s", c->bucket, k);
         jsOptions o;
         jsOptions_Init(&o);
         o.Wait = CLUSTER_NATS_REQUEST_TIMEOUT_MS;
         o.Stream.Purge.Subject = subject;
-        jsErrCode jerr = 0;
+        jerr = 0;
         if ((st = js_PurgeStream(c->js, stream, &o, &jerr)) != NATS_OK) {
             char why[CLUSTER_ERR_BYTES];
             nats_why(why, k, st);
@@ -334,7 +345,7 @@ static int purge_old_days(struct cluster *c, int64_t today)
             purged++;
         }
     }
-    kvKeysList_Destroy(&keys);
+    jsStreamInfo_Destroy(si);
     if (purged > 0) diag_info("cluster: purged %d old salt(s) from %s", purged, c->bucket);
     return rc;
 }
