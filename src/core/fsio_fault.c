@@ -42,6 +42,7 @@ struct fsio_fault {
     uint32_t sync_fail_left;
     int sync_errnum;
     int skip_real_sync;
+    uint32_t write_delay_us;
     int cut_mode;
     uint64_t cut_at_write; /* 0: off; else writes left until the power fails */
     struct ff_file **files;
@@ -207,8 +208,10 @@ static ssize_t ff_pwrite(void *ctx, int fd, const void *buf, size_t n, uint64_t 
         f->st.writes++;
         if (f->space_left >= 0) f->space_left -= r;
     }
-out:
+out:;
+    uint32_t delay_us = f->write_delay_us;
     pthread_mutex_unlock(&f->mu);
+    if (delay_us) usleep(delay_us);
     return r;
 }
 
@@ -435,6 +438,13 @@ void fsio_fault_fsync_fail(struct fsio_fault *f, uint32_t after, uint32_t count,
     f->sync_ok_left = after;
     f->sync_fail_left = count;
     f->sync_errnum = errnum;
+    pthread_mutex_unlock(&f->mu);
+}
+
+void fsio_fault_write_delay_us(struct fsio_fault *f, uint32_t us)
+{
+    pthread_mutex_lock(&f->mu);
+    f->write_delay_us = us;
     pthread_mutex_unlock(&f->mu);
 }
 

@@ -57,6 +57,10 @@ void fsio_fault_fsync_fail(struct fsio_fault *f, uint32_t after, uint32_t count,
  * the model, not the disk, then defines durability). Off by default. */
 void fsio_fault_skip_real_sync(struct fsio_fault *f, int on);
 
+/* Each pwrite (after its effect) then takes us more microseconds, slept outside the layer's
+ * lock: a slow disk, so that a test can act while a write is in progress. 0: off (default). */
+void fsio_fault_write_delay_us(struct fsio_fault *f, uint32_t us);
+
 enum fsio_fault_cut_mode {
     FSIO_FAULT_CUT_DROP_UNSYNCED = 0, /* default: files go back to their synced length */
     FSIO_FAULT_CUT_KEEP_PREFIX = 1,   /* a random prefix of the unsynced bytes survives */

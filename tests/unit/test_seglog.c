@@ -11,6 +11,7 @@
 /* Most tests run on the fault layer with real syncs skipped (fast on a busy disk); the round
  * trip and interval tests use the real file system. */
 static const struct fsio *g_fs;
+static struct fsio_fault *g_fault; /* g_fs's layer */
 
 TEST(round_trip_with_empty_and_max_records)
 {
@@ -497,6 +498,7 @@ struct flood_arg {
 #define FLOOD_GAP_US 200
 #define SLOW_BURST 32
 #define SLOW_ATTEMPTS 10
+#define SLOW_WRITE_US 2000 /* each write takes this long while the slow callbacks are tried */
 static void *flood_main(void *p)
 {
     struct flood_arg *a = p;
@@ -511,9 +513,12 @@ static void *flood_main(void *p)
 /* Under fsync always, callbacks run on the completer thread: while one callback is slow, the
  * writer and the syncer go on writing and syncing the groups behind it (up to the pipeline
  * bound), instead of the whole log stalling behind the callback. A group that was synced
- * inline (nothing else in flight) is completed by the writer itself, so a blocker that lands
- * there stalls the writer: a burst appended right behind the slow append makes that unlikely,
- * and the test then releases it and tries again. */
+ * inline (nothing else in flight and nothing waiting) is completed by the writer itself, so a
+ * blocker that lands there stalls the writer. The fault layer's syncs are instant, so the
+ * pipeline is mostly empty: the burst appended right behind the slow append had to reach the
+ * queue before the writer's check (1 run in 16 lost that race on every attempt). Writes of
+ * SLOW_WRITE_US now give the burst that time while the slow append's group is being written;
+ * the test still releases a blocker that landed inline and tries again. */
 TEST(slow_callback_does_not_stall_writing)
 {
     const char *dir = test_tmpdir();
@@ -535,6 +540,7 @@ TEST(slow_callback_does_not_stall_writing)
     while (b.completions < 1000) /* the pipeline is busy */
         pthread_cond_wait(&b.cv, &b.mu);
     pthread_mutex_unlock(&b.mu);
+    fsio_fault_write_delay_us(g_fault, SLOW_WRITE_US);
     /* No ASSERT while the flood thread runs (it uses this frame): failures are noted. */
     int progressed = 0, append_err = 0, out_of_order = 0;
     for (int attempt = 0; attempt < SLOW_ATTEMPTS && !progressed; attempt++) {
@@ -578,6 +584,7 @@ TEST(slow_callback_does_not_stall_writing)
     atomic_store(&fa.stop, 1);
     pthread_join(t, NULL);
     seglog_close(log); /* drains every callback before this frame goes */
+    fsio_fault_write_delay_us(g_fault, 0);
     ASSERT_EQ(append_err, 0);
     ASSERT_EQ(out_of_order, 0);
     ASSERT_TRUE(progressed);
@@ -783,6 +790,7 @@ int main(void)
 {
     diag_init(DIAG_OFF, NULL);
     struct fsio_fault *fault = fsio_fault_new(NULL, 11);
+    g_fault = fault;
     fsio_fault_skip_real_sync(fault, 1);
     g_fs = fsio_fault_fs(fault);
     RUN(round_trip_with_empty_and_max_records);
