@@ -1169,24 +1169,14 @@ TEST(raw_scan_hours_props_malformed_props)
     raw_writer_commit(w);
     raw_writer_free(w);
     store_batch_free(b);
-    uint8_t lo[4], hi[4], key[16];
-    store_put_be32(lo, site);
-    store_put_be32(hi, site + 1);
-    struct store_iter *it = store_iter_new(s, STORE_CF_RAW, lo, 4, hi, 4);
-    store_iter_seek_first(it);
-    ASSERT_TRUE(store_iter_valid(it));
-    size_t kl, vl;
-    memcpy(key, store_iter_key(it, &kl), 16);
-    const uint8_t *v = store_iter_value(it, &vl);
-    uint8_t *val = malloc(vl);
-    memcpy(val, v, vl);
-    store_iter_free(it);
-    ASSERT_EQ(val[0], 2);
+    struct blk bl;
+    first_block(s, site, &bl);
+    ASSERT_EQ(bl.val[0], 2);
     const uint32_t keys[] = {7, 9, 12345};
     static struct prow got[8];
     /* rows 1 and 3: row 1 has key 7 twice (5 first), key 9 = 6; row 3 has key 9 = 8 */
     const uint8_t good[] = {2, 1, 3, 7, 5, 9, 6, 7, 4, 2, 1, 9, 8};
-    put_block_with_props(s, key, val, vl, good, sizeof good);
+    put_block_with_props(s, bl.key, bl.val, bl.len, good, sizeof good);
     struct pcollect c = {.r = got, .cap = 8, .keys = keys, .np = 3, .last_hour = INT64_MIN};
     ASSERT_EQ(raw_scan_hours_props(s, site, base, base + RAW_HOUR_MS, NULL, 0, keys, 3, 0, 0,
                                    prow_hour, &c),
@@ -1221,7 +1211,7 @@ TEST(raw_scan_hours_props_malformed_props)
     };
     memset(bad[3].b + 3, 1, 2 * (DE_PROPS_MAX + 1)); /* pairs (1, 1) */
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        put_block_with_props(s, key, val, vl, bad[i].b, bad[i].len);
+        put_block_with_props(s, bl.key, bl.val, bl.len, bad[i].b, bad[i].len);
         c = (struct pcollect){.r = got, .cap = 8, .keys = keys, .np = 3, .last_hour = INT64_MIN};
         ASSERT_EQ(raw_scan_hours_props(s, site, base, base + RAW_HOUR_MS, NULL, 0, keys, 3, 0, 0,
                                        prow_hour, &c),
@@ -1231,7 +1221,7 @@ TEST(raw_scan_hours_props_malformed_props)
                   0);
         ASSERT_EQ(c.n, 4);
     }
-    free(val);
+    free(bl.val);
     store_close(s);
 }
 
