@@ -50,7 +50,7 @@
 
 #include "ingest/timefmt.h"
 #include "query/qvisit.h"
-#include "query/vtable.h"
+#include "core/hugemap.h"
 #include "rollup/u64map.h"
 #include "store/raw.h"
 #include "tally/error.h"
@@ -440,7 +440,7 @@ static int fs_rehash(struct fstream *fs, size_t cap)
 {
     int rc = fs_charge(fs->c, (cap - fs->cap) * sizeof *fs->tab);
     if (rc) return rc;
-    struct fsv *t = vtable_map(cap * sizeof *t); /* (vtable.h: mapped, huge pages) */
+    struct fsv *t = hugemap_alloc(cap * sizeof *t); /* (core/hugemap.h: mapped, huge pages) */
     if (!t) return TALLY_ENOMEM;
     struct fsv *old = fs->tab;
     size_t oldcap = fs->cap;
@@ -453,7 +453,7 @@ static int fs_rehash(struct fstream *fs, size_t cap)
         while (t[j].used) j = (j + 1) & (cap - 1);
         t[j] = old[i];
     }
-    vtable_unmap(old, oldcap * sizeof *old);
+    hugemap_free(old, oldcap * sizeof *old);
     return TALLY_OK;
 }
 
@@ -648,7 +648,7 @@ static int fs_compute(struct fctx *c, const struct q_budget *b)
     for (size_t i = 0; !rc && i < fs.cap; i++)
         for (size_t k = 0; fs.tab[i].used && k < fs.tab[i].best; k++)
             c->r->visitors[k]++;
-    vtable_unmap(fs.tab, fs.cap * sizeof *fs.tab);
+    hugemap_free(fs.tab, fs.cap * sizeof *fs.tab);
     free(fs.start);
     free(fs.pmask);
     free(fs.nmask);

@@ -106,7 +106,7 @@
 #include "ingest/timefmt.h"
 #include "query/query.h"
 #include "query/qvisit.h"
-#include "query/vtable.h"
+#include "core/hugemap.h"
 #include "rollup/cell.h"
 #include "rollup/u64map.h"
 #include "store/raw.h"
@@ -1751,7 +1751,7 @@ static int st_rehash(struct qs *c, size_t cap)
     struct qst *st = c->st;
     int rc = qs_charge(c, (cap - st->cap) * sizeof *st->tab);
     if (rc) return rc;
-    struct qsv *t = vtable_map(cap * sizeof *t);
+    struct qsv *t = hugemap_alloc(cap * sizeof *t);
     if (!t) return TALLY_ENOMEM;
     struct qsv *old = st->tab;
     size_t oldcap = st->cap;
@@ -1765,7 +1765,7 @@ static int st_rehash(struct qs *c, size_t cap)
             j = (j + 1) & (cap - 1);
         t[j] = old[i];
     }
-    vtable_unmap(old, oldcap * sizeof *old);
+    hugemap_free(old, oldcap * sizeof *old);
     return TALLY_OK;
 }
 
@@ -2152,7 +2152,7 @@ static void st_free(struct qst *st)
     free(st->exits);
     free(st->pairs);
     free(st->eroot.kids);
-    vtable_unmap(st->tab, st->cap * sizeof *st->tab);
+    hugemap_free(st->tab, st->cap * sizeof *st->tab);
     free(st->vattr);
     u64map_free(&st->seen_visitor);
     u64map_free(&st->seen_visit);

@@ -2,10 +2,8 @@
  * u64map: an open-addressing hash map from non-zero 64-bit keys to 64-bit values (linear
  * probing, at most half full, backward-shift deletion so there are no tombstones). Header-only;
  * one thread at a time. Key 0 is reserved: callers map it to another value.
- * Arrays of U64MAP_HUGE_BYTES or more are mapped, not malloc'd, and ask for huge pages: a map
- * of millions of keys is random access over tens of megabytes, and one query's (row, visitor)
- * set grew through 4 KiB pages at ~12,000 page faults a query (perf, bench/query's filter2),
- * each probe also missing the TLB; the free of a mapped array returns it to the system at once.
+ * Arrays of HUGEMAP_HUGE_BYTES or more come from core/hugemap.h (mapped, huge pages: see there
+ * why), smaller ones from malloc.
  */
 #ifndef TALLY_ROLLUP_U64MAP_H
 #define TALLY_ROLLUP_U64MAP_H
@@ -15,9 +13,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
-#define U64MAP_HUGE_BYTES (2u << 20) /* arrays this large are mapped (huge pages) */
+#include "core/hugemap.h"
 
 struct u64map {
     uint64_t *keys;
@@ -38,20 +35,17 @@ static inline uint64_t u64map_hash(uint64_t k)
 static inline uint64_t *u64map_array(size_t cap, bool zero)
 {
     size_t bytes = cap * sizeof(uint64_t);
-    if (bytes < U64MAP_HUGE_BYTES) return zero ? calloc(cap, sizeof(uint64_t)) : malloc(bytes);
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return NULL;
-    (void)madvise(p, bytes, MADV_HUGEPAGE);
-    return p; /* zero pages */
+    if (bytes < HUGEMAP_HUGE_BYTES) return zero ? calloc(cap, sizeof(uint64_t)) : malloc(bytes);
+    return hugemap_alloc(bytes); /* zero pages */
 }
 
 static inline void u64map_array_free(uint64_t *p, size_t cap)
 {
     if (!p) return;
-    if (cap * sizeof(uint64_t) < U64MAP_HUGE_BYTES)
+    if (cap * sizeof(uint64_t) < HUGEMAP_HUGE_BYTES)
         free(p);
     else
-        munmap(p, cap * sizeof(uint64_t));
+        hugemap_free(p, cap * sizeof(uint64_t));
 }
 
 static inline void u64map_free(struct u64map *m)
