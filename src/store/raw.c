@@ -1437,11 +1437,39 @@ static int rowcmp_q(const void *a, const void *b)
     return rowcmp(a, b);
 }
 
-/* Puts visitor v's rows, the spans sa[i]..se[i] of ns runs (total rows), in (ts, offset) order
- * across those spans (sorted among themselves, written back into the same places). */
-static int visitor_reorder(struct hour_buf *h, const size_t *sa, const size_t *se, size_t ns,
-                           size_t total)
+/* One visitor's spans (its rows in one run each), taken in run order. */
+struct vspans {
+    size_t sa[HOUR_RUNS_KEPT + 1], se[HOUR_RUNS_KEPT + 1]; /* [sa, se) */
+    size_t ns, total;
+    bool late; /* a span starts before the end of the one before it, by (ts, offset) */
+};
+
+/* An empty set of spans (the span arrays are left as they are: filled before they are read). */
+static inline void vspans_init(struct vspans *sp)
 {
+    sp->ns = sp->total = 0;
+    sp->late = false;
+}
+
+/* Adds the span of visitor rows[a].visitor that starts at a in a run ending at end; returns
+ * the span's end. */
+static size_t vspans_add(struct vspans *sp, const struct raw_row *rows, size_t a, size_t end)
+{
+    size_t e = a + 1;
+    while (e < end && rows[e].visitor == rows[a].visitor)
+        e++;
+    if (sp->ns && rowcmp(&rows[sp->se[sp->ns - 1] - 1], &rows[a]) > 0) sp->late = true;
+    sp->sa[sp->ns] = a;
+    sp->se[sp->ns++] = e;
+    sp->total += e - a;
+    return e;
+}
+
+/* Puts one visitor's rows, its spans sp, in (ts, offset) order across those spans (sorted
+ * among themselves, written back into the same places). */
+static int visitor_reorder(struct hour_buf *h, const struct vspans *sp)
+{
+    const size_t *sa = sp->sa, *se = sp->se, ns = sp->ns, total = sp->total;
     struct raw_row *rows = h->rows;
     if (total > h->captmp) {
         struct raw_row *t = realloc(h->tmp, total * sizeof *t);
@@ -1485,8 +1513,7 @@ static int hour_order(struct hour_buf *h)
 {
     if (h->descents > HOUR_RUNS_KEPT) return hour_sort(h);
     const size_t nr = h->descents + 1;
-    size_t pos[HOUR_RUNS_KEPT + 1], end[HOUR_RUNS_KEPT + 1], sa[HOUR_RUNS_KEPT + 1],
-        se[HOUR_RUNS_KEPT + 1];
+    size_t pos[HOUR_RUNS_KEPT + 1], end[HOUR_RUNS_KEPT + 1];
     pos[0] = 0;
     for (size_t r = 1; r < nr; r++) pos[r] = end[r - 1] = h->start[r - 1];
     end[nr - 1] = h->n;
@@ -1497,8 +1524,8 @@ static int hour_order(struct hour_buf *h)
         for (size_t i = 0; i < h->nlate && !rc; i++) {
             const uint64_t v = h->late[i];
             if (i && v == h->late[i - 1]) continue;
-            size_t ns = 0, total = 0;
-            bool late = false;
+            struct vspans sp;
+            vspans_init(&sp);
             for (size_t r = 0; r < nr; r++) {
                 size_t lo = pos[r], hi = end[r]; /* the first row of v or after, in run r */
                 while (lo < hi) {
@@ -1508,16 +1535,9 @@ static int hour_order(struct hour_buf *h)
                     else
                         hi = mid;
                 }
-                if (lo == end[r] || rows[lo].visitor != v) continue;
-                size_t e = lo + 1;
-                while (e < end[r] && rows[e].visitor == v)
-                    e++;
-                if (ns && rowcmp(&rows[se[ns - 1] - 1], &rows[lo]) > 0) late = true;
-                sa[ns] = lo;
-                se[ns++] = e;
-                total += e - lo;
+                if (lo < end[r] && rows[lo].visitor == v) vspans_add(&sp, rows, lo, end[r]);
             }
-            if (late) rc = visitor_reorder(h, sa, se, ns, total);
+            if (sp.late) rc = visitor_reorder(h, &sp);
         }
         h->descents = 0;
         return rc;
@@ -1531,19 +1551,12 @@ static int hour_order(struct hour_buf *h)
                 any = true;
             }
         if (!any) break;
-        size_t ns = 0, total = 0;
-        bool late = false;
-        for (size_t r = 0; r < nr; r++) {
-            if (pos[r] >= end[r] || rows[pos[r]].visitor != v) continue;
-            size_t e = pos[r] + 1;
-            while (e < end[r] && rows[e].visitor == v) e++;
-            if (ns && rowcmp(&rows[se[ns - 1] - 1], &rows[pos[r]]) > 0) late = true;
-            sa[ns] = pos[r];
-            se[ns++] = e;
-            total += e - pos[r];
-            pos[r] = e;
-        }
-        if (late && (rc = visitor_reorder(h, sa, se, ns, total))) return rc;
+        struct vspans sp;
+        vspans_init(&sp);
+        for (size_t r = 0; r < nr; r++)
+            if (pos[r] < end[r] && rows[pos[r]].visitor == v)
+                pos[r] = vspans_add(&sp, rows, pos[r], end[r]);
+        if (sp.late && (rc = visitor_reorder(h, &sp))) return rc;
     }
     h->descents = 0;
     return TALLY_OK;
