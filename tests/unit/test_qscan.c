@@ -15,7 +15,7 @@
 /* ---------------------------------------------------------------- fixture */
 
 #define SITE "a.com"
-#define NEV_MAX 2000
+#define NEV_MAX 4000
 #define D0 "2026-03-01T00:00:00Z"
 
 static struct tr_event evs[NEV_MAX];
@@ -937,6 +937,61 @@ TEST(stream_clustered_visitors)
     store_close(fx.s);
 }
 
+/* Rows beyond the first 64 count their visitors and visits through sets of (row, visitor) and
+ * (row, visit) pairs that grow as they fill (st_seen_row). 150 visitors, 200 pages: visitor v
+ * views pages (7v + k) % 200, k = 0..9, in a visit at 10:00, the first of them again at the end
+ * of it, and all ten in reverse in a second visit at 12:00; so each page's row counts its
+ * visitors once, their visits twice, and pairs are asked again both within a visit and across
+ * visits. Counted by hand and against the holding form. */
+TEST(stream_many_rows)
+{
+    nevs = 0;
+    enum { NV = 150, NP = 200, K = 10 };
+    char path[K][16];
+    int vis[NP] = {0}, extra[NP] = {0};
+    for (uint64_t v = 1; v <= NV; v++) {
+        for (int k = 0; k < K; k++) {
+            int p = (int)((7 * v + (uint64_t)k) % NP);
+            snprintf(path[k], sizeof path[k], "/p%d", p);
+            vis[p]++;
+            push(T("10:00:00") + k * 60000 + (int64_t)v, v, "pageview", path[k]);
+        }
+        push(T("10:10:00") + (int64_t)v, v, "pageview", path[0]);
+        extra[(7 * v) % NP]++;
+        for (int k = K - 1; k >= 0; k--)
+            push(T("12:00:00") + (K - 1 - k) * 60000 + (int64_t)v, v, "pageview", path[k]);
+    }
+    struct fixture fx;
+    load_now(&fx);
+    struct query q;
+    query_init(&q, &fx, T("09:00:00"), T("14:00:00"));
+    q.nmetrics = 3;
+    q.metrics[0] = QM_VISITORS;
+    q.metrics[1] = QM_VISITS;
+    q.metrics[2] = QM_PAGEVIEWS;
+    q.ndims = 1;
+    q.dims[0].field = ROLLUP_DIM_PAGE;
+    struct q_table t, h;
+    ASSERT_EQ(stream(&fx, &q, &t), 0);
+    ASSERT_EQ(t.n, NP);
+    ASSERT_EQ(t.total.visitors, NV);
+    ASSERT_EQ(t.total.visits, 2 * NV);
+    for (size_t r = 0; r < t.n; r++) {
+        int p = atoi(t.rows[r].dims[0] + 2);
+        ASSERT_TRUE(p >= 0 && p < NP);
+        if (t.rows[r].a.visitors != (uint64_t)vis[p] || t.rows[r].a.visits != 2 * vis[p] ||
+            t.rows[r].a.pageviews != 2 * vis[p] + extra[p])
+            TEST_FAIL_("/p%d: visitors %llu visits %lld pageviews %lld, want %d %d %d", p,
+                       (unsigned long long)t.rows[r].a.visitors, (long long)t.rows[r].a.visits,
+                       (long long)t.rows[r].a.pageviews, vis[p], 2 * vis[p], 2 * vis[p] + extra[p]);
+    }
+    ASSERT_EQ(scan(&fx, &q, &h), 0);
+    tables_same(&h, &t, 0, 1);
+    q_table_free(&h);
+    q_table_free(&t);
+    store_close(fx.s);
+}
+
 /* A visit begun before the range whose last pageview in it waits for an event after it: the
  * stream goes on past the range for that pageview's time on page alone (and, by exit page, for
  * the visit's last event). */
@@ -1082,6 +1137,7 @@ int main(void)
     RUN(stream_same_as_hold);
     RUN(stream_refusals);
     RUN(stream_clustered_visitors);
+    RUN(stream_many_rows);
     RUN(stream_time_on_page_after_range);
     RUN(budget_and_speed);
     return test_summary();
