@@ -571,7 +571,6 @@ static inline void fs_step(const struct fstream *fs, struct fsl *st, int64_t *st
  * lookup, prefetched FS_PREFETCH_ROWS rows ahead, and the state stays in registers meanwhile. */
 static int fs_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_t n)
 {
-    (void)hour_ms;
     struct fstream *fs = arg;
     if (fs->deadline_ms && timefmt_mono_ms() > fs->deadline_ms) return TALLY_ETIMEDOUT;
     /* the table does not grow during the hour: room for every row's visitor */
@@ -600,7 +599,7 @@ static int fs_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_
                 if (!visits) start = fs->start + (size_t)st.last * fs->K;
             }
             if (visits) { /* a gap of FN_GAP_MS or more starts a new visit */
-                uint64_t t = (uint64_t)r->ts_ms - from + 1; /* rows are in the range */
+                uint64_t t = (uint64_t)(hour_ms + r->ts_in_hour_ms - from) + 1; /* in the range */
                 if (st.last && t - st.last >= (uint64_t)FN_GAP_MS) st.level = 0;
                 st.last = t;
             }
@@ -611,7 +610,7 @@ static int fs_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_
                 m |= id < fs->cappmask && fs->pmask[id] ? fs->pmask[id] & 0xffu
                                                         : fs_path_mask(fs, id);
             }
-            if (m) fs_step(fs, &st, start, m, r->ts_ms);
+            if (m) fs_step(fs, &st, start, m, hour_ms + r->ts_in_hour_ms);
         }
         if (v) {
             v->last = st.last;

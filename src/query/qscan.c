@@ -1963,11 +1963,11 @@ static void st_top(struct qs *c, struct qsv *v, int64_t d)
     v->fl &= (uint8_t)~QSV_TOP;
 }
 
-/* One counted event of visitor v, in the visitor's time order. */
-static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r)
+/* One counted event of visitor v, in the visitor's time order (r of the hour at hour_ms). */
+static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r, int64_t hour_ms)
 {
     struct qst *st = c->st;
-    const int64_t ts = r->ts_ms;
+    const int64_t ts = hour_ms + r->ts_in_hour_ms;
     uint32_t *x = c->ex;
     const size_t stride = c->stride;
     for (size_t i = 0; i < st->nf + st->np; i++)
@@ -2067,7 +2067,6 @@ static inline size_t st_next_run(const struct raw_row *rows, size_t n, size_t i)
  * ahead; a prefetch per row distance missed the runs between). */
 static int st_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_t n)
 {
-    (void)hour_ms;
     struct qs *c = arg;
     if (c->deadline && timefmt_mono_ms() > c->deadline) return TALLY_ETIMEDOUT;
     int rc = st_reserve(c, n);
@@ -2090,7 +2089,7 @@ static int st_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_
         for (; i < n && rows[i].visitor == visitor; i++) {
             if (!st_counted(c, &rows[i])) continue;
             if (!v && (rc = st_find(c, visitor, &v))) return rc;
-            if ((rc = st_event(c, v, &rows[i]))) return rc;
+            if ((rc = st_event(c, v, &rows[i], hour_ms))) return rc;
             if ((v->fl & (QSV_FIRST_IN | QSV_TOP | QSV_DEFER)) && v->last_ts > st->pending_ts_max)
                 st->pending_ts_max = v->last_ts;
         }
@@ -2126,20 +2125,20 @@ struct st_probe {
 
 static int probe_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_t n)
 {
-    (void)hour_ms;
     struct st_probe *p = arg;
     struct qs *c = p->c;
     if (c->deadline && timefmt_mono_ms() > c->deadline) return TALLY_ETIMEDOUT;
     for (size_t i = 0; i < n; i++) {
         const struct raw_row *r = &rows[i];
         if (!st_counted(c, r)) continue;
+        const int64_t ts = hour_ms + r->ts_in_hour_ms;
         uint64_t *slot = r->visitor ? u64map_get(&p->map, r->visitor) : NULL;
         size_t at = r->visitor ? (slot ? (size_t)*slot : 0) : p->zero_at;
         if (p->round == 0) {
             if (at == 0) {
                 int rc = qs_grow(c, (void **)&p->pv, &p->cap, p->n + 1, sizeof *p->pv);
                 if (rc) return rc;
-                p->pv[p->n++] = (struct st_pvis){.head = r->ts_ms, .open = true};
+                p->pv[p->n++] = (struct st_pvis){.head = ts, .open = true};
                 at = p->n;
                 if (!r->visitor) {
                     p->zero_at = at;
@@ -2149,8 +2148,8 @@ static int probe_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, si
                         return rc;
                     if (!u64map_put(&p->map, r->visitor, at)) return TALLY_ENOMEM;
                 }
-            } else if (r->ts_ms < p->pv[at - 1].head) {
-                p->pv[at - 1].head = r->ts_ms;
+            } else if (ts < p->pv[at - 1].head) {
+                p->pv[at - 1].head = ts;
             }
             continue;
         }
@@ -2158,10 +2157,10 @@ static int probe_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, si
         struct st_pvis *v = &p->pv[at - 1];
         if (v->round != p->round) {
             v->round = p->round;
-            v->tmin = v->tmax = r->ts_ms;
+            v->tmin = v->tmax = ts;
         } else {
-            if (r->ts_ms < v->tmin) v->tmin = r->ts_ms;
-            if (r->ts_ms > v->tmax) v->tmax = r->ts_ms;
+            if (ts < v->tmin) v->tmin = ts;
+            if (ts > v->tmax) v->tmax = ts;
         }
     }
     return TALLY_OK;

@@ -1022,7 +1022,7 @@ struct hour_buf {
 static inline int rowcmp(const struct raw_row *x, const struct raw_row *y)
 {
     if (x->visitor != y->visitor) return x->visitor < y->visitor ? -1 : 1;
-    if (x->ts_ms != y->ts_ms) return x->ts_ms < y->ts_ms ? -1 : 1;
+    if (x->ts_in_hour_ms != y->ts_in_hour_ms) return x->ts_in_hour_ms < y->ts_in_hour_ms ? -1 : 1;
     return x->offset < y->offset ? -1 : x->offset > y->offset;
 }
 
@@ -1142,7 +1142,7 @@ v2_assemble(struct hour_buf *h, struct vruns *vr, uint64_t n, const uint64_t *xo
     struct raw_row *base = h->rows + h->n;
     /* the previous row kept (for the order note; none: nothing sorts below it) */
     uint64_t pv = h->n ? base[-1].visitor : 0, po = h->n ? base[-1].offset : 0;
-    int64_t pt = h->n ? base[-1].ts_ms : INT64_MIN;
+    int64_t pt = h->n ? hour_ms + base[-1].ts_in_hour_ms : INT64_MIN;
     size_t k = 0;
     for (uint64_t i = 0; i < n;) {
         uint64_t visitor;
@@ -1164,7 +1164,7 @@ v2_assemble(struct hour_buf *h, struct vruns *vr, uint64_t n, const uint64_t *xo
             }
             late_note(h, visitor, t, o);
             struct raw_row *r = &base[k++];
-            r->ts_ms = t;
+            r->ts_in_hour_ms = (uint32_t)xt[i];
             r->offset = o;
             r->visitor = visitor;
             r->flags = xf[i];
@@ -1307,7 +1307,7 @@ static int block_rows(const uint8_t *key, size_t klen, const uint8_t *val, size_
         if (bad || ts < hour_end - RAW_HOUR_MS || ts >= hour_end) return TALLY_ECORRUPT;
         if (ts < from || ts >= to) continue;
         struct raw_row *r = &h->rows[h->n];
-        r->ts_ms = ts;
+        r->ts_in_hour_ms = (uint32_t)(ts - (hour_end - RAW_HOUR_MS));
         r->offset = offset;
         r->visitor = visitor;
         r->flags = flags;

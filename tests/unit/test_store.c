@@ -344,17 +344,22 @@ static int hrow_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, siz
     c->last_hour = hour_ms;
     for (size_t i = 0; i < n; i++) {
         const struct raw_row *r = &rows[i];
-        if (r->ts_ms < hour_ms || r->ts_ms >= hour_ms + RAW_HOUR_MS) c->bad++;
+        if (r->ts_in_hour_ms >= RAW_HOUR_MS) c->bad++;
         /* each visitor's rows by (ts, offset): against its previous row in this hour */
         for (size_t k = i; k-- > 0;)
             if (rows[k].visitor == r->visitor) {
-                if (rows[k].ts_ms > r->ts_ms ||
-                    (rows[k].ts_ms == r->ts_ms && rows[k].offset >= r->offset))
+                if (rows[k].ts_in_hour_ms > r->ts_in_hour_ms ||
+                    (rows[k].ts_in_hour_ms == r->ts_in_hour_ms && rows[k].offset >= r->offset))
                     c->bad++;
                 break;
             }
-        c->r[c->n++] = (struct hrow){r->ts_ms, r->offset, r->visitor, r->flags,
-                                     r->val[0], r->val[1], r->val[2]};
+        c->r[c->n++] = (struct hrow){hour_ms + r->ts_in_hour_ms,
+                                     r->offset,
+                                     r->visitor,
+                                     r->flags,
+                                     r->val[0],
+                                     r->val[1],
+                                     r->val[2]};
     }
     return 0;
 }
@@ -498,11 +503,11 @@ static int prow_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, siz
     c->last_hour = hour_ms;
     for (size_t i = 0; i < n; i++) {
         const struct raw_row *r = &rows[i];
-        if (r->ts_ms < hour_ms || r->ts_ms >= hour_ms + RAW_HOUR_MS) c->bad++;
+        if (r->ts_in_hour_ms >= RAW_HOUR_MS) c->bad++;
         for (size_t k = i; k-- > 0;) /* each visitor's rows by (ts, offset) */
             if (rows[k].visitor == r->visitor) {
-                if (rows[k].ts_ms > r->ts_ms ||
-                    (rows[k].ts_ms == r->ts_ms && rows[k].offset >= r->offset))
+                if (rows[k].ts_in_hour_ms > r->ts_in_hour_ms ||
+                    (rows[k].ts_in_hour_ms == r->ts_in_hour_ms && rows[k].offset >= r->offset))
                     c->bad++;
                 break;
             }
@@ -510,8 +515,10 @@ static int prow_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, siz
             if (r->val[f]) c->bad++;
         if (c->n == c->cap) abort();
         struct prow *o = &c->r[c->n++];
-        *o = (struct prow){
-            .ts = r->ts_ms, .off = r->offset, .visitor = r->visitor, .flags = r->flags};
+        *o = (struct prow){.ts = hour_ms + r->ts_in_hour_ms,
+                           .off = r->offset,
+                           .visitor = r->visitor,
+                           .flags = r->flags};
         memcpy(o->val, r->val, (c->nf + c->np) * sizeof r->val[0]);
     }
     return 0;
