@@ -61,6 +61,7 @@ int main(int argc, char **argv)
     o.dir = db;
     o.read_only = true;
     o.block_cache_bytes = 16u << 20; /* the server's (server.c) */
+    o.raw_cache_bytes = 256u << 20;  /* raw_cache_bytes' default (config.c) */
     struct store *s = NULL;
     if (store_open(&o, &s) != 0) {
         fprintf(stderr, "funnel: cannot open %s\n", db);

@@ -20,10 +20,11 @@
  * does. Columns are listed in bench/clickhouse/schema.sql (same order).
  *
  * RUN. Opens STORE read-only with the server's cache sizes (server.c: 16 MiB block cache,
- * QUERY_CACHE_MB overrides; 32 MiB query cache of day breakdowns, store/memo.h, QUERY_MEMO_MB
- * overrides, 0 = off), then for each query of the table below, in order: Tally (one warm-up
- * run with the query cache emptied first, which gives the answer shown and tally_cold_ms, then
- * N timed runs of parse + execute + free (QUERY_LIVE=1: each after marking the range's last
+ * QUERY_CACHE_MB overrides; the raw blocks' own 256 MiB, raw_cache_bytes' default,
+ * QUERY_RAW_CACHE_MB overrides, 0 = none; 32 MiB query cache of day breakdowns, store/memo.h,
+ * QUERY_MEMO_MB overrides, 0 = off), then for each query of the table below, in order: Tally (one
+ * warm-up run with the query cache emptied first, which gives the answer shown and tally_cold_ms,
+ * then N timed runs of parse + execute + free (QUERY_LIVE=1: each after marking the range's last
  * day changed, as while today's events arrive),
  * plan Q_PLAN_AUTO unless QUERY_PLAN=rollup|scan|stream), then ClickHouse over HTTP on
  * 127.0.0.1:CH_HTTP_PORT with keep-alive (one warm-up, N timed round trips: from writing the
@@ -405,6 +406,8 @@ static struct store *open_store(const char *dir)
     o.read_only = true;
     const char *mb = getenv("QUERY_CACHE_MB");
     o.block_cache_bytes = (size_t)(mb ? atoi(mb) : 16) << 20; /* the server's (server.c) */
+    const char *rmb = getenv("QUERY_RAW_CACHE_MB"); /* raw_cache_bytes' default (config.c) */
+    o.raw_cache_bytes = (size_t)(rmb ? atoi(rmb) : 256) << 20;
     o.memo_bytes_max = memo_bytes();
     o.write_buffer_bytes = 8u << 20;
     struct store *s = NULL;

@@ -18,6 +18,7 @@
 # QUERY_BIN (build/rel/bench/query: another build of bench/query.c);
 # and what `query run` reads: QUERY_ROUNDS (1), QUERY_REPS_DASHBOARD (50), QUERY_REPS_ADHOC
 # (20), QUERY_SECONDS_MAX (20), QUERY_PLAN (auto), QUERY_CACHE_MB (16, RocksDB's block cache),
+# QUERY_RAW_CACHE_MB (256, the raw blocks' own cache: the server's raw_cache_bytes),
 # QUERY_MEMO_MB (32, the query cache; 0 = off).
 # Quick run: `sh bench/query.sh 1000000`. At 10M events: data set ~3 min, load ~1 min, queries
 # ~4 min per round (15.5 min in all with QUERY_ROUNDS=3, the figures in bench/RESULTS.md), so

@@ -132,8 +132,10 @@ static int open_log(const struct tally_config *cfg, const struct datadir *dd, bo
     return 0;
 }
 
+/* cache_bytes_max: the query memo (store/memo.h); raw_cache_bytes: the raw family's own block
+ * cache (0: the shared one; offline tools, which scan once). */
 static int open_store(const struct datadir *dd, bool read_only, size_t cache_bytes_max,
-                      struct store **out)
+                      size_t raw_cache_bytes, struct store **out)
 {
     char dir[4096];
     datadir_join(dd, "store", dir, sizeof dir);
@@ -143,6 +145,7 @@ static int open_store(const struct datadir *dd, bool read_only, size_t cache_byt
     o.read_only = read_only;
     /* Bounded memory next to ingest: 16 MiB block cache, 8 MiB memtables per family. */
     o.block_cache_bytes = 16u << 20;
+    o.raw_cache_bytes = raw_cache_bytes;
     o.write_buffer_bytes = 8u << 20;
     o.background_low_priority = !read_only;
     o.memo_bytes_max = cache_bytes_max;
@@ -373,6 +376,7 @@ static void warn_restart_keys(const struct tally_config *o, const struct tally_c
     CHANGED(!str_eq(o->geoip_db, n->geoip_db), "geoip_db");
     CHANGED(o->query_threads != n->query_threads, "query_threads");
     CHANGED(o->query_queue_max != n->query_queue_max, "query_queue_max");
+    CHANGED(o->raw_cache_bytes != n->raw_cache_bytes, "raw_cache_bytes");
     CHANGED(!str_eq(o->data_dir, n->data_dir), "data_dir");
     CHANGED(o->fsync != n->fsync || o->fsync_interval_ms != n->fsync_interval_ms, "fsync");
     CHANGED(o->segment_bytes != n->segment_bytes || o->retention_days != n->retention_days ||
@@ -534,7 +538,8 @@ static int start_processing(struct app *app, const struct datadir *dd,
                             struct rollup_source **sources, size_t *nsources)
 {
     const struct tally_config *cfg = app->cfg;
-    int rc = open_store(dd, false, (size_t)cfg->query_cache_bytes_max, &app->store);
+    int rc = open_store(dd, false, (size_t)cfg->query_cache_bytes_max, (size_t)cfg->raw_cache_bytes,
+                        &app->store);
     if (rc != 0) return rc;
     if ((rc = node_sources(cfg, app->log, app->js, sources, nsources)) != 0) {
         fprintf(stderr, "tally: no partitions to consume: %s\n", tally_strerror(rc));
@@ -906,7 +911,7 @@ int app_rebuild(const struct tally_config *cfg, const struct app_options *opt)
             goto out;
         }
     }
-    if (rc != 0 || open_store(dd, false, 0, &store) != 0) goto out;
+    if (rc != 0 || open_store(dd, false, 0, 0, &store) != 0) goto out;
     if (node_sources(cfg, log, js, &src, &nsrc) != 0) goto out;
     struct rollup_rebuild_opts ro;
     memset(&ro, 0, sizeof ro);
@@ -954,7 +959,7 @@ int app_digest(const struct tally_config *cfg, const struct app_options *opt)
     if (lock_data_dir(cfg, &dd) != 0) return 1;
     struct store *store = NULL;
     int exit_code = 1;
-    if (open_store(dd, false, 0, &store) == 0) {
+    if (open_store(dd, false, 0, 0, &store) == 0) {
         struct rollup_digest d;
         int rc = rollup_digest(store, opt->site, &d);
         if (rc == 0) {

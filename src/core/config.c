@@ -100,6 +100,10 @@ static const struct key_def g_keys[] = {
      "answers of whole-day breakdowns (the dashboard's top lists) kept in memory and reused "
      "until a day of their range changes; 0 keeps none",
      NULL},
+    {"server", "raw_cache_bytes", KT_INT, CO(raw_cache_bytes), 0, 64 * GiB, "268435456", "bytes",
+     "cache of the raw event blocks that ad-hoc queries, funnels and exports scan (filled by "
+     "their reads only); 0 shares the store's 16 MiB cache. Takes effect at start",
+     NULL},
     {"server", "live_connections_max", KT_INT, CO(live_connections_max), 1, 1000000, "1000",
      "connections", "open GET /api/v1/live WebSockets; beyond it new ones get 503", NULL},
     {"server", "live_events_per_s_max", KT_INT, CO(live_events_per_s_max), 1, 100000, "50",

@@ -71,6 +71,7 @@ struct tally_config {
     int64_t query_timeout_ms;
     int64_t query_memory_bytes_max;
     int64_t query_cache_bytes_max;  /* answers of day-range breakdowns kept (store/memo.h) */
+    int64_t raw_cache_bytes;        /* the raw store's own block cache (store.h) */
     char *tracker_path;             /* extra first-party path of the tracker script */
     int64_t live_connections_max;   /* GET /api/v1/live WebSockets open at once */
     int64_t live_events_per_s_max;  /* events pushed per second per live WebSocket */

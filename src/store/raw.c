@@ -1873,7 +1873,8 @@ int raw_compact_hour(struct store *s, uint32_t site_id, uint32_t hour,
     uint8_t lo[8], hi[8];
     hour_key(lo, site_id, hour);
     hour_key(hi, site_id, (uint64_t)hour + 1);
-    struct store_iter *it = store_iter_new(s, STORE_CF_RAW, lo, 8, hi, 8);
+    /* (blocks about to be replaced: not worth a place in the cache the queries read) */
+    struct store_iter *it = store_iter_new_uncached(s, STORE_CF_RAW, lo, 8, hi, 8);
     struct raw_writer *w = raw_writer_new(s);
     struct store_batch *b = store_batch_new(s);
     int rc = it && w && b ? TALLY_OK : TALLY_ENOMEM;

@@ -34,6 +34,8 @@ struct store {
     rocksdb_options_t *cf_opts[STORE_CF_COUNT];
     rocksdb_block_based_table_options_t *table_opts;
     rocksdb_cache_t *cache;
+    rocksdb_cache_t *raw_cache;                          /* NULL: the raw CF uses cache */
+    rocksdb_block_based_table_options_t *raw_table_opts; /* with raw_cache */
     rocksdb_column_family_handle_t *cf[STORE_CF_COUNT];
     rocksdb_writeoptions_t *wopts;
     rocksdb_readoptions_t *ropts;
@@ -183,6 +185,15 @@ int store_open(const struct store_options *opt, struct store **out)
                                                   rocksdb_filterpolicy_create_bloom_full(10));
     rocksdb_block_based_options_set_block_size(s->table_opts, 16 * 1024);
     rocksdb_block_based_options_set_format_version(s->table_opts, 5);
+    if (opt->raw_cache_bytes) { /* the same table options, with the raw CF's own cache */
+        s->raw_cache = rocksdb_cache_create_lru(opt->raw_cache_bytes);
+        s->raw_table_opts = rocksdb_block_based_options_create();
+        rocksdb_block_based_options_set_block_cache(s->raw_table_opts, s->raw_cache);
+        rocksdb_block_based_options_set_filter_policy(s->raw_table_opts,
+                                                      rocksdb_filterpolicy_create_bloom_full(10));
+        rocksdb_block_based_options_set_block_size(s->raw_table_opts, 16 * 1024);
+        rocksdb_block_based_options_set_format_version(s->raw_table_opts, 5);
+    }
 
     s->db_opts = rocksdb_options_create();
     rocksdb_options_set_create_if_missing(s->db_opts, 1);
@@ -202,7 +213,8 @@ int store_open(const struct store_options *opt, struct store **out)
          * it reads; the other families are LZ4-compressed by RocksDB */
         rocksdb_options_set_compression(o, i == STORE_CF_RAW ? rocksdb_no_compression
                                                              : rocksdb_lz4_compression);
-        rocksdb_options_set_block_based_table_factory(o, s->table_opts);
+        rocksdb_options_set_block_based_table_factory(
+            o, i == STORE_CF_RAW && s->raw_table_opts ? s->raw_table_opts : s->table_opts);
         rocksdb_options_set_write_buffer_size(o, i == STORE_CF_META ? (4u << 20) : wbuf);
         rocksdb_options_set_level_compaction_dynamic_level_bytes(o, 1);
         /* raw compaction (raw.h) deletes an hour's small blocks: a table file where any
@@ -343,6 +355,8 @@ void store_close(struct store *s)
     if (s->db_opts) rocksdb_options_destroy(s->db_opts);
     if (s->table_opts) rocksdb_block_based_options_destroy(s->table_opts);
     if (s->cache) rocksdb_cache_destroy(s->cache);
+    if (s->raw_table_opts) rocksdb_block_based_options_destroy(s->raw_table_opts);
+    if (s->raw_cache) rocksdb_cache_destroy(s->raw_cache);
     if (s->site_names) {
         for (uint32_t i = 0; i <= s->site_count; i++) free(s->site_names[i]);
         free(s->site_names);
@@ -478,8 +492,8 @@ static int store_write_locked(struct store *s, struct store_batch *b)
     return rc;
 }
 
-struct store_iter *store_iter_new(struct store *s, enum store_cf cf, const void *lower,
-                                  size_t llen, const void *upper, size_t ulen)
+static struct store_iter *iter_new(struct store *s, enum store_cf cf, const void *lower,
+                                   size_t llen, const void *upper, size_t ulen, bool fill_cache)
 {
     struct store_iter *it = calloc(1, sizeof *it);
     if (!it) return NULL;
@@ -490,6 +504,7 @@ struct store_iter *store_iter_new(struct store *s, enum store_cf cf, const void 
         return it;
     }
     it->ro = rocksdb_readoptions_create();
+    rocksdb_readoptions_set_fill_cache(it->ro, fill_cache);
     if (lower) {
         it->lower = malloc(llen ? llen : 1);
         if (!it->lower) goto fail;
@@ -507,6 +522,24 @@ struct store_iter *store_iter_new(struct store *s, enum store_cf cf, const void 
 fail:
     store_iter_free(it);
     return NULL;
+}
+
+struct store_iter *store_iter_new(struct store *s, enum store_cf cf, const void *lower, size_t llen,
+                                  const void *upper, size_t ulen)
+{
+    return iter_new(s, cf, lower, llen, upper, ulen, true);
+}
+
+struct store_iter *store_iter_new_uncached(struct store *s, enum store_cf cf, const void *lower,
+                                           size_t llen, const void *upper, size_t ulen)
+{
+    return iter_new(s, cf, lower, llen, upper, ulen, false);
+}
+
+void store_cache_usage(struct store *s, size_t *shared_bytes, size_t *raw_bytes)
+{
+    *shared_bytes = s->cache ? rocksdb_cache_get_usage(s->cache) : 0;
+    *raw_bytes = s->raw_cache ? rocksdb_cache_get_usage(s->raw_cache) : 0;
 }
 
 void store_iter_free(struct store_iter *it)

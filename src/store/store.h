@@ -7,7 +7,11 @@
  *   sessions  visits by (site, visitor, start)                               (rollup/engine.h)
  *   dict      site-scoped string dictionary of the raw store                 (store/raw.h)
  *   meta      consumer cursors and state, the site registry, markers
- * Every CF uses LZ4 compression, a 10-bit bloom filter and one shared LRU block cache.
+ * Every CF but raw (whose blocks compress their own columns) uses LZ4 compression; all use a
+ * 10-bit bloom filter and one shared LRU block cache, except that the raw CF may have its own
+ * (store_options.raw_cache_bytes): the blocks ad-hoc queries, funnels and exports scan then stay
+ * in the process, unevicted by the rollups' cell reads of ingest or by the OS dropping its page
+ * cache (bench/RESULTS.md, session 11: filter2 p99 162 -> 139 ms with ClickHouse beside it).
  *
  * SITE REGISTRY (meta CF). Sites are numbered for key prefixes: "S" name -> u32 id (BE) and
  * "I" u32 id (BE) -> name; ids start at 1 and are assigned on first use, written at once (before
@@ -51,6 +55,7 @@ struct store_iter;
 struct store_options {
     const char *dir;                 /* database directory (created when missing) */
     size_t block_cache_bytes;        /* shared LRU cache; default 64 MiB */
+    size_t raw_cache_bytes;          /* the raw CF's own LRU cache; 0: the shared one (default) */
     size_t write_buffer_bytes;       /* memtable size per CF; default 32 MiB */
     bool read_only;                  /* open for reading only (digest, offline tools) */
     bool sync_writes;                /* fsync the WAL on every store_write; default false */
@@ -121,7 +126,13 @@ int store_write(struct store *s, struct store_batch *b);
  * the bounds are copied. The iterator reads a consistent snapshot taken at creation. */
 struct store_iter *store_iter_new(struct store *s, enum store_cf cf, const void *lower,
                                   size_t llen, const void *upper, size_t ulen);
+/* store_iter_new whose reads leave the block cache as it was (a pass over data about to be
+ * rewritten, such as raw compaction, must not evict what queries keep reading). */
+struct store_iter *store_iter_new_uncached(struct store *s, enum store_cf cf, const void *lower,
+                                           size_t llen, const void *upper, size_t ulen);
 void store_iter_free(struct store_iter *it);
+/* Bytes held by the shared block cache and by the raw CF's own (0 when it has none). */
+void store_cache_usage(struct store *s, size_t *shared_bytes, size_t *raw_bytes);
 void store_iter_seek_first(struct store_iter *it);
 void store_iter_seek_last(struct store_iter *it);
 /* Positions at the first key >= key. */

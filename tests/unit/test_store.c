@@ -21,6 +21,75 @@ static struct store *open_store(const char *dir)
     return s;
 }
 
+/* Every key of cf read through an iterator (cached: filling the block cache, or not). */
+static size_t read_all(struct store *s, enum store_cf cf, bool cached)
+{
+    struct store_iter *it = cached ? store_iter_new(s, cf, NULL, 0, NULL, 0)
+                                   : store_iter_new_uncached(s, cf, NULL, 0, NULL, 0);
+    size_t n = 0;
+    for (store_iter_seek_first(it); store_iter_valid(it); store_iter_next(it))
+        n++;
+    store_iter_free(it);
+    return n;
+}
+
+/* raw_cache_bytes: the raw family's blocks go to its own cache, the other families' to the
+ * shared one; an uncached iterator fills neither; without it, raw blocks share the cache. */
+TEST(raw_family_has_its_own_cache)
+{
+    const char *dir = test_tmpdir();
+    struct store_options o;
+    store_options_default(&o);
+    o.dir = dir;
+    o.block_cache_bytes = 8u << 20;
+    o.raw_cache_bytes = 8u << 20;
+    o.write_buffer_bytes = 4u << 20;
+    struct store *s = NULL;
+    ASSERT_EQ(store_open(&o, &s), 0);
+    struct store_batch *b = store_batch_new(s);
+    uint8_t val[1024];
+    uint64_t x = 88172645463325252ULL;
+    for (int i = 0; i < 2000; i++) { /* 2 MB in each family, incompressible */
+        for (size_t j = 0; j < sizeof val; j++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            val[j] = (uint8_t)x;
+        }
+        char key[16];
+        snprintf(key, sizeof key, "k%08d", i);
+        store_batch_put(b, STORE_CF_RAW, key, 9, val, sizeof val);
+        store_batch_put(b, STORE_CF_ROLLUPS, key, 9, val, sizeof val);
+    }
+    ASSERT_EQ(store_write(s, b), 0);
+    store_batch_free(b);
+    ASSERT_EQ(store_flush(s), 0);
+    store_close(s);
+    ASSERT_EQ(store_open(&o, &s), 0); /* empty caches */
+    size_t shared0, raw0, shared, raw;
+    store_cache_usage(s, &shared0, &raw0);
+    ASSERT_EQ(read_all(s, STORE_CF_RAW, false), 2000);
+    store_cache_usage(s, &shared, &raw);
+    ASSERT_TRUE(raw < raw0 + (64u << 10) && shared < shared0 + (64u << 10));
+    ASSERT_EQ(read_all(s, STORE_CF_RAW, true), 2000);
+    store_cache_usage(s, &shared, &raw);
+    ASSERT_TRUE(raw > raw0 + (1u << 20));
+    ASSERT_TRUE(shared < shared0 + (64u << 10));
+    ASSERT_EQ(read_all(s, STORE_CF_ROLLUPS, true), 2000);
+    size_t shared2, raw2;
+    store_cache_usage(s, &shared2, &raw2);
+    ASSERT_TRUE(shared2 > shared + (1u << 20));
+    ASSERT_TRUE(raw2 < raw + (64u << 10));
+    store_close(s);
+    o.raw_cache_bytes = 0; /* one cache for all */
+    ASSERT_EQ(store_open(&o, &s), 0);
+    store_cache_usage(s, &shared0, &raw0);
+    ASSERT_EQ(raw0, 0);
+    ASSERT_EQ(read_all(s, STORE_CF_RAW, true), 2000);
+    store_cache_usage(s, &shared, &raw);
+    ASSERT_EQ(raw, 0);
+    ASSERT_TRUE(shared > shared0 + (1u << 20));
+    store_close(s);
+}
+
 TEST(basics_and_sites)
 {
     const char *dir = test_tmpdir();
@@ -1301,6 +1370,7 @@ TEST(reopen_waits_for_readers_and_keeps_data)
 int main(void)
 {
     RUN(basics_and_sites);
+    RUN(raw_family_has_its_own_cache);
     RUN(reopen_waits_for_readers_and_keeps_data);
     RUN(raw_exact_and_window);
     RUN(raw_scan_hours_matches_raw_scan);
