@@ -11,7 +11,7 @@
  * 10-bit bloom filter and one shared LRU block cache, except that the raw CF may have its own
  * (store_options.raw_cache_bytes): the blocks ad-hoc queries, funnels and exports scan then stay
  * in the process, unevicted by the rollups' cell reads of ingest or by the OS dropping its page
- * cache (bench/RESULTS.md, session 11: filter2 p99 162 -> 139 ms with ClickHouse beside it).
+ * cache, and a scan reads them without a pread copy (bench/RESULTS.md, session 11).
  *
  * SITE REGISTRY (meta CF). Sites are numbered for key prefixes: "S" name -> u32 id (BE) and
  * "I" u32 id (BE) -> name; ids start at 1 and are assigned on first use, written at once (before
