@@ -99,6 +99,17 @@ static int err_code(char *err, const char *what)
 
 static int sites_load(struct store *s);
 
+/* Block-based table options over cache: 16 KiB blocks, a 10-bit bloom filter, format 5. */
+static rocksdb_block_based_table_options_t *table_options_new(rocksdb_cache_t *cache)
+{
+    rocksdb_block_based_table_options_t *t = rocksdb_block_based_options_create();
+    rocksdb_block_based_options_set_block_cache(t, cache);
+    rocksdb_block_based_options_set_filter_policy(t, rocksdb_filterpolicy_create_bloom_full(10));
+    rocksdb_block_based_options_set_block_size(t, 16 * 1024);
+    rocksdb_block_based_options_set_format_version(t, 5);
+    return t;
+}
+
 /* One process-wide wrapper of RocksDB's default Env whose flush and compaction threads run at
  * a lower CPU priority, so they yield to ingest and catch up when it is idle. Created once,
  * kept for the life of the process (stores may be opened and closed many times). */
@@ -179,20 +190,10 @@ int store_open(const struct store_options *opt, struct store **out)
     size_t wbuf = opt->write_buffer_bytes ? opt->write_buffer_bytes : 32u << 20;
 
     s->cache = rocksdb_cache_create_lru(cache_bytes);
-    s->table_opts = rocksdb_block_based_options_create();
-    rocksdb_block_based_options_set_block_cache(s->table_opts, s->cache);
-    rocksdb_block_based_options_set_filter_policy(s->table_opts,
-                                                  rocksdb_filterpolicy_create_bloom_full(10));
-    rocksdb_block_based_options_set_block_size(s->table_opts, 16 * 1024);
-    rocksdb_block_based_options_set_format_version(s->table_opts, 5);
+    s->table_opts = table_options_new(s->cache);
     if (opt->raw_cache_bytes) { /* the same table options, with the raw CF's own cache */
         s->raw_cache = rocksdb_cache_create_lru(opt->raw_cache_bytes);
-        s->raw_table_opts = rocksdb_block_based_options_create();
-        rocksdb_block_based_options_set_block_cache(s->raw_table_opts, s->raw_cache);
-        rocksdb_block_based_options_set_filter_policy(s->raw_table_opts,
-                                                      rocksdb_filterpolicy_create_bloom_full(10));
-        rocksdb_block_based_options_set_block_size(s->raw_table_opts, 16 * 1024);
-        rocksdb_block_based_options_set_format_version(s->raw_table_opts, 5);
+        s->raw_table_opts = table_options_new(s->raw_cache);
     }
 
     s->db_opts = rocksdb_options_create();
