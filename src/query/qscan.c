@@ -1479,6 +1479,16 @@ static inline size_t ps_home(const struct pairset *p, uint32_t id)
     return (size_t)(((uint64_t)id * 0x9e3779b97f4a7c15ULL) >> p->shift);
 }
 
+/* Puts key, which p does not hold, in the first free slot from its home (p has room; the
+ * caller counts it). */
+static inline void ps_place(struct pairset *p, uint64_t key)
+{
+    size_t i = ps_home(p, (uint32_t)key);
+    while (p->keys[i])
+        i = (i + 1) & (p->cap - 1);
+    p->keys[i] = key;
+}
+
 /* Doubles p (from 64 keys). false on allocation failure. */
 static bool ps_grow(struct pairset *p)
 {
@@ -1486,13 +1496,8 @@ static bool ps_grow(struct pairset *p)
     uint64_t *keys = u64map_array(cap, true);
     if (!keys) return false;
     struct pairset q = {keys, cap, p->n, 64 - (unsigned)__builtin_ctzll(cap)};
-    for (size_t j = 0; j < p->cap; j++) {
-        if (!p->keys[j]) continue;
-        size_t i = ps_home(&q, (uint32_t)p->keys[j]);
-        while (keys[i])
-            i = (i + 1) & (cap - 1);
-        keys[i] = p->keys[j];
-    }
+    for (size_t j = 0; j < p->cap; j++)
+        if (p->keys[j]) ps_place(&q, p->keys[j]);
     u64map_array_free(p->keys, p->cap);
     *p = q;
     return true;
@@ -1730,10 +1735,7 @@ QS_HOT bool st_seen_row(struct qs *c, struct qsv *v, uint32_t idx, bool visit)
         if (!c->err) c->err = rc;
         return false;
     }
-    size_t i = ps_home(m, id);
-    while (m->keys[i])
-        i = (i + 1) & (m->cap - 1);
-    m->keys[i] = key;
+    ps_place(m, key);
     m->n++;
     return false;
 }
