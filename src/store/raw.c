@@ -1112,6 +1112,16 @@ static int v2_props(const uint8_t *p, const uint8_t *end, uint64_t n, const stru
     return !sp.bad && sp.p == sp.end ? TALLY_OK : TALLY_ECORRUPT;
 }
 
+/* A new sorted run of h begins at row index at (a row sorts before the one before it): where,
+ * while HOUR_RUNS_KEPT allow, and the latest (ts, offset) of the runs before it (bmax). */
+static inline void run_begins(struct hour_buf *h, size_t at)
+{
+    if (h->descents < HOUR_RUNS_KEPT) h->start[h->descents] = at;
+    h->descents++;
+    h->bmax_ts = h->lmax_ts;
+    h->bmax_off = h->lmax_off;
+}
+
 /* LATE ROWS (struct hour_buf): row (t, o) of visitor v, after the descent check. */
 static inline void late_note(struct hour_buf *h, uint64_t v, int64_t t, uint64_t o)
 {
@@ -1156,12 +1166,8 @@ v2_assemble(struct hour_buf *h, struct vruns *vr, uint64_t n, const uint64_t *xo
             const int64_t t = hour_ms + (int64_t)xt[i];
             if (t < from || t >= to) continue;
             const uint64_t o = first + xo[i];
-            if (visitor < pv || (visitor == pv && (t < pt || (t == pt && o < po)))) {
-                if (h->descents < HOUR_RUNS_KEPT) h->start[h->descents] = h->n + k;
-                h->descents++;
-                h->bmax_ts = h->lmax_ts;
-                h->bmax_off = h->lmax_off;
-            }
+            if (visitor < pv || (visitor == pv && (t < pt || (t == pt && o < po))))
+                run_begins(h, h->n + k);
             late_note(h, visitor, t, o);
             struct raw_row *r = &base[k++];
             r->ts_in_hour_ms = (uint32_t)xt[i];
@@ -1316,12 +1322,7 @@ static int block_rows(const uint8_t *key, size_t klen, const uint8_t *val, size_
             r->val[f] = id[pj->fields[f]];
         for (size_t j = 0; j < np; j++)
             r->val[nf + j] = pval[j];
-        if (h->n && rowcmp(r - 1, r) > 0) {
-            if (h->descents < HOUR_RUNS_KEPT) h->start[h->descents] = h->n;
-            h->descents++;
-            h->bmax_ts = h->lmax_ts;
-            h->bmax_off = h->lmax_off;
-        }
+        if (h->n && rowcmp(r - 1, r) > 0) run_begins(h, h->n);
         late_note(h, visitor, ts, offset);
         h->n++;
     }
