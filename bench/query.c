@@ -37,7 +37,9 @@
  * Output, one line per query and a summary:
  *   bench=query name=... class=dashboard|adhoc plan=rollup|scan tally_cold_ms=...
  *     tally_p50_ms=... tally_p99_ms=... ch_p50_ms=... ch_p99_ms=... ch_server_p50_ms=...
- *     ratio_p50=... ratio_p99=...
+ *     ratio_p50=... ratio_p99=... ch_cpu_in_tally_ms=...
+ *     (ch_cpu_in_tally_ms: the CPU ClickHouse used while Tally's timed runs of the query ran,
+ *     from /proc/QUERY_CH_PID/stat, which bench/query.sh sets; "nan" without it)
  *   bench=query_summary events=... counted=... dashboard_p99_ms=... adhoc_p99_ms=...
  *     slowest_ratio=... totals_visitors_tally=... totals_visitors_ch=... agree=yes|no
  *     (events: QUERY_EVENTS, the generated count; counted: the rows ClickHouse holds)
@@ -770,6 +772,7 @@ struct qres {
     double t50[ROUNDS_MAX], t99[ROUNDS_MAX], c50[ROUNDS_MAX], c99[ROUNDS_MAX];
     double s50[ROUNDS_MAX], s99[ROUNDS_MAX];
     double cold[ROUNDS_MAX]; /* the warm-up run: query cache emptied before it */
+    double ch_busy[ROUNDS_MAX]; /* ClickHouse's CPU ms while Tally's timed runs ran */
     int tally_runs, ch_runs; /* timed runs done (last round) */
     char plan[16];
     char *tally_first, *ch_first; /* first answer rows, last round */
@@ -883,6 +886,23 @@ static uint64_t last_day_tag(const struct qdef *d, uint32_t site_id)
     return (uint64_t)site_id << 32 | (uint64_t)(day / 60000);
 }
 
+/* The CPU time (user + system) the process pid has used, in ms; NAN when unknown. */
+static double proc_cpu_ms(long pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return NAN;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')'); /* the name may hold spaces: fields follow its ')' */
+    unsigned long long ut, st;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return NAN;
+    return (double)(ut + st) * 1000.0 / (double)sysconf(_SC_CLK_TCK);
+}
+
 static int cmd_run(const char *dir, int ch_port)
 {
     struct store *s = open_store(dir);
@@ -897,6 +917,9 @@ static int cmd_run(const char *dir, int ch_port)
     const bool live = getenv("QUERY_LIVE") && atoi(getenv("QUERY_LIVE")) == 1;
     int reps_adhoc = env_int("QUERY_REPS_ADHOC", 20, 1, REPS_MAX);
     int rounds = env_int("QUERY_ROUNDS", 1, 1, ROUNDS_MAX);
+    /* QUERY_CH_PID (bench/query.sh sets it): ClickHouse's CPU while Tally's timed runs run
+     * (its background work, e.g. query_log flushes, would take a core from them) */
+    const long ch_pid = getenv("QUERY_CH_PID") ? atol(getenv("QUERY_CH_PID")) : 0;
     double side_ms_max = 1000.0 * env_int("QUERY_SECONDS_MAX", 20, 1, 3600);
     struct ch c = {.port = ch_port, .fd = -1};
     static struct qres res[NQUERIES];
@@ -937,6 +960,7 @@ static int cmd_run(const char *dir, int ch_port)
             free(json);
             int n = 0;
             uint64_t live_tag = live ? last_day_tag(d, site_id) : 0;
+            double ch_cpu0 = ch_pid ? proc_cpu_ms(ch_pid) : NAN;
             for (double start = now_ms(); n < reps;) {
                 if (live_tag) memo_note_days(store_memo(s), &live_tag, 1);
                 double t0 = now_ms();
@@ -945,6 +969,7 @@ static int cmd_run(const char *dir, int ch_port)
                 if (n >= RUNS_MIN && now_ms() - start > side_ms_max) break;
             }
             qr->tally_runs = n;
+            qr->ch_busy[r] = ch_pid ? proc_cpu_ms(ch_pid) - ch_cpu0 : NAN;
             qr->t50[r] = pct(tv, (size_t)n, 0.5);
             qr->t99[r] = pct(tv, (size_t)n, 0.99);
             qr->c50[r] = qr->c99[r] = qr->s50[r] = qr->s99[r] = NAN;
@@ -991,6 +1016,7 @@ static int cmd_run(const char *dir, int ch_port)
         double c50 = median(qr->c50, (size_t)rounds), c99 = median(qr->c99, (size_t)rounds);
         double s50 = median(qr->s50, (size_t)rounds);
         double cold = median(qr->cold, (size_t)rounds);
+        double busy = median(qr->ch_busy, (size_t)rounds);
         double r50 = c50 / t50, r99 = c99 / t99;
         if (d->cls == DASHBOARD && t99 > dash_p99) dash_p99 = t99;
         if (d->cls == ADHOC && t99 > adhoc_p99) adhoc_p99 = t99;
@@ -1008,10 +1034,10 @@ static int cmd_run(const char *dir, int ch_port)
         printf("bench=query name=%s class=%s plan=%s rounds=%d tally_runs=%d ch_runs=%d "
                "tally_cold_ms=%s tally_p50_ms=%s "
                "tally_p99_ms=%s ch_p50_ms=%s ch_p99_ms=%s ch_server_p50_ms=%s ratio_p50=%.1f "
-               "ratio_p99=%.1f\n",
+               "ratio_p99=%.1f ch_cpu_in_tally_ms=%.0f\n",
                d->name, d->cls == DASHBOARD ? "dashboard" : "adhoc", qr->plan, rounds,
-               qr->tally_runs, qr->ch_runs, h, a, b, e, f, g,
-               ch_port ? r50 : NAN, ch_port ? r99 : NAN);
+               qr->tally_runs, qr->ch_runs, h, a, b, e, f, g, ch_port ? r50 : NAN,
+               ch_port ? r99 : NAN, busy);
     }
     for (size_t i = 0; i < NQUERIES; i++)
         printf("query-check name=%s tally=%s ch=%s\n", queries[i].name, res[i].tally_first,

@@ -128,6 +128,6 @@ log "loaded in $(($(date +%s) - t0)) s: $(chc --query 'SELECT count() FROM event
 $(chc --query 'SELECT count() FROM sessions') sessions"
 
 # ---- the queries
-QUERY_EVENTS=$EVENTS "$QBIN" run "$STORE" "$HTTP_PORT" >"$WORK/run.out" ||
+QUERY_CH_PID=$CH_PID QUERY_EVENTS=$EVENTS "$QBIN" run "$STORE" "$HTTP_PORT" >"$WORK/run.out" ||
     { cat "$WORK/run.out"; fail "query run failed"; }
 cat "$WORK/run.out"
