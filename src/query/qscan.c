@@ -1965,6 +1965,16 @@ static void st_top(struct qs *c, struct qsv *v, int64_t d)
     v->fl &= (uint8_t)~QSV_TOP;
 }
 
+/* Puts row r's values in the event's slots (row 0 of c->ex), once per event (*loaded). */
+QS_HOT void st_load(struct qs *c, const struct raw_row *r, bool *loaded)
+{
+    if (*loaded) return;
+    const struct qst *st = c->st;
+    for (size_t i = 0; i < st->nf + st->np; i++)
+        if (st->slot[i] >= 0) c->ex[st->slot[i]] = r->val[i];
+    *loaded = true;
+}
+
 /* One counted event of visitor v, in the visitor's time order (r of the hour at hour_ms). */
 static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r, int64_t hour_ms)
 {
@@ -1972,10 +1982,12 @@ static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r, int64_
     const int64_t ts = hour_ms + r->ts_in_hour_ms;
     uint32_t *x = c->ex;
     const size_t stride = c->stride;
-    for (size_t i = 0; i < st->nf + st->np; i++)
-        if (st->slot[i] >= 0) x[st->slot[i]] = r->val[i];
+    /* the event's values go to its slots only when something reads them: most events of a
+     * query with a visit filter belong to visits that fail it and only move visit state */
+    bool loaded = false;
     uint32_t *va = st->row1 ? st->vattr + (size_t)(v->seq - 1) * stride : NULL;
     if (v->visit == 0 || ts - v->last_ts >= QS_GAP_MS) { /* a visit begins */
+        st_load(c, r, &loaded);
         if (v->visit) st_close(c, v);
         v->first_ts = ts;
         v->visit = ++c->visit_seq;
@@ -1992,7 +2004,10 @@ static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r, int64_
     } else if (v->fl & QSV_TOP) /* the next event of the visit of a pageview pending */
         st_top(c, v, ts - v->last_ts);
     v->last_ts = ts;
-    if (st->exit_dim) st->exits[v->seq - 1].exit_id = x[c->dims[0].slot];
+    if (st->exit_dim) {
+        st_load(c, r, &loaded);
+        st->exits[v->seq - 1].exit_id = x[c->dims[0].slot];
+    }
     if (r->flags & RAW_F_PAGEVIEW)
         v->pv += v->pv < 2;
     else if (!(r->flags & RAW_F_NONINTERACTIVE))
@@ -2001,6 +2016,7 @@ static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r, int64_
      * in-scope event after the range, of a visit begun in it), as in the holding form */
     const bool in_r = in_range(c, ts), visit = v->fl & QSV_FIRST_IN;
     if (!(v->fl & QSV_VOK) || (!in_r && !visit)) return c->err;
+    st_load(c, r, &loaded);
     if (va)
         for (size_t i = 0; i < stride; i++)
             x[stride + i] = va[i];
