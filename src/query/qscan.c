@@ -1419,7 +1419,8 @@ struct qsv {
     int64_t last_ts;  /* the visitor's last counted event so far */
     int64_t first_ts; /* the current visit's first event */
     uint64_t vmask;   /* rows 0..63 the visitor was counted in (bit = row index) */
-    uint64_t kmask;   /* rows 0..63 the current visit was counted in */
+    uint64_t kmask;   /* rows 0..63 the current visit was counted in; without visit metrics
+                       * (no visit is counted in a row): rows 64..127 the visitor was */
     uint32_t seq;     /* dense visitor number, from 1 (visitor_seq; its vattr row) */
     uint32_t visit;   /* the current visit's serial (c->visit_seq when it began) */
     uint32_t vrow;    /* the last row (index + 1) beyond 63 the visitor was counted in */
@@ -1738,6 +1739,12 @@ QS_HOT bool st_seen_row(struct qs *c, struct qsv *v, uint32_t idx, bool visit)
         *mask |= bit;
         return was;
     }
+    if (!visit && idx < 128 && !st->visit_metrics) { /* kmask is free: rows 64..127 */
+        const uint64_t bit = 1ULL << (idx - 64);
+        bool was = v->kmask & bit;
+        v->kmask |= bit;
+        return was;
+    }
     idx++;
     uint32_t *last = visit ? &v->krow : &v->vrow;
     if (*last == idx) return true;
@@ -2020,7 +2027,7 @@ static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r, int64_
         v->first_ts = ts;
         v->visit = ++c->visit_seq;
         v->krow = 0;
-        v->kmask = 0;
+        if (st->visit_metrics) v->kmask = 0; /* (else it holds the visitor's rows 64..127) */
         v->pv = 0;
         v->fl &= (uint8_t) ~(QSV_FIRST_IN | QSV_TOT_VISIT | QSV_VOK | QSV_OTHER | QSV_TOP);
         if (st->exit_dim) st->exits[v->seq - 1] = (struct qsexit){0};

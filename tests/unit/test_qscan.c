@@ -989,6 +989,26 @@ TEST(stream_many_rows)
     tables_same(&h, &t, 0, 1);
     q_table_free(&h);
     q_table_free(&t);
+    /* without visit metrics a visitor's rows 64..127 are bits in its entry (kmask), kept across
+     * its visits: each visitor still counts once per page over its two visits */
+    q.nmetrics = 2;
+    q.metrics[1] = QM_PAGEVIEWS;
+    ASSERT_EQ(stream(&fx, &q, &t), 0);
+    ASSERT_EQ(t.n, NP);
+    ASSERT_EQ(t.total.visitors, NV);
+    for (size_t r = 0; r < t.n; r++) {
+        int p = atoi(t.rows[r].dims[0] + 2);
+        ASSERT_TRUE(p >= 0 && p < NP);
+        if (t.rows[r].a.visitors != (uint64_t)vis[p] ||
+            t.rows[r].a.pageviews != 2 * vis[p] + extra[p])
+            TEST_FAIL_("/p%d (no visits): visitors %llu pageviews %lld, want %d %d", p,
+                       (unsigned long long)t.rows[r].a.visitors, (long long)t.rows[r].a.pageviews,
+                       vis[p], 2 * vis[p] + extra[p]);
+    }
+    ASSERT_EQ(scan(&fx, &q, &h), 0);
+    tables_same(&h, &t, 0, 0);
+    q_table_free(&h);
+    q_table_free(&t);
     store_close(fx.s);
 }
 
