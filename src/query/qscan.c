@@ -2143,7 +2143,15 @@ static int st_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_
         for (; i < n && rows[i].visitor == visitor; i++) {
             if (!st_counted(c, &rows[i])) continue;
             if (!v && (rc = st_find(c, visitor, &v))) return rc;
-            if ((rc = st_event(c, v, &rows[i], hour_ms))) return rc;
+            if (v->visit && !(v->fl & QSV_VOK) &&
+                hour_ms + rows[i].ts_in_hour_ms - v->last_ts < QS_GAP_MS) {
+                /* an event of a visit that failed the visit filter, not beginning a visit:
+                 * all it changes is its visitor's clock (st_event would add nothing, and
+                 * bounce and duration are kept for counted visits only) */
+                v->last_ts = hour_ms + rows[i].ts_in_hour_ms;
+            } else if ((rc = st_event(c, v, &rows[i], hour_ms))) {
+                return rc;
+            }
             if ((v->fl & (QSV_FIRST_IN | QSV_TOP | QSV_DEFER)) && v->last_ts > st->pending_ts_max)
                 st->pending_ts_max = v->last_ts;
         }
