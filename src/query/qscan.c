@@ -72,11 +72,14 @@
  * (raw.h), and each visitor has an entry in an open-addressing table (struct qsv): the last event's
  * time (a gap of QS_GAP_MS or more begins a visit), the visit's first time, whether it began in the
  * range, its serial and, when a filter or dimension reads visit attributes, the first event's slot
- * values. An event is evaluated with the same compiled filter (eval) and added to the same
+ * values. The visit-only conjuncts of the filter are judged once, on a visit's first event
+ * (QSV_VOK); the other events of a visit that failed them only move their visitor's clock. An
+ * event is evaluated with the same compiled filter (eval) and added to the same
  * rows (rows_add, row_add) as in the holding form; distinct visitors and visits per row, which
  * the holding form gets from visitor-by-visitor order, come from sets of (row, visitor) and
  * (row, visit) pairs, each visitor remembering its last row so that a run of events on one
- * row asks a set once (the first 64 rows: a bit per row in the entry). A visit's bounce and
+ * row asks a set once (the first 64 rows: a bit per row in the entry; without visit metrics
+ * rows 64..127 too). A visit's bounce and
  * duration are known when it ends (its visitor's next visit begins, or the stream ends): each
  * counted visit gets a number, the rows it was counted in are noted as (row, number) pairs,
  * and when it ends its bounce and duration go to the total at once and to its rows after the
