@@ -2014,16 +2014,22 @@ QS_HOT void st_load(struct qs *c, const struct raw_row *r, bool *loaded)
 }
 
 /* One counted event of visitor v, in the visitor's time order (r of the hour at hour_ms). */
-static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r, int64_t hour_ms)
+QS_HOT int st_event(struct qs *c, struct qsv *v, const struct raw_row *r, int64_t hour_ms,
+                    const bool plain)
 {
     struct qst *st = c->st;
+    /* plain (st_plain): no exit page, time on page, visit attributes per event or bounce and
+     * duration per row; a constant in each of st_hour's two copies, so that copy has none of
+     * their steps */
+    const bool exit_dim = !plain && st->exit_dim, top = !plain && st->top;
+    const bool end_metrics = !plain && st->end_metrics;
     const int64_t ts = hour_ms + r->ts_in_hour_ms;
     uint32_t *x = c->ex;
     const size_t stride = c->stride;
     /* the event's values go to its slots only when something reads them: most events of a
      * query with a visit filter belong to visits that fail it and only move visit state */
     bool loaded = false;
-    uint32_t *va = st->row1 ? st->vattr + (size_t)(v->seq - 1) * stride : NULL;
+    uint32_t *va = !plain && st->row1 ? st->vattr + (size_t)(v->seq - 1) * stride : NULL;
     if (v->visit == 0 || ts - v->last_ts >= QS_GAP_MS) { /* a visit begins */
         st_load(c, r, &loaded);
         if (v->visit) st_close(c, v);
@@ -2033,16 +2039,16 @@ static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r, int64_
         if (st->visit_metrics) v->kmask = 0; /* (else it holds the visitor's rows 64..127) */
         v->pv = 0;
         v->fl &= (uint8_t) ~(QSV_FIRST_IN | QSV_TOT_VISIT | QSV_VOK | QSV_OTHER | QSV_TOP);
-        if (st->exit_dim) st->exits[v->seq - 1] = (struct qsexit){0};
+        if (exit_dim) st->exits[v->seq - 1] = (struct qsexit){0};
         if (in_range(c, ts)) v->fl |= QSV_FIRST_IN;
         if (!st->vfilter || eval_hot(c, st->vfilter, 0, 0, 0)) v->fl |= QSV_VOK; /* row 0: first */
         if (va)
             for (size_t i = 0; i < stride; i++)
                 va[i] = x[i];
-    } else if (v->fl & QSV_TOP) /* the next event of the visit of a pageview pending */
+    } else if (!plain && (v->fl & QSV_TOP)) /* the next event of the visit of a pageview pending */
         st_top(c, v, ts - v->last_ts);
     v->last_ts = ts;
-    if (st->exit_dim) {
+    if (exit_dim) {
         st_load(c, r, &loaded);
         st->exits[v->seq - 1].exit_id = x[c->dims[0].slot];
     }
@@ -2067,7 +2073,7 @@ static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r, int64_
     if (in_r) {
         const struct contrib ek = {.visitor_seq = v->seq, .e = e, .top_ms = -1};
         if (st->want_total) row_add(c, &c->total, &ek);
-        if (st->exit_dim) { /* its row waits for the visit's end */
+        if (exit_dim) { /* its row waits for the visit's end */
             struct qsexit *xe = &st->exits[v->seq - 1];
             xe->ev++;
             xe->pv += (r->flags & RAW_F_PAGEVIEW) != 0;
@@ -2075,7 +2081,7 @@ static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r, int64_
         } else if (c->ndims && (rc = st_rows_add(c, ts, &ek, &row))) {
             return rc;
         }
-        if (st->top && (r->flags & RAW_F_PAGEVIEW)) { /* time on page: at the next event */
+        if (top && (r->flags & RAW_F_PAGEVIEW)) { /* time on page: at the next event */
             st->top_row[v->seq - 1] = row;
             v->fl |= QSV_TOP;
         }
@@ -2084,7 +2090,7 @@ static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r, int64_
      * contribution made its row already unless a time bucket differs (the visit's is its
      * first event's). */
     if (visit && (st->visit_metrics || !in_r || st->time_dims)) {
-        if (st->end_metrics && !v->kidx) { /* counted: its bounce and duration when it ends */
+        if (end_metrics && !v->kidx) { /* counted: its bounce and duration when it ends */
             if ((rc = qs_grow(c, (void **)&st->kres, &st->capk, st->nk + 1, sizeof *st->kres)))
                 return rc;
             st->kres[st->nk++] = (struct qskres){0};
@@ -2092,7 +2098,7 @@ static int st_event(struct qs *c, struct qsv *v, const struct raw_row *r, int64_
         }
         const struct contrib vk = {.visit = true, .visitor_seq = v->seq, .e = e};
         if (st->want_total && st->visit_metrics) row_add(c, &c->total, &vk);
-        if (st->exit_dim) {
+        if (exit_dim) {
             st->exits[v->seq - 1].visit_in = true;
             v->fl |= QSV_DEFER;
         } else if (c->ndims && (rc = st_rows_add(c, v->first_ts, &vk, &row))) {
@@ -2121,9 +2127,9 @@ static inline size_t st_next_run(const struct raw_row *rows, size_t n, size_t i)
 /* One hour of the stream: a visitor's rows in a run share one entry lookup, whose entry was
  * prefetched QS_STREAM_PREFETCH_GROUPS runs earlier (every run's: a cursor walks the runs
  * ahead; a prefetch per row distance missed the runs between). */
-static int st_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_t n)
+QS_HOT int st_hour_t(struct qs *c, int64_t hour_ms, const struct raw_row *rows, size_t n,
+                     const bool plain)
 {
-    struct qs *c = arg;
     if (c->deadline && timefmt_mono_ms() > c->deadline) return TALLY_ETIMEDOUT;
     int rc = st_reserve(c, n);
     if (rc) return rc;
@@ -2152,7 +2158,7 @@ static int st_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_
                  * all it changes is its visitor's clock (st_event would add nothing, and
                  * bounce and duration are kept for counted visits only) */
                 v->last_ts = hour_ms + rows[i].ts_in_hour_ms;
-            } else if ((rc = st_event(c, v, &rows[i], hour_ms))) {
+            } else if ((rc = st_event(c, v, &rows[i], hour_ms, plain))) {
                 return rc;
             }
             if ((v->fl & (QSV_FIRST_IN | QSV_TOP | QSV_DEFER)) && v->last_ts > st->pending_ts_max)
@@ -2160,6 +2166,19 @@ static int st_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_
         }
     }
     return c->err;
+}
+
+/* Whether the query needs none of the stream's rarer steps (st_event's plain). */
+static bool st_plain(const struct qst *st)
+{
+    return !st->exit_dim && !st->top && !st->row1 && !st->end_metrics;
+}
+
+static int st_hour(void *arg, int64_t hour_ms, const struct raw_row *rows, size_t n)
+{
+    struct qs *c = arg;
+    return st_plain(c->st) ? st_hour_t(c, hour_ms, rows, n, true)
+                           : st_hour_t(c, hour_ms, rows, n, false);
 }
 
 static int st_scan(struct qs *c, int64_t from, int64_t to, raw_hour_fn fn, void *arg)
