@@ -1555,9 +1555,9 @@ struct qst {
     uint32_t *id_row; /* dictionary id -> row index + 1 (0: not yet) */
     size_t nid_row;
     struct pairset seen_visitor, seen_visit; /* (row index + 1) << 32 | visitor seq / visit */
-    /* the main scan's span [span_lo_ms, span_hi_ms) and the hour being judged: how much of
-     * the stream is behind (ps_next_cap) */
-    int64_t span_lo_ms, span_hi_ms, hour_ms;
+    /* where the main scan began (it ends at the range's end) and the hour being judged: how
+     * much of the stream is behind (ps_next_cap) */
+    int64_t span_lo_ms, hour_ms;
 };
 
 #define QS_STREAM_THREADS 1   /* decoding threads beside the query's (raw_scan_hours) */
@@ -1721,7 +1721,7 @@ static size_t ps_next_cap(const struct qs *c, const struct pairset *m)
 {
     const struct qst *st = c->st;
     size_t cap = m->cap ? m->cap * 2 : 64;
-    const int64_t span = st->span_hi_ms - st->span_lo_ms;
+    const int64_t span = c->r.to_ms - st->span_lo_ms;
     if (!m->cap || span <= 0) return cap;
     double done = (double)(st->hour_ms + RAW_HOUR_MS - st->span_lo_ms) / (double)span;
     if (done >= 1) return cap; /* past the range (or in a probe): doubling */
@@ -2003,6 +2003,12 @@ static void st_top(struct qs *c, struct qsv *v, int64_t d)
     v->fl &= (uint8_t)~QSV_TOP;
 }
 
+/* Whether an event of v at ts begins a visit: v's first, or QS_GAP_MS or more after its last. */
+static inline bool st_visit_begins(const struct qsv *v, int64_t ts)
+{
+    return v->visit == 0 || ts - v->last_ts >= QS_GAP_MS;
+}
+
 /* Puts row r's values in the event's slots (row 0 of c->ex), once per event (*loaded). */
 QS_HOT void st_load(struct qs *c, const struct raw_row *r, bool *loaded)
 {
@@ -2030,7 +2036,7 @@ QS_HOT int st_event(struct qs *c, struct qsv *v, const struct raw_row *r, int64_
      * query with a visit filter belong to visits that fail it and only move visit state */
     bool loaded = false;
     uint32_t *va = !plain && st->row1 ? st->vattr + (size_t)(v->seq - 1) * stride : NULL;
-    if (v->visit == 0 || ts - v->last_ts >= QS_GAP_MS) { /* a visit begins */
+    if (st_visit_begins(v, ts)) {
         st_load(c, r, &loaded);
         if (v->visit) st_close(c, v);
         v->first_ts = ts;
@@ -2152,12 +2158,12 @@ QS_HOT int st_hour_t(struct qs *c, int64_t hour_ms, const struct raw_row *rows, 
         for (; i < n && rows[i].visitor == visitor; i++) {
             if (!st_counted(c, &rows[i])) continue;
             if (!v && (rc = st_find(c, visitor, &v))) return rc;
-            if (v->visit && !(v->fl & QSV_VOK) &&
-                hour_ms + rows[i].ts_in_hour_ms - v->last_ts < QS_GAP_MS) {
+            const int64_t ts = hour_ms + rows[i].ts_in_hour_ms;
+            if (!(v->fl & QSV_VOK) && !st_visit_begins(v, ts)) {
                 /* an event of a visit that failed the visit filter, not beginning a visit:
                  * all it changes is its visitor's clock (st_event would add nothing, and
                  * bounce and duration are kept for counted visits only) */
-                v->last_ts = hour_ms + rows[i].ts_in_hour_ms;
+                v->last_ts = ts;
             } else if ((rc = st_event(c, v, &rows[i], hour_ms, plain))) {
                 return rc;
             }
@@ -2301,7 +2307,6 @@ static int st_run(struct qs *c)
     if (lo > c->r.from_ms - QS_GAP_MS) lo = c->r.from_ms - QS_GAP_MS; /* visits begun before */
     if (lo < 0) lo = 0;
     st->span_lo_ms = lo;
-    st->span_hi_ms = c->r.to_ms;
     if (!rc) rc = st_scan(c, lo, c->r.to_ms, st_hour, c);
     for (int64_t hi = c->r.to_ms; !rc && hi < INT64_MAX - QS_GAP_MS && st_pending(c, hi);
          hi += QS_GAP_MS)
