@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/sortkey.h"
 #include "store/store.h"
 #include "tally/error.h"
 
@@ -123,13 +124,6 @@ int cell_add_uniques(struct cell *c, uint64_t *items, size_t n)
     return hll_add_many(c->hll, items, n);
 }
 
-static int mentry_cmp(const void *a, const void *b)
-{
-    uint64_t x = ((const struct cell_mentry *)a)->visitor;
-    uint64_t y = ((const struct cell_mentry *)b)->visitor;
-    return x < y ? -1 : x > y;
-}
-
 static void ms_resample(struct cell *c)
 {
     while (c->nms > CELL_VISIT_SET_MAX && c->level < 63) {
@@ -141,38 +135,19 @@ static void ms_resample(struct cell *c)
     }
 }
 
-static int cmp_u64_(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
+#define U64_LESS(a, b) (*(a) < *(b))
+#define MENTRY_LESS(a, b) ((a)->visitor < (b)->visitor)
+SORTKEY_DEFINE(sort_u64_, uint64_t, U64_LESS)
+SORTKEY_DEFINE(sort_mentries_, struct cell_mentry, MENTRY_LESS)
 
 void cell_sort_u64(uint64_t *v, size_t n)
 {
-    if (n > 24) {
-        qsort(v, n, sizeof *v, cmp_u64_);
-        return;
-    }
-    for (size_t i = 1; i < n; i++) {
-        uint64_t x = v[i];
-        size_t j = i;
-        while (j > 0 && v[j - 1] > x) v[j] = v[j - 1], j--;
-        v[j] = x;
-    }
+    sort_u64_(v, n);
 }
 
 void cell_sort_mentries(struct cell_mentry *d, size_t n)
 {
-    if (n > 24) {
-        qsort(d, n, sizeof *d, mentry_cmp);
-        return;
-    }
-    for (size_t i = 1; i < n; i++) {
-        struct cell_mentry x = d[i];
-        size_t j = i;
-        while (j > 0 && d[j - 1].visitor > x.visitor) d[j] = d[j - 1], j--;
-        d[j] = x;
-    }
+    sort_mentries_(d, n);
 }
 
 int cell_apply_multiset(struct cell *c, struct cell_mentry *d, size_t n)
@@ -550,16 +525,6 @@ static int runs_append(struct runs *r, const void *items, size_t n)
     return TALLY_OK;
 }
 
-static void insertion_sort_u64(uint64_t *v, size_t n)
-{
-    for (size_t i = 1; i < n; i++) {
-        uint64_t x = v[i];
-        size_t j = i;
-        while (j > 0 && v[j - 1] > x) v[j] = v[j - 1], j--;
-        v[j] = x;
-    }
-}
-
 /* Distinct count of m items whose top `bits` bits are equal, in table t of 2^tbits slots
  * (zeroed here; 0 marks a free slot, and the item 0 is counted apart). */
 static size_t part_count(const uint64_t *b, size_t m, int bits, uint64_t *t, int tbits)
@@ -587,7 +552,7 @@ static size_t part_count(const uint64_t *b, size_t m, int bits, uint64_t *t, int
 static int64_t part_sorted(uint64_t *b, size_t m, int bits, uint64_t *out, int64_t k)
 {
     if (m <= 32) {
-        insertion_sort_u64(b, m);
+        sort_u64_(b, m);
         for (size_t i = 0; i < m; i++)
             if (i == 0 || b[i] != b[i - 1]) out[k++] = b[i];
         return k;
@@ -602,8 +567,7 @@ static int64_t part_sorted(uint64_t *b, size_t m, int bits, uint64_t *out, int64
     for (int d = 0; d < 256; d++) {
         size_t n = cnt[d] - start;
         uint64_t *p = tmp + start;
-        if (n > 32) qsort(p, n, sizeof *p, cmp_u64_);
-        else insertion_sort_u64(p, n);
+        sort_u64_(p, n);
         for (size_t i = 0; i < n; i++)
             if (i == 0 || p[i] != p[i - 1]) out[k++] = p[i];
         start = cnt[d];

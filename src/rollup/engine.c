@@ -26,6 +26,7 @@
 #include <xxhash.h>
 
 #include "core/diag.h"
+#include "core/sortkey.h"
 #include "ingest/timefmt.h"
 #include "rollup/cell.h"
 #include "rollup/dedup.h"
@@ -619,6 +620,9 @@ static int edv_sort_cmp(const void *a, const void *b)
     return x->len < y->len ? -1 : x->len > y->len;
 }
 
+#define EDV_LESS(a, b) (edv_sort_cmp(a, b) < 0)
+SORTKEY_DEFINE(edv_sort_array, struct edv_sort, EDV_LESS)
+
 static void visit_encode(struct engine *e, const struct visit *v, struct cbuf *b)
 {
     cbuf_reset(b);
@@ -656,7 +660,7 @@ static void visit_encode(struct engine *e, const struct visit *v, struct cbuf *b
         srt[i].dim = (uint8_t)(v->edv[i] >> 32);
         srt[i].s = strtab_str(e->intern, (uint32_t)v->edv[i], &srt[i].len);
     }
-    qsort(srt, v->nedv, sizeof *srt, edv_sort_cmp);
+    edv_sort_array(srt, v->nedv);
     cbuf_varint(b, v->nedv);
     for (uint32_t i = 0; i < v->nedv; i++) {
         cbuf_u8(b, srt[i].dim);
@@ -1385,6 +1389,9 @@ static int keyref_cmp(const void *a, const void *b)
     return x->len < y->len ? -1 : x->len > y->len;
 }
 
+#define KEYREF_LESS(a, b) (keyref_cmp(a, b) < 0)
+SORTKEY_DEFINE(keyref_sort, struct keyref, KEYREF_LESS)
+
 /* Reads, updates and writes back (into the batch) every cell of one granularity's map, in key
  * order: RocksDB inserts sorted keys into its memtable much faster (and multi-gets too). */
 static int apply_map(struct engine *e, int gran, uint32_t mcut)
@@ -1415,7 +1422,7 @@ static int apply_map(struct engine *e, int gran, uint32_t mcut)
     }
     if (!rc) {
         sort_base = e->kbuf.p;
-        qsort(refs, nk, sizeof *refs, keyref_cmp);
+        keyref_sort(refs, nk);
     }
     for (size_t c0 = 0; !rc && c0 < nk; c0 += APPLY_CHUNK) {
         size_t cn = nk - c0 < APPLY_CHUNK ? nk - c0 : APPLY_CHUNK, ng = 0;

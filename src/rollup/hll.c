@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/sortkey.h"
 #include "tally/error.h"
 
 #define HLL_Q (64 - HLL_P)
@@ -143,12 +144,6 @@ int hll_add(struct hll *h, uint64_t item)
     return TALLY_OK;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* Merges the sorted distinct arrays a (the hll's) and b into the hll (exact mode). */
 static int merge_sorted(struct hll *h, const uint64_t *b, size_t nb)
 {
@@ -185,19 +180,8 @@ static int merge_sorted(struct hll *h, const uint64_t *b, size_t nb)
     return TALLY_OK;
 }
 
-static void sort_u64(uint64_t *v, size_t n)
-{
-    if (n > 24) {
-        qsort(v, n, sizeof *v, cmp_u64);
-        return;
-    }
-    for (size_t i = 1; i < n; i++) {
-        uint64_t x = v[i];
-        size_t j = i;
-        while (j > 0 && v[j - 1] > x) v[j] = v[j - 1], j--;
-        v[j] = x;
-    }
-}
+#define U64_LESS(a, b) (*(a) < *(b))
+SORTKEY_DEFINE(sort_u64, uint64_t, U64_LESS)
 
 int hll_add_many(struct hll *h, uint64_t *items, size_t n)
 {
