@@ -67,7 +67,7 @@
                 name##_heap_(a, n);                                                                \
                 return;                                                                            \
             }                                                                                      \
-            /* a[0] <= a[n / 2] <= a[n - 1]; the middle is the pivot */        \
+            /* a[0] <= a[n / 2] <= a[n - 1]; the middle is the pivot */                            \
             T *m = a + n / 2, *l = a + n - 1, t;                                                   \
             if (LESS(m, a)) t = *m, *m = *a, *a = t;                                               \
             if (LESS(l, m)) {                                                                      \
