@@ -215,30 +215,41 @@ static bool growz(void **p, size_t *cap, size_t need, size_t elem)
     return true;
 }
 
+/* A blocked bloom filter: the three bits of a hash lie in one 512-bit block (one cache line),
+ * so an add or a probe touches one line of the table instead of three: about 1.5x the false
+ * positives of a plain filter of the same size (a false positive only costs a read). nbits is
+ * a power of two, at least 512. */
 static bool bloom_init(struct bloom *b, uint64_t nbits)
 {
-    b->bits = calloc(nbits / 64, sizeof *b->bits);
+    TALLY_ASSERT(nbits >= 512 && (nbits & (nbits - 1)) == 0);
+    b->bits = aligned_alloc(64, nbits / 8);
+    if (b->bits) memset(b->bits, 0, nbits / 8);
     b->nbits = nbits;
     return b->bits != NULL;
+}
+
+static inline uint64_t *bloom_block(const struct bloom *b, uint64_t h)
+{
+    return b->bits + ((h >> 32) & (b->nbits / 512 - 1)) * 8;
 }
 
 static void bloom_add(struct bloom *b, uint64_t h)
 {
     if (!b->bits) return;
+    uint64_t *w = bloom_block(b, h);
     for (int i = 0; i < 3; i++) {
-        uint64_t x = (h >> (i * 21)) ^ (h * (uint64_t)(2 * i + 1));
-        x %= b->nbits;
-        b->bits[x / 64] |= 1ULL << (x % 64);
+        unsigned x = (unsigned)(h >> (9 * i)) & 511;
+        w[x / 64] |= 1ULL << (x % 64);
     }
 }
 
 static bool bloom_maybe(const struct bloom *b, uint64_t h)
 {
     if (!b->bits) return true;
+    const uint64_t *w = bloom_block(b, h);
     for (int i = 0; i < 3; i++) {
-        uint64_t x = (h >> (i * 21)) ^ (h * (uint64_t)(2 * i + 1));
-        x %= b->nbits;
-        if (!(b->bits[x / 64] & (1ULL << (x % 64)))) return false;
+        unsigned x = (unsigned)(h >> (9 * i)) & 511;
+        if (!(w[x / 64] & (1ULL << (x % 64)))) return false;
     }
     return true;
 }
