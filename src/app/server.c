@@ -133,9 +133,10 @@ static int open_log(const struct tally_config *cfg, const struct datadir *dd, bo
 }
 
 /* cache_bytes_max: the query memo (store/memo.h); raw_cache_bytes: the raw family's own block
- * cache (0: the shared one; offline tools, which scan once). */
+ * cache (0: the shared one; offline tools, which scan once); bulk: writes without RocksDB's
+ * WAL, families flushed together (store.h; --rebuild). */
 static int open_store(const struct datadir *dd, bool read_only, size_t cache_bytes_max,
-                      size_t raw_cache_bytes, struct store **out)
+                      size_t raw_cache_bytes, bool bulk, struct store **out)
 {
     char dir[4096];
     datadir_join(dd, "store", dir, sizeof dir);
@@ -148,6 +149,7 @@ static int open_store(const struct datadir *dd, bool read_only, size_t cache_byt
     o.raw_cache_bytes = raw_cache_bytes;
     o.write_buffer_bytes = 8u << 20;
     o.background_low_priority = !read_only;
+    o.bulk_writes = bulk;
     o.memo_bytes_max = cache_bytes_max;
     int rc = store_open(&o, out);
     if (rc != 0)
@@ -539,7 +541,7 @@ static int start_processing(struct app *app, const struct datadir *dd,
 {
     const struct tally_config *cfg = app->cfg;
     int rc = open_store(dd, false, (size_t)cfg->query_cache_bytes_max, (size_t)cfg->raw_cache_bytes,
-                        &app->store);
+                        false, &app->store);
     if (rc != 0) return rc;
     if ((rc = node_sources(cfg, app->log, app->js, sources, nsources)) != 0) {
         fprintf(stderr, "tally: no partitions to consume: %s\n", tally_strerror(rc));
@@ -911,7 +913,7 @@ int app_rebuild(const struct tally_config *cfg, const struct app_options *opt)
             goto out;
         }
     }
-    if (rc != 0 || open_store(dd, false, 0, 0, &store) != 0) goto out;
+    if (rc != 0 || open_store(dd, false, 0, 0, true, &store) != 0) goto out;
     if (node_sources(cfg, log, js, &src, &nsrc) != 0) goto out;
     struct rollup_rebuild_opts ro;
     memset(&ro, 0, sizeof ro);
@@ -959,7 +961,7 @@ int app_digest(const struct tally_config *cfg, const struct app_options *opt)
     if (lock_data_dir(cfg, &dd) != 0) return 1;
     struct store *store = NULL;
     int exit_code = 1;
-    if (open_store(dd, false, 0, 0, &store) == 0) {
+    if (open_store(dd, false, 0, 0, false, &store) == 0) {
         struct rollup_digest d;
         int rc = rollup_digest(store, opt->site, &d);
         if (rc == 0) {

@@ -200,6 +200,9 @@ int store_open(const struct store_options *opt, struct store **out)
     rocksdb_options_set_create_if_missing(s->db_opts, 1);
     rocksdb_options_set_create_missing_column_families(s->db_opts, 1);
     rocksdb_options_set_max_background_jobs(s->db_opts, 2);
+    /* without the WAL, only flushing all families at once keeps a batch that spans families
+     * (output and cursor) whole across a crash */
+    if (opt->bulk_writes) rocksdb_options_set_atomic_flush(s->db_opts, 1);
     rocksdb_options_set_keep_log_file_num(s->db_opts, 3);
     /* Only the header lines written at open go to RocksDB's LOG file: in RocksDB 7.8 a LOG
      * write that failed once (disk full) makes every later message an assertion failure in
@@ -233,6 +236,7 @@ int store_open(const struct store_options *opt, struct store **out)
     }
     s->wopts = rocksdb_writeoptions_create();
     rocksdb_writeoptions_set_sync(s->wopts, opt->sync_writes ? 1 : 0);
+    if (opt->bulk_writes) rocksdb_writeoptions_disable_WAL(s->wopts, 1);
     s->ropts = rocksdb_readoptions_create();
     rc = sites_load(s);
     if (rc) {

@@ -61,6 +61,14 @@ struct store_options {
     bool sync_writes;                /* fsync the WAL on every store_write; default false */
     bool background_low_priority;    /* RocksDB flush/compaction threads at a lower CPU
                                         priority (the server: ingest first); default false */
+    bool bulk_writes;                /* offline bulk writing (tally --rebuild): writes skip
+                                        RocksDB's write-ahead log and the families' memtables
+                                        are flushed together (atomic_flush), so after a crash
+                                        the store is as of its last flush, every write batch
+                                        whole or absent across all families; closing flushes
+                                        what is in memory. Not for the server: a crash would
+                                        lose acknowledged consumer progress (re-read from the
+                                        log, but slower to restart). Default false */
     size_t memo_bytes_max;           /* derived results kept in memory (memo.h); 0: none;
                                         default STORE_MEMO_BYTES_DEFAULT */
 };
