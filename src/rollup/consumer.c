@@ -663,6 +663,7 @@ int consumer_run_rollup(struct store *s, struct evlog *log, const struct rollup_
                              "rollup", cid)
                       : loop_pipelined(log, fd, &ops, end_offset, st, "rollup");
         }
+        if (!rc && e) rc = engine_sync(e); /* flush_async: the last batch written */
         if (e && stats_out) engine_get_stats(e, stats_out);
         if (st) atomic_store(&st->err, rc);
         engine_close(e);

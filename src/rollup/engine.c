@@ -16,9 +16,19 @@
  * (a day is the sum of its hours: counters add, visitor lists concatenate), then every cell is
  * read (multi-get), updated and written back. When the store is known to be empty of a cell
  * (known_empty and a bloom filter of the cells this engine wrote), the read is skipped.
+ *
+ * The deltas, pools and batch of one flush interval form a flushset. A flush has two halves:
+ * the adding side writes the visits and the state into the batch and builds the cells' keys
+ * (it owns the intern table), the writing side reads, updates and puts the cells and writes
+ * the batch. With flush_async (the rebuild) the writing side is the engine's flush thread and
+ * the adding side fills the other set meanwhile; one set is in flight at most, sets are
+ * written in order, and the adding side waits for the one in flight before it reads visits
+ * (load_older) or hands over the next: so every read sees every earlier flush.
  */
 #include "rollup/engine.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,7 +114,7 @@ struct esite {
 struct cdelta {
     uint64_t a, b; /* a = site << 32 | bucket minute; b = dim << 32 | value */
     int64_t pv, ev, visits, bounces, dur;
-    uint32_t u_off, u_n, u_cap; /* visitor entries: e->up[u_off .. u_off + u_n) */
+    uint32_t u_off, u_n, u_cap; /* visitor entries: e->w->up[u_off .. u_off + u_n) */
     uint32_t r_head, r_tail, r_n;
 };
 
@@ -124,6 +134,37 @@ struct cmap {
 struct bloom {
     uint64_t *bits;
     uint64_t nbits;
+};
+
+struct keyref {
+    uint64_t pfx;      /* the key's first 8 bytes, big-endian: most comparisons end here */
+    const uint8_t *k;  /* the key, in its set's kbuf (set once the buffer stops growing) */
+    uint32_t off, len; /* offset in kbuf; length (keys are at least 10 bytes) */
+    uint32_t idx;      /* delta index */
+};
+
+/* The cell deltas of one flush interval and what writing them takes. The adding side fills
+ * the engine's current set; at a flush the set, with its keys built and its batch holding the
+ * visits and the state, goes to the writing side (the engine's flush thread with flush_async,
+ * else the flushing caller), which reads the cells, applies the deltas, writes the batch and
+ * clears nothing: the adding side collects and clears the set (engine_sync). The writing side
+ * touches only its set, e->s, e->o, e->cbloom and e->warned_negative. */
+struct flushset {
+    struct cmap cm[TZ_GRAN_COUNT];
+    struct cell_mentry *up; /* visitor entries (count 0: add to an add-only set) */
+    size_t nup, capup;
+    struct rent *rp;
+    size_t nrp, caprp;
+    struct store_batch *batch;
+    struct cbuf kbuf;    /* the cells' keys */
+    struct keyref *refs; /* granularity g: refs[ref0[g] .. ref0[g] + nref[g]) */
+    size_t capref, ref0[TZ_GRAN_COUNT], nref[TZ_GRAN_COUNT];
+    /* the writing side's scratch and results */
+    struct cbuf vbuf;
+    uint64_t *u_scratch;
+    size_t cap_u;
+    uint64_t cells_written, cells_deleted, write_us;
+    int rc;
 };
 
 struct engine {
@@ -148,21 +189,22 @@ struct engine {
     struct vstate **dirty;
     size_t ndirty, capdirty;
 
-    struct cmap cm[TZ_GRAN_COUNT];
-    struct cell_mentry *up; /* visitor entries (count 0: add to an add-only set) */
-    size_t nup, capup;
-    struct rent *rp;
-    size_t nrp, caprp;
+    struct flushset fs[2];
+    struct flushset *w; /* the set being filled; with flush_async the other may be in flight */
     size_t pending;
 
-    struct bloom vbloom, cbloom;
-    struct store_batch *batch;
-    struct cbuf kbuf, vbuf;
-    uint64_t *u_scratch;
-    size_t cap_u;
+    struct bloom vbloom, cbloom; /* cbloom: the writing side's */
+    struct cbuf vbuf;            /* visit records */
     struct engine_stats st;
     int err; /* sticky failure */
-    bool warned_negative;
+    atomic_bool warned_negative;
+
+    /* flush_async: the flush thread, and the set it was handed (NULL: none in flight) */
+    pthread_t fth;
+    bool fth_started, fquit, fjob_done;
+    pthread_mutex_t fmu;
+    pthread_cond_t fcv;
+    struct flushset *fjob;
 };
 
 static const int visit_field[ROLLUP_VISIT_DIMS] = {
@@ -355,7 +397,7 @@ static void cmap_free(struct cmap *m)
 static struct cdelta *cell_at(struct engine *e, int gran, uint32_t site, uint32_t bucket,
                               int dim, uint32_t val)
 {
-    struct cmap *m = &e->cm[gran];
+    struct cmap *m = &e->w->cm[gran];
     uint32_t i = cmap_at(m, (uint64_t)site << 32 | bucket, (uint64_t)dim << 32 | val);
     if (i == UINT32_MAX) {
         fail(e, TALLY_ENOMEM);
@@ -372,35 +414,36 @@ static bool u_reserve(struct engine *e, struct cdelta *d, uint32_t need)
     if (need <= d->u_cap) return true;
     uint32_t cap = d->u_cap ? d->u_cap * 2 : 2;
     while (cap < need) cap *= 2;
-    if (!growz((void **)&e->up, &e->capup, e->nup + cap, sizeof *e->up)) {
+    if (!growz((void **)&e->w->up, &e->w->capup, e->w->nup + cap, sizeof *e->w->up)) {
         fail(e, TALLY_ENOMEM);
         return false;
     }
-    if (d->u_n) memcpy(e->up + e->nup, e->up + d->u_off, d->u_n * sizeof *e->up);
-    d->u_off = (uint32_t)e->nup;
+    if (d->u_n) memcpy(e->w->up + e->w->nup, e->w->up + d->u_off, d->u_n * sizeof *e->w->up);
+    d->u_off = (uint32_t)e->w->nup;
     d->u_cap = cap;
-    e->nup += cap;
+    e->w->nup += cap;
     return true;
 }
 
 static void u_push(struct engine *e, struct cdelta *d, uint64_t visitor, int32_t delta)
 {
     if (!u_reserve(e, d, d->u_n + 1)) return;
-    e->up[d->u_off + d->u_n++] = (struct cell_mentry){visitor, delta};
+    e->w->up[d->u_off + d->u_n++] = (struct cell_mentry){visitor, delta};
 }
 
 static void r_push(struct engine *e, struct cdelta *d, const char *cur, int64_t micros)
 {
-    if (!growz((void **)&e->rp, &e->caprp, e->nrp + 1, sizeof *e->rp)) {
+    if (!growz((void **)&e->w->rp, &e->w->caprp, e->w->nrp + 1, sizeof *e->w->rp)) {
         fail(e, TALLY_ENOMEM);
         return;
     }
-    uint32_t i = (uint32_t)e->nrp++;
-    e->rp[i].micros = micros;
-    memcpy(e->rp[i].cur, cur, 3);
-    e->rp[i].cur[3] = 0;
-    e->rp[i].next = 0;
-    if (d->r_n) e->rp[d->r_tail].next = i;
+    uint32_t i = (uint32_t)e->w->nrp++;
+    e->w->rp[i].micros = micros;
+    memcpy(e->w->rp[i].cur, cur, 3);
+    e->w->rp[i].cur[3] = 0;
+    e->w->rp[i].next = 0;
+    if (d->r_n)
+        e->w->rp[d->r_tail].next = i;
     else d->r_head = i;
     d->r_tail = i;
     d->r_n++;
@@ -415,11 +458,13 @@ static void splice(struct engine *e, struct cdelta *dst, const struct cdelta *sr
     dst->bounces += src->bounces;
     dst->dur += src->dur;
     if (src->u_n && u_reserve(e, dst, dst->u_n + src->u_n)) {
-        memcpy(e->up + dst->u_off + dst->u_n, e->up + src->u_off, src->u_n * sizeof *e->up);
+        memcpy(e->w->up + dst->u_off + dst->u_n, e->w->up + src->u_off,
+               src->u_n * sizeof *e->w->up);
         dst->u_n += src->u_n;
     }
     if (src->r_n) {
-        if (dst->r_n) e->rp[dst->r_tail].next = src->r_head;
+        if (dst->r_n)
+            e->w->rp[dst->r_tail].next = src->r_head;
         else dst->r_head = src->r_head;
         dst->r_tail = src->r_tail;
         dst->r_n += src->r_n;
@@ -820,6 +865,10 @@ static bool window_insert(struct vstate *vs, struct visit *v)
  * window is empty); sets complete when there is none. */
 static int load_older(struct engine *e, struct vstate *vs)
 {
+    if (e->fjob) { /* the visits of the flush in flight must be in the store first */
+        int rc = engine_sync(e);
+        if (rc) return rc;
+    }
     uint8_t lo[12], hi[SESSION_KEY_BYTES], target[SESSION_KEY_BYTES];
     store_put_be32(lo, vs->site);
     store_put_be64(lo + 4, vs->visitor);
@@ -1036,8 +1085,7 @@ static void contribute(struct engine *e, const struct esite *st, uint64_t visito
  * remembers it. */
 static bool joined(struct engine *e, struct vstate *vs, int g, const struct cdelta *d)
 {
-    uint64_t tag = (e->st.flushes + 1) << 32 | (uint64_t)g << 31 |
-                   (uint64_t)(d - e->cm[g].d);
+    uint64_t tag = (e->st.flushes + 1) << 32 | (uint64_t)g << 31 | (uint64_t)(d - e->w->cm[g].d);
     for (int i = 0; i < VSTATE_JOINED; i++)
         if (vs->joined[i] == tag) return true;
     vs->joined[vs->joined_pos] = tag;
@@ -1148,9 +1196,9 @@ size_t engine_pending(const struct engine *e)
 
 bool engine_should_flush(const struct engine *e)
 {
-    size_t bytes = e->nup * sizeof *e->up + e->nrp * sizeof *e->rp;
+    size_t bytes = e->w->nup * sizeof *e->w->up + e->w->nrp * sizeof *e->w->rp;
     for (int g = 0; g < TZ_GRAN_COUNT; g++)
-        bytes += e->cm[g].n * sizeof(struct cdelta) + e->cm[g].nslots * 4;
+        bytes += e->w->cm[g].n * sizeof(struct cdelta) + e->w->cm[g].nslots * 4;
     return e->pending >= e->o.pending_events_max || bytes >= e->o.pending_bytes_max ||
            e->nvisitors > e->o.visitors_max + e->o.visitors_max / 2;
 }
@@ -1216,7 +1264,7 @@ static void sessions_flush(struct engine *e)
             struct visit *snap = vs->ret[k];
             contribute(e, st, vs->visitor, snap, -1);
             session_key(key, vs->site, vs->visitor, snap->first_ts, snap->first_off);
-            store_batch_delete(e->batch, STORE_CF_SESSIONS, key, sizeof key);
+            store_batch_delete(e->w->batch, STORE_CF_SESSIONS, key, sizeof key);
             visit_free(snap);
         }
         vs->nret = 0;
@@ -1228,7 +1276,7 @@ static void sessions_flush(struct engine *e)
                 if (v->old->first_ts != v->first_ts || v->old->first_off != v->first_off) {
                     session_key(key, vs->site, vs->visitor, v->old->first_ts,
                                 v->old->first_off);
-                    store_batch_delete(e->batch, STORE_CF_SESSIONS, key, sizeof key);
+                    store_batch_delete(e->w->batch, STORE_CF_SESSIONS, key, sizeof key);
                 }
                 visit_free(v->old);
                 v->old = NULL;
@@ -1240,7 +1288,7 @@ static void sessions_flush(struct engine *e)
                 fail(e, TALLY_ENOMEM);
                 return;
             }
-            store_batch_put(e->batch, STORE_CF_SESSIONS, key, sizeof key, e->vbuf.p,
+            store_batch_put(e->w->batch, STORE_CF_SESSIONS, key, sizeof key, e->vbuf.p,
                             e->vbuf.len);
             e->st.visits_written++;
             bloom_add(&e->vbloom, visitor_hash(vs->site, vs->visitor));
@@ -1250,7 +1298,7 @@ static void sessions_flush(struct engine *e)
 
 static void splice_days(struct engine *e)
 {
-    struct cmap *hm = &e->cm[GRAN_H];
+    struct cmap *hm = &e->w->cm[GRAN_H];
     uint32_t last_site = UINT32_MAX;
     struct esite *st = NULL;
     for (size_t i = 0; i < hm->n && !e->err; i++) {
@@ -1283,8 +1331,8 @@ static uint64_t key_hash(const uint8_t *k, size_t n)
     return XXH3_64bits(k, n);
 }
 
-/* Applies delta d to cell c. */
-static int apply_delta(struct engine *e, struct cell *c, const struct cdelta *d)
+/* Applies delta d of set f to cell c. The writing side. */
+static int apply_delta(struct engine *e, struct flushset *f, struct cell *c, const struct cdelta *d)
 {
     c->pageviews += d->pv;
     c->events += d->ev;
@@ -1293,22 +1341,21 @@ static int apply_delta(struct engine *e, struct cell *c, const struct cdelta *d)
     c->duration_ms += d->dur;
     if ((c->pageviews < 0 || c->events < 0 || c->visits < 0 || c->bounces < 0 ||
          c->duration_ms < 0) &&
-        !e->warned_negative) {
-        e->warned_negative = true;
+        !atomic_exchange(&e->warned_negative, true))
         diag_warn("rollup: a cell went negative (inconsistent store?)");
-    }
     int rc;
     uint32_t r = d->r_head;
-    for (uint32_t k = 0; k < d->r_n; k++, r = e->rp[r].next)
-        if ((rc = cell_add_revenue(c, e->rp[r].cur, e->rp[r].micros))) return rc;
+    for (uint32_t k = 0; k < d->r_n; k++, r = f->rp[r].next)
+        if ((rc = cell_add_revenue(c, f->rp[r].cur, f->rp[r].micros))) return rc;
     if (!d->u_n) return TALLY_OK;
     bool visit_dim = rollup_dim_is_visit((int)(d->b >> 32));
-    struct cell_mentry *ent = e->up + d->u_off;
+    struct cell_mentry *ent = f->up + d->u_off;
     if (visit_dim) return cell_apply_multiset(c, ent, d->u_n); /* sorts the slice in place */
-    if (!growz((void **)&e->u_scratch, &e->cap_u, d->u_n, sizeof *e->u_scratch))
+    if (!growz((void **)&f->u_scratch, &f->cap_u, d->u_n, sizeof *f->u_scratch))
         return TALLY_ENOMEM;
-    for (uint32_t k = 0; k < d->u_n; k++) e->u_scratch[k] = ent[k].visitor;
-    return cell_add_uniques(c, e->u_scratch, d->u_n);
+    for (uint32_t k = 0; k < d->u_n; k++)
+        f->u_scratch[k] = ent[k].visitor;
+    return cell_add_uniques(c, f->u_scratch, d->u_n);
 }
 
 static int rev_cmp(const void *a, const void *b)
@@ -1316,9 +1363,9 @@ static int rev_cmp(const void *a, const void *b)
     return memcmp(((const struct cell_rev *)a)->cur, ((const struct cell_rev *)b)->cur, 3);
 }
 
-/* Encodes the cell that delta d makes out of nothing into e->vbuf. 1: encoded; 0: the cell
- * is empty; 2: too large for the fast path (use the general one); < 0: error. */
-static int encode_fresh(struct engine *e, const struct cdelta *d)
+/* Encodes the cell that delta d of set f makes out of nothing into f->vbuf. 1: encoded; 0:
+ * the cell is empty; 2: too large for the fast path (use the general one); < 0: error. */
+static int encode_fresh(struct flushset *f, const struct cdelta *d)
 {
     struct cell c;
     cell_init(&c);
@@ -1330,15 +1377,16 @@ static int encode_fresh(struct engine *e, const struct cdelta *d)
     struct cell_rev rev[16];
     uint32_t nrev = 0;
     uint32_t r = d->r_head;
-    for (uint32_t k = 0; k < d->r_n; k++, r = e->rp[r].next) {
+    for (uint32_t k = 0; k < d->r_n; k++, r = f->rp[r].next) {
         uint32_t j = 0;
-        while (j < nrev && memcmp(rev[j].cur, e->rp[r].cur, 3) != 0) j++;
+        while (j < nrev && memcmp(rev[j].cur, f->rp[r].cur, 3) != 0)
+            j++;
         if (j == nrev) {
             if (nrev == TALLY_ARRAY_LEN(rev)) return 2;
-            memcpy(rev[nrev].cur, e->rp[r].cur, 4);
+            memcpy(rev[nrev].cur, f->rp[r].cur, 4);
             rev[nrev++].micros = 0;
         }
-        rev[j].micros += e->rp[r].micros;
+        rev[j].micros += f->rp[r].micros;
     }
     uint32_t nz = 0;
     for (uint32_t j = 0; j < nrev; j++)
@@ -1346,7 +1394,7 @@ static int encode_fresh(struct engine *e, const struct cdelta *d)
     nrev = nz;
     if (nrev > 1) qsort(rev, nrev, sizeof *rev, rev_cmp);
     size_t nset = 0, nms = 0;
-    struct cell_mentry *ent = e->up + d->u_off, *ms = ent;
+    struct cell_mentry *ent = f->up + d->u_off, *ms = ent;
     if (d->u_n && rollup_dim_is_visit((int)(d->b >> 32))) {
         cell_sort_mentries(ms, d->u_n); /* in place: the slice is consumed by this flush */
         for (uint32_t k = 0; k < d->u_n; k++) {
@@ -1358,9 +1406,9 @@ static int encode_fresh(struct engine *e, const struct cdelta *d)
             if (ms[k].count > 0) ms[keep++] = ms[k];
         nms = keep;
     } else if (d->u_n) {
-        if (!growz((void **)&e->u_scratch, &e->cap_u, d->u_n, sizeof *e->u_scratch))
+        if (!growz((void **)&f->u_scratch, &f->cap_u, d->u_n, sizeof *f->u_scratch))
             return TALLY_ENOMEM;
-        uint64_t *v = e->u_scratch;
+        uint64_t *v = f->u_scratch;
         for (uint32_t k = 0; k < d->u_n; k++) v[k] = ent[k].visitor;
         cell_sort_u64(v, d->u_n);
         for (uint32_t k = 0; k < d->u_n; k++)
@@ -1369,10 +1417,9 @@ static int encode_fresh(struct engine *e, const struct cdelta *d)
     if (!c.pageviews && !c.events && !c.visits && !c.bounces && !c.duration_ms && !nrev &&
         !nset && !nms)
         return 0;
-    cbuf_reset(&e->vbuf);
-    if (!cell_encode_fresh(&c, rev, nrev, e->u_scratch, nset, ms, nms, &e->vbuf))
-        return 2;
-    return e->vbuf.oom ? TALLY_ENOMEM : 1;
+    cbuf_reset(&f->vbuf);
+    if (!cell_encode_fresh(&c, rev, nrev, f->u_scratch, nset, ms, nms, &f->vbuf)) return 2;
+    return f->vbuf.oom ? TALLY_ENOMEM : 1;
 }
 
 struct apply_scratch {
@@ -1382,20 +1429,11 @@ struct apply_scratch {
     void *gv[APPLY_CHUNK];
 };
 
-struct keyref {
-    uint64_t pfx;      /* the key's first 8 bytes, big-endian: most comparisons end here */
-    uint32_t off, len; /* in e->kbuf (keys are at least 10 bytes) */
-    uint32_t idx;      /* delta index */
-};
-
-static const uint8_t *sort_base;
-
-static int keyref_cmp(const void *a, const void *b)
+static int keyref_cmp(const struct keyref *x, const struct keyref *y)
 {
-    const struct keyref *x = a, *y = b;
     if (x->pfx != y->pfx) return x->pfx < y->pfx ? -1 : 1;
     uint32_t n = (x->len < y->len ? x->len : y->len) - 8;
-    int c = memcmp(sort_base + x->off + 8, sort_base + y->off + 8, n);
+    int c = memcmp(x->k + 8, y->k + 8, n);
     if (c) return c;
     return x->len < y->len ? -1 : x->len > y->len;
 }
@@ -1403,42 +1441,60 @@ static int keyref_cmp(const void *a, const void *b)
 #define KEYREF_LESS(a, b) (keyref_cmp(a, b) < 0)
 SORTKEY_DEFINE(keyref_sort, struct keyref, KEYREF_LESS)
 
-/* Reads, updates and writes back (into the batch) every cell of one granularity's map, in key
- * order: RocksDB inserts sorted keys into its memtable much faster (and multi-gets too). */
-static int apply_map(struct engine *e, int gran, uint32_t mcut)
+/* Builds the keys of the current set's cells of one granularity (those in range) into its
+ * kbuf and refs. The adding side (it needs the intern table and the sites); the keys' pointers
+ * are set by keys_fix once every granularity is built. */
+static int keys_build(struct engine *e, int gran, uint32_t mcut)
 {
-    struct cmap *m = &e->cm[gran];
+    struct flushset *f = e->w;
+    struct cmap *m = &f->cm[gran];
+    size_t n0 = gran ? f->ref0[gran - 1] + f->nref[gran - 1] : 0;
+    f->ref0[gran] = n0;
+    f->nref[gran] = 0;
     if (m->n == 0) return TALLY_OK;
+    if (!growz((void **)&f->refs, &f->capref, n0 + m->n, sizeof *f->refs)) return TALLY_ENOMEM;
     struct esite *cache = NULL;
-    struct keyref *refs = malloc(m->n * sizeof *refs);
-    struct apply_scratch *w = malloc(sizeof *w);
-    int rc = refs && w ? TALLY_OK : TALLY_ENOMEM;
-    size_t nk = 0;
-    cbuf_reset(&e->kbuf);
-    for (size_t i = 0; !rc && i < m->n; i++) {
+    size_t nk = n0;
+    for (size_t i = 0; i < m->n; i++) {
         const struct cdelta *d = &m->d[i];
         uint32_t site = (uint32_t)(d->a >> 32), bucket = (uint32_t)d->a;
         if (!cell_in_range(e, gran, site, bucket, mcut, &cache)) continue;
         uint32_t vlen;
         const char *val = strtab_str(e->intern, (uint32_t)d->b, &vlen);
-        if (!cbuf_reserve(&e->kbuf, CELL_KEY_BYTES_MAX)) {
-            rc = TALLY_ENOMEM;
-            break;
-        }
-        size_t kl = cell_key(e->kbuf.p + e->kbuf.len, gran, site, (int)(d->b >> 32), bucket,
-                             val, vlen);
-        refs[nk++] = (struct keyref){store_get_be64(e->kbuf.p + e->kbuf.len),
-                                     (uint32_t)e->kbuf.len, (uint32_t)kl, (uint32_t)i};
-        e->kbuf.len += kl;
+        if (!cbuf_reserve(&f->kbuf, CELL_KEY_BYTES_MAX)) return TALLY_ENOMEM;
+        size_t kl =
+            cell_key(f->kbuf.p + f->kbuf.len, gran, site, (int)(d->b >> 32), bucket, val, vlen);
+        f->refs[nk++] = (struct keyref){store_get_be64(f->kbuf.p + f->kbuf.len), NULL,
+                                        (uint32_t)f->kbuf.len, (uint32_t)kl, (uint32_t)i};
+        f->kbuf.len += kl;
     }
-    if (!rc) {
-        sort_base = e->kbuf.p;
-        keyref_sort(refs, nk);
-    }
+    f->nref[gran] = nk - n0;
+    return TALLY_OK;
+}
+
+static void keys_fix(struct flushset *f)
+{
+    size_t n = f->ref0[TZ_GRAN_COUNT - 1] + f->nref[TZ_GRAN_COUNT - 1];
+    for (size_t i = 0; i < n; i++)
+        f->refs[i].k = f->kbuf.p + f->refs[i].off;
+}
+
+/* Reads, updates and writes back (into the set's batch) every cell of one granularity, in key
+ * order: RocksDB inserts sorted keys into its memtable much faster (and multi-gets too). The
+ * writing side. */
+static int keys_apply(struct engine *e, struct flushset *f, int gran)
+{
+    struct keyref *refs = f->refs + f->ref0[gran];
+    size_t nk = f->nref[gran];
+    if (nk == 0) return TALLY_OK;
+    const struct cdelta *deltas = f->cm[gran].d;
+    struct apply_scratch *w = malloc(sizeof *w);
+    int rc = w ? TALLY_OK : TALLY_ENOMEM;
+    if (!rc) keyref_sort(refs, nk);
     for (size_t c0 = 0; !rc && c0 < nk; c0 += APPLY_CHUNK) {
         size_t cn = nk - c0 < APPLY_CHUNK ? nk - c0 : APPLY_CHUNK, ng = 0;
         for (size_t k = 0; k < cn; k++) {
-            const uint8_t *key = e->kbuf.p + refs[c0 + k].off;
+            const uint8_t *key = refs[c0 + k].k;
             size_t kl = refs[c0 + k].len;
             w->gi[k] = -1;
             if (!e->o.known_empty || bloom_maybe(&e->cbloom, key_hash(key, kl))) {
@@ -1451,17 +1507,17 @@ static int apply_map(struct engine *e, int gran, uint32_t mcut)
         if (ng) rc = store_multi_get(e->s, STORE_CF_ROLLUPS, ng, w->gk, w->gl, w->gv, w->gvl);
         if (rc) break;
         for (size_t k = 0; k < cn; k++) {
-            const uint8_t *key = e->kbuf.p + refs[c0 + k].off;
+            const uint8_t *key = refs[c0 + k].k;
             size_t kl = refs[c0 + k].len;
+            const struct cdelta *d = &deltas[refs[c0 + k].idx];
             struct cell c;
             cell_init(&c);
             void *val = w->gi[k] >= 0 ? w->gv[w->gi[k]] : NULL;
             if (!rc && !val) {
-                int fr = encode_fresh(e, &m->d[refs[c0 + k].idx]);
+                int fr = encode_fresh(f, d);
                 if (fr == 1) {
-                    store_batch_put(e->batch, STORE_CF_ROLLUPS, key, kl, e->vbuf.p,
-                                    e->vbuf.len);
-                    e->st.cells_written++;
+                    store_batch_put(f->batch, STORE_CF_ROLLUPS, key, kl, f->vbuf.p, f->vbuf.len);
+                    f->cells_written++;
                     if (e->o.known_empty) bloom_add(&e->cbloom, key_hash(key, kl));
                     continue;
                 }
@@ -1469,26 +1525,26 @@ static int apply_map(struct engine *e, int gran, uint32_t mcut)
                 if (fr < 0) rc = fr;
             }
             if (!rc && val) rc = cell_decode(val, w->gvl[w->gi[k]], &c);
-            if (!rc) rc = apply_delta(e, &c, &m->d[refs[c0 + k].idx]);
+            if (!rc) rc = apply_delta(e, f, &c, d);
             if (!rc && cell_is_empty(&c)) {
                 if (val) {
-                    store_batch_delete(e->batch, STORE_CF_ROLLUPS, key, kl);
-                    e->st.cells_deleted++;
+                    store_batch_delete(f->batch, STORE_CF_ROLLUPS, key, kl);
+                    f->cells_deleted++;
                 }
             } else if (!rc) {
-                cbuf_reset(&e->vbuf);
-                cell_encode(&c, &e->vbuf);
-                if (e->vbuf.oom) rc = TALLY_ENOMEM;
-                else store_batch_put(e->batch, STORE_CF_ROLLUPS, key, kl, e->vbuf.p,
-                                     e->vbuf.len);
-                e->st.cells_written++;
+                cbuf_reset(&f->vbuf);
+                cell_encode(&c, &f->vbuf);
+                if (f->vbuf.oom)
+                    rc = TALLY_ENOMEM;
+                else
+                    store_batch_put(f->batch, STORE_CF_ROLLUPS, key, kl, f->vbuf.p, f->vbuf.len);
+                f->cells_written++;
                 if (e->o.known_empty) bloom_add(&e->cbloom, key_hash(key, kl));
             }
             cell_free(&c);
         }
         for (size_t g = 0; g < ng; g++) free(w->gv[g]);
     }
-    free(refs);
     free(w);
     return rc;
 }
@@ -1544,9 +1600,9 @@ static uint64_t now_us(void)
  * cached range results over those days are not used again (store/memo.h). A flush touching
  * more than DAYS_NOTED_MAX of them marks everything changed. */
 #define DAYS_NOTED_MAX 128
-static void note_days(struct engine *e)
+static void note_days(struct store *s, const struct flushset *f)
 {
-    const struct cmap *m = &e->cm[GRAN_D];
+    const struct cmap *m = &f->cm[GRAN_D];
     uint64_t tags[DAYS_NOTED_MAX];
     size_t n = 0;
     for (size_t i = 0; i < m->n; i++) {
@@ -1555,52 +1611,131 @@ static void note_days(struct engine *e)
         while (k < n && tags[k] != t) k++;
         if (k < n) continue;
         if (n == DAYS_NOTED_MAX) {
-            memo_note_all(store_memo(e->s));
+            memo_note_all(store_memo(s));
             return;
         }
         tags[n++] = t;
     }
-    memo_note_days(store_memo(e->s), tags, n);
+    memo_note_days(store_memo(s), tags, n);
+}
+
+/* The writing side of a flush: the cells read, updated and added to the batch, the batch
+ * written, the memo told which days changed. The outcome goes to f->rc. */
+static void write_set(struct engine *e, struct flushset *f)
+{
+    int rc = TALLY_OK;
+    for (int g = GRAN_M; g <= GRAN_D && !rc; g++)
+        rc = keys_apply(e, f, g);
+    const uint64_t tw = now_us();
+    if (!rc) rc = store_write(e->s, f->batch);
+    f->write_us += now_us() - tw;
+    if (!rc) note_days(e->s, f);
+    f->rc = rc;
+}
+
+/* Takes a written set's counters into the engine's and clears it for reuse; its outcome. */
+static int collect(struct engine *e, struct flushset *f)
+{
+    e->st.cells_written += f->cells_written;
+    e->st.cells_deleted += f->cells_deleted;
+    e->st.write_us += f->write_us;
+    f->cells_written = f->cells_deleted = f->write_us = 0;
+    int rc = f->rc;
+    f->rc = TALLY_OK;
+    for (int g = 0; g < TZ_GRAN_COUNT; g++) {
+        cmap_clear(&f->cm[g]);
+        f->ref0[g] = f->nref[g] = 0;
+    }
+    f->nup = 0;
+    f->nrp = 0;
+    cbuf_reset(&f->kbuf);
+    store_batch_clear(f->batch);
+    return rc;
+}
+
+static void *flush_main(void *arg)
+{
+    struct engine *e = arg;
+    pthread_setname_np(pthread_self(), "tally-rollflush");
+    pthread_mutex_lock(&e->fmu);
+    for (;;) {
+        if (e->fjob && !e->fjob_done) {
+            struct flushset *f = e->fjob;
+            pthread_mutex_unlock(&e->fmu);
+            write_set(e, f);
+            pthread_mutex_lock(&e->fmu);
+            e->fjob_done = true;
+            pthread_cond_broadcast(&e->fcv);
+            continue;
+        }
+        if (e->fquit) break;
+        pthread_cond_wait(&e->fcv, &e->fmu);
+    }
+    pthread_mutex_unlock(&e->fmu);
+    return NULL;
+}
+
+int engine_sync(struct engine *e)
+{
+    if (!e->fjob) return e->err;
+    pthread_mutex_lock(&e->fmu);
+    while (!e->fjob_done)
+        pthread_cond_wait(&e->fcv, &e->fmu);
+    struct flushset *f = e->fjob;
+    e->fjob = NULL;
+    pthread_mutex_unlock(&e->fmu);
+    int rc = collect(e, f);
+    return rc ? (int)fail(e, rc) : e->err;
 }
 
 int engine_flush(struct engine *e)
 {
     if (e->err) return e->err;
     const uint64_t t0 = now_us();
-    store_batch_clear(e->batch);
+    struct flushset *f = e->w;
     const uint32_t mcut = minute_cut(e);
     sessions_flush(e);
     if (!e->err) splice_days(e);
     int rc = e->err;
-    for (int g = GRAN_M; g <= GRAN_D && !rc; g++) rc = apply_map(e, g, mcut);
-    if (!rc && mcut > e->mcut_saved) {
+    for (int g = GRAN_M; g <= GRAN_D && !rc; g++)
+        rc = keys_build(e, g, mcut);
+    if (rc) return fail(e, rc);
+    keys_fix(f);
+    if (mcut > e->mcut_saved) {
         uint8_t lo[1] = {'m'}, hi[5] = {'m'};
         store_put_be32(hi + 1, mcut);
-        store_batch_delete_range(e->batch, STORE_CF_ROLLUPS, lo, 1, hi, 5);
+        store_batch_delete_range(f->batch, STORE_CF_ROLLUPS, lo, 1, hi, 5);
     }
-    if (!rc && e->persist) {
+    if (e->persist) {
         char k[ENGINE_PREFIX_BYTES_MAX + 16];
-        dedup_flush(e->dd, e->batch, e->wm);
+        dedup_flush(e->dd, f->batch, e->wm);
         key_of(e, "cursor", k);
-        store_batch_put_u64(e->batch, k, e->cursor);
+        store_batch_put_u64(f->batch, k, e->cursor);
         key_of(e, "wm", k);
-        store_batch_put_u64(e->batch, k, (uint64_t)e->wm);
+        store_batch_put_u64(f->batch, k, (uint64_t)e->wm);
         key_of(e, "mcut", k);
-        store_batch_put_u64(e->batch, k, mcut > e->mcut_saved ? mcut : e->mcut_saved);
-    } else if (!rc) {
+        store_batch_put_u64(f->batch, k, mcut > e->mcut_saved ? mcut : e->mcut_saved);
+    } else {
         dedup_flush(e->dd, NULL, e->wm);
     }
-    const uint64_t tw = now_us();
-    if (!rc) rc = store_write(e->s, e->batch);
-    e->st.write_us += now_us() - tw;
-    store_batch_clear(e->batch);
-    if (rc) return fail(e, rc);
-    note_days(e);
+    if (e->fth_started) {
+        /* one set in flight at a time, written in order: the next flush's reads of cells
+         * and the adding side's reads of visits see this one's writes */
+        if ((rc = engine_sync(e))) return rc;
+        pthread_mutex_lock(&e->fmu);
+        e->fjob = f;
+        e->fjob_done = false;
+        pthread_cond_broadcast(&e->fcv);
+        pthread_mutex_unlock(&e->fmu);
+        e->w = f == &e->fs[0] ? &e->fs[1] : &e->fs[0];
+    } else {
+        write_set(e, f);
+        if ((rc = collect(e, f))) return fail(e, rc);
+    }
+    /* From here on the flush is taken as done: if its write fails (async), the engine fails
+     * with it at the next flush or engine_sync, and must be closed. */
     if (mcut > e->mcut_saved) e->mcut_saved = mcut;
     dedup_commit(e->dd);
-    for (int g = 0; g < TZ_GRAN_COUNT; g++) cmap_clear(&e->cm[g]);
-    e->nup = 0;
-    e->nrp = 0;
     /* dirty visitors are clean now: keep only their latest visit in memory */
     for (size_t i = 0; i < e->ndirty; i++) {
         struct vstate *vs = e->dirty[i];
@@ -1652,8 +1787,13 @@ int engine_open(struct store *s, const struct engine_opts *opt, struct engine **
     e->dd = dedup_new(e->persist ? ddp : NULL, opt->dedup_entries_max);
     e->intern = strtab_new();
     e->site_names = strtab_new();
-    e->batch = store_batch_new(s);
-    if (!rc && (!e->dd || !e->intern || !e->site_names || !e->batch)) rc = TALLY_ENOMEM;
+    e->w = &e->fs[0];
+    int nsets = e->o.flush_async ? 2 : 1;
+    for (int i = 0; i < nsets; i++)
+        if (!(e->fs[i].batch = store_batch_new(s))) rc = TALLY_ENOMEM;
+    pthread_mutex_init(&e->fmu, NULL);
+    pthread_cond_init(&e->fcv, NULL);
+    if (!rc && (!e->dd || !e->intern || !e->site_names)) rc = TALLY_ENOMEM;
     if (!rc) e->empty_id = intern(e, "", 0);
     e->cursor = opt->start_offset;
     if (!rc && e->o.known_empty &&
@@ -1676,6 +1816,12 @@ int engine_open(struct store *s, const struct engine_opts *opt, struct engine **
         else if (r != TALLY_ENOENT && !rc) rc = r;
         if (!rc) rc = dedup_load(e->dd, s, e->wm);
     }
+    if (!rc && e->o.flush_async) {
+        if (pthread_create(&e->fth, NULL, flush_main, e) != 0)
+            rc = TALLY_ENOMEM;
+        else
+            e->fth_started = true;
+    }
     if (rc) {
         engine_close(e);
         return rc;
@@ -1687,6 +1833,16 @@ int engine_open(struct store *s, const struct engine_opts *opt, struct engine **
 void engine_close(struct engine *e)
 {
     if (!e) return;
+    if (e->fth_started) {
+        engine_sync(e); /* its outcome no longer matters: what was not flushed is redone */
+        pthread_mutex_lock(&e->fmu);
+        e->fquit = true;
+        pthread_cond_broadcast(&e->fcv);
+        pthread_mutex_unlock(&e->fmu);
+        pthread_join(e->fth, NULL);
+    }
+    pthread_mutex_destroy(&e->fmu);
+    pthread_cond_destroy(&e->fcv);
     if (e->vmap.cap) {
         for (size_t i = 0; i < e->vmap.cap; i++) {
             if (!e->vmap.keys[i]) continue;
@@ -1700,15 +1856,21 @@ void engine_close(struct engine *e)
     }
     u64map_free(&e->vmap);
     free(e->dirty);
-    for (int g = 0; g < TZ_GRAN_COUNT; g++) cmap_free(&e->cm[g]);
-    free(e->up);
-    free(e->rp);
+    for (int i = 0; i < 2; i++) {
+        struct flushset *f = &e->fs[i];
+        for (int g = 0; g < TZ_GRAN_COUNT; g++)
+            cmap_free(&f->cm[g]);
+        free(f->up);
+        free(f->rp);
+        free(f->refs);
+        store_batch_free(f->batch);
+        cbuf_free(&f->kbuf);
+        cbuf_free(&f->vbuf);
+        free(f->u_scratch);
+    }
     free(e->vbloom.bits);
     free(e->cbloom.bits);
-    store_batch_free(e->batch);
-    cbuf_free(&e->kbuf);
     cbuf_free(&e->vbuf);
-    free(e->u_scratch);
     strtab_free(e->intern);
     strtab_free(e->site_names);
     free(e->sites);

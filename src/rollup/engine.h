@@ -55,7 +55,9 @@
  * engine_should_flush() says so (pending_events_max events or pending_bytes_max bytes); the
  * string intern table is cleared (with all in-memory visitors) beyond intern_bytes_max.
  *
- * THREADS. An engine is owned by one thread. Readers of the store may run concurrently.
+ * THREADS. An engine is owned by one thread (with flush_async it runs a flush thread of its
+ * own, which writes one handed-over set of deltas at a time). Readers of the store may run
+ * concurrently.
  */
 #ifndef TALLY_ROLLUP_ENGINE_H
 #define TALLY_ROLLUP_ENGINE_H
@@ -100,6 +102,12 @@ struct engine_opts {
     /* A lower bound of the watermark the run will end with (a rebuild knows the last record's
      * arrival): minute cells before its cut are never kept, so they are not even computed. */
     int64_t watermark_hint_ms;
+    /* Flushes write on a thread of the engine's own while the caller goes on adding (a
+     * rebuild): engine_flush hands the batch over and returns; engine_sync waits for it. Two
+     * sets of cell deltas then exist (one filling, one being written): up to twice
+     * pending_bytes_max. Not with a live consumer: its cursor must be durable when it
+     * reports it. */
+    bool flush_async;
     engine_tz_fn tz_of;
     void *tz_arg;
 };
@@ -150,8 +158,13 @@ bool engine_should_flush(const struct engine *e);
 size_t engine_pending(const struct engine *e);
 
 /* Writes all pending output, the cursor and the state in one batch. 0 or an error (then close
- * the engine and open a new one: the store holds the previous flush). */
+ * the engine and open a new one: the store holds the previous flush). With flush_async the
+ * batch is handed to the flush thread once the previous one is written (an error of that one
+ * is returned here), and the store holds it only after engine_sync. */
 int engine_flush(struct engine *e);
+/* Waits until no flush is in flight; 0 or the error of the last one (the engine is then
+ * unusable). Without flush_async: e's sticky error, at once. */
+int engine_sync(struct engine *e);
 
 void engine_get_stats(const struct engine *e, struct engine_stats *out);
 

@@ -263,6 +263,7 @@ int rollup_rebuild(struct store *s, const struct rollup_source *src, size_t nsrc
             eo.range_to_day = to_day;
         }
         eo.known_empty = true;
+        eo.flush_async = true; /* the batches are written while the next one is computed */
         eo.watermark_hint_ms = last_received(&logs[i], sr[i].start, sr[i].end);
         struct engine_stats es;
         memset(&es, 0, sizeof es);
