@@ -56,6 +56,7 @@
 #define BLOOM_VISITOR_BITS (1u << 24)
 #define BLOOM_CELL_BITS (1u << 27)
 #define VSTATE_JOINED 16
+#define GONE_PER_VISITOR 4
 
 /* ---------------------------------------------------------------- data */
 
@@ -97,6 +98,10 @@ struct vstate {
     struct visit **ret; /* flushed snapshots of visits merged away */
     uint32_t nret, capret;
     int64_t last_seen_ts;
+    /* While the window is empty: no stored visit of this visitor ends after floor_ts
+     * (INT64_MAX: unknown), so an event at least visit_gap_ms later begins a visit of its own
+     * without reading the store. From the engine's record of evicted visitors. */
+    int64_t floor_ts;
     bool complete, dirty;
     /* add-only cells this visitor already joined in this flush window (flush epoch << 32 |
      * gran << 31 | delta index): repeats need no second visitor entry */
@@ -185,6 +190,10 @@ struct engine {
     struct u64map site_idx; /* site id -> index in sites */
 
     struct u64map vmap; /* hash(site, visitor) -> vstate* */
+    /* Evicted visitors: hash(site, visitor) -> the end of the latest visit stored for them
+     * (the largest, when two visitors share a hash: a later floor only costs a read). At
+     * most visitors_max * GONE_PER_VISITOR entries; forgetting them costs reads, no more. */
+    struct u64map gone;
     size_t nvisitors;
     struct vstate **dirty;
     size_t ndirty, capdirty;
@@ -922,6 +931,8 @@ static struct vstate *vstate_get(struct engine *e, uint32_t site, uint64_t visit
     vs->visitor = visitor;
     uint64_t h = visitor_hash(site, visitor);
     vs->complete = e->o.known_empty && !bloom_maybe(&e->vbloom, h);
+    const uint64_t *g = u64map_get(&e->gone, h);
+    vs->floor_ts = g ? (int64_t)*g : INT64_MAX;
     uint64_t *p = u64map_get(&e->vmap, h);
     vs->hnext = p ? (struct vstate *)(uintptr_t)*p : NULL;
     if (!u64map_put(&e->vmap, h, (uint64_t)(uintptr_t)vs)) {
@@ -938,7 +949,9 @@ static int sessionize(struct engine *e, struct vstate *vs, const struct devent *
                       const struct evals *x)
 {
     const int64_t ts = ev->ts_ms, gap = e->o.visit_gap_ms;
-    while (!vs->complete && (vs->n == 0 || ts < vs->v[0]->first_ts)) {
+    /* an event can touch stored visits only if it lies before the window (or, with none in
+     * memory, less than a gap after the latest stored visit's end) */
+    while (!vs->complete && (vs->n == 0 ? ts - gap < vs->floor_ts : ts < vs->v[0]->first_ts)) {
         int rc = load_older(e, vs);
         if (rc) return fail(e, rc);
     }
@@ -1554,6 +1567,22 @@ static void key_of(struct engine *e, const char *name, char *out)
     snprintf(out, ENGINE_PREFIX_BYTES_MAX + 16, "%s%s", e->prefix, name);
 }
 
+/* Records where an evicted visitor's latest stored visit ends (vstate_get reads it back). The
+ * window always holds the visitor's latest visit. */
+static void gone_note(struct engine *e, const struct vstate *vs)
+{
+    if (vs->n == 0) return;
+    const int64_t end = vs->v[vs->n - 1]->last_ts;
+    const uint64_t h = visitor_hash(vs->site, vs->visitor);
+    uint64_t *p = u64map_get(&e->gone, h);
+    if (p) {
+        if ((int64_t)*p < end) *p = (uint64_t)end;
+        return;
+    }
+    if (e->gone.n >= e->o.visitors_max * GONE_PER_VISITOR) u64map_clear(&e->gone);
+    if (!u64map_put(&e->gone, h, (uint64_t)end)) u64map_clear(&e->gone);
+}
+
 /* After a flush (every visitor is clean): drops idle visitors, then more while above
  * visitors_max, or all of them when the intern table must be cleared. */
 static void evict(struct engine *e)
@@ -1579,6 +1608,7 @@ static void evict(struct engine *e)
     }
 out:
     for (size_t i = 0; i < ndrop; i++) {
+        gone_note(e, drop[i]);
         vstate_unlink(e, drop[i]);
         vstate_free(drop[i]);
     }
@@ -1855,6 +1885,7 @@ void engine_close(struct engine *e)
         }
     }
     u64map_free(&e->vmap);
+    u64map_free(&e->gone);
     free(e->dirty);
     for (int i = 0; i < 2; i++) {
         struct flushset *f = &e->fs[i];

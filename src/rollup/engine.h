@@ -50,7 +50,10 @@
  * level of visit-dimension cells beyond 16,384 visitors (cell.h).
  *
  * BOUNDS. visitors_max visitors in memory (beyond half of it idle ones, and beyond all of it
- * others, are evicted after a flush; they are always clean then); pending cell deltas are
+ * others, are evicted after a flush; they are always clean then). Of an evicted visitor the
+ * engine keeps where their latest visit ends (16 bytes in a hash table, at most 4 x
+ * visitors_max of them, forgotten all at once beyond that), so one who comes back a gap or
+ * more later starts a visit without reading the store; pending cell deltas are
  * flushed when
  * engine_should_flush() says so (pending_events_max events or pending_bytes_max bytes); the
  * string intern table is cleared (with all in-memory visitors) beyond intern_bytes_max.

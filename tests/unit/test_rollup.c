@@ -711,10 +711,75 @@ TEST(breakdown_split_keeps_the_days_before_today)
     store_close(s);
 }
 
+/* An evicted visitor who comes back a gap or more after the end of their latest visit begins
+ * a new visit without a read of the sessions family (the engine remembers where that visit
+ * ended); one who comes back within the gap, or with an event before the window, is read
+ * back and joins the stored visit. */
+static struct engine *evicting_engine(struct store *s)
+{
+    struct engine_opts o;
+    engine_opts_default(&o);
+    o.tz_of = tr_tz;
+    o.visitors_max = 4; /* beyond 2 in memory, idle visitors are evicted at each flush */
+    o.visitor_idle_ms = 60000;
+    struct engine *e = NULL;
+    if (engine_open(s, &o, &e) != 0) abort();
+    return e;
+}
+
+static void crowd(struct engine *e, const char *at)
+{
+    for (uint64_t v = 100; v < 110; v++)
+        add(e, "a.com", at, v, "pageview", "/other");
+}
+
+static uint64_t loads(struct engine *e)
+{
+    struct engine_stats st;
+    engine_get_stats(e, &st);
+    return st.session_loads;
+}
+
+TEST(evicted_visitor_returning_after_the_gap_is_not_read_back)
+{
+    tr_zone_name = "UTC";
+    struct store *s = tr_open_store(test_tmpdir());
+    struct engine *e = evicting_engine(s);
+    next_off = 0;
+    add(e, "a.com", "2026-01-10T10:00:00Z", 1, "pageview", "/a");
+    add(e, "a.com", "2026-01-10T10:10:00Z", 1, "pageview", "/b");
+    add(e, "a.com", "2026-01-10T10:00:00Z", 2, "pageview", "/a");
+    crowd(e, "2026-01-10T10:20:00Z");
+    ASSERT_EQ(engine_flush(e), 0); /* visitors 1 and 2 are idle: evicted */
+    struct engine_stats st;
+    engine_get_stats(e, &st);
+    ASSERT_TRUE(st.visitors_in_memory <= 10);
+    uint64_t l0 = loads(e);
+    /* exactly one gap after 10:10: a visit of its own, nothing read */
+    add(e, "a.com", "2026-01-10T10:40:00Z", 1, "pageview", "/c");
+    ASSERT_EQ(loads(e), l0);
+    /* within the gap of visitor 2's stored visit (10:00): read back, and joined */
+    add(e, "a.com", "2026-01-10T10:29:59.999Z", 2, "pageview", "/d");
+    ASSERT_EQ(loads(e), l0 + 1);
+    /* before visitor 1's window: the stored visit is read, and the event joins both visits */
+    add(e, "a.com", "2026-01-10T10:39:59.999Z", 1, "pageview", "/e");
+    ASSERT_EQ(loads(e), l0 + 2);
+    ASSERT_EQ(engine_flush(e), 0);
+    struct rollup_metrics m =
+        tr_read(s, "a.com", TZ_HOUR, ROLLUP_DIM_TOTAL, "", H("2026-01-10T10:00:00Z"));
+    ASSERT_EQ(m.visits, 2 + 10); /* visitor 1: one visit 10:00-10:40; visitor 2: one */
+    ASSERT_EQ(m.pageviews, 6 + 10);
+    ASSERT_EQ(m.duration_ms, 40 * 60000 + 29 * 60000 + 59999);
+    ASSERT_EQ(m.bounces, 10);
+    engine_close(e);
+    store_close(s);
+}
+
 int main(void)
 {
     RUN(basic_visit_metrics);
     RUN(gap_rule);
+    RUN(evicted_visitor_returning_after_the_gap_is_not_read_back);
     RUN(late_event_merges_two_visits);
     RUN(late_event_becomes_first);
     RUN(midnight_berlin);
