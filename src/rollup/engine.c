@@ -1008,9 +1008,25 @@ static inline uint32_t bucket_min(int64_t ms)
     return (uint32_t)(ms / 60000);
 }
 
+/* Starts loading the hash slots of the visit dimensions' cells of (site, bucket), so that the
+ * lookups that follow find them in cache instead of waiting for each in turn. */
+static inline void visit_cells_prefetch(struct engine *e, int gran, uint32_t site, uint32_t bucket,
+                                        const struct visit *v)
+{
+    const struct cmap *m = &e->w->cm[gran];
+    if (!m->nslots) return;
+    const size_t mask = m->nslots - 1;
+    const uint64_t a = (uint64_t)site << 32 | bucket;
+    for (int s = 0; s < ROLLUP_VISIT_DIMS; s++) {
+        uint64_t b = (uint64_t)(ROLLUP_DIM_FIRST_VISIT + s) << 32 | v->attr[s];
+        __builtin_prefetch(&m->slots[cmap_hash(a, b) & mask]);
+    }
+}
+
 static void visit_cells(struct engine *e, int gran, uint32_t site, uint32_t bucket,
                         const struct visit *v, int sign, int64_t bounce, int64_t dur)
 {
+    visit_cells_prefetch(e, gran, site, bucket, v);
     struct cdelta *d = cell_at(e, gran, site, bucket, ROLLUP_DIM_TOTAL, e->empty_id);
     if (!d) return;
     d->visits += sign, d->bounces += sign * bounce, d->dur += sign * dur;
@@ -1030,6 +1046,7 @@ static void group_cells(struct engine *e, int gran, uint32_t site, uint32_t buck
                         uint64_t visitor, const struct visit *v, int sign, int64_t pv,
                         int64_t ev)
 {
+    visit_cells_prefetch(e, gran, site, bucket, v);
     for (int s = 0; s < ROLLUP_VISIT_DIMS; s++) {
         struct cdelta *d = cell_at(e, gran, site, bucket, ROLLUP_DIM_FIRST_VISIT + s,
                                    v->attr[s]);
@@ -1112,21 +1129,24 @@ static void event_cells(struct engine *e, const struct esite *st, struct vstate 
     int64_t b[TZ_GRAN_COUNT];
     tz_buckets_ms(st->zone, ev->ts_ms, b);
     const uint32_t mcut = minute_cut(e);
+    uint32_t n = 4 + x->nprops;
+    uint64_t key_b[4 + DE_PROPS_MAX]; /* dim << 32 | value */
+    key_b[0] = (uint64_t)ROLLUP_DIM_TOTAL << 32 | e->empty_id;
+    key_b[1] = (uint64_t)ROLLUP_DIM_PAGE << 32 | x->path;
+    key_b[2] = (uint64_t)ROLLUP_DIM_HOSTNAME << 32 | x->host;
+    key_b[3] = (uint64_t)ROLLUP_DIM_NAME << 32 | x->name;
+    for (uint32_t k = 4; k < n; k++)
+        key_b[k] = (uint64_t)ROLLUP_DIM_PROP << 32 | x->props[k - 4];
     for (int g = GRAN_M; g <= GRAN_H; g++) {
         uint32_t bk = bucket_min(b[g]);
         if (g == GRAN_M && bk < mcut) continue;
-        uint32_t n = 4 + x->nprops;
+        const struct cmap *m = &e->w->cm[g];
+        const uint64_t a = (uint64_t)st->id << 32 | bk;
+        if (m->nslots)
+            for (uint32_t k = 0; k < n; k++)
+                __builtin_prefetch(&m->slots[cmap_hash(a, key_b[k]) & (m->nslots - 1)]);
         for (uint32_t k = 0; k < n; k++) {
-            int dim;
-            uint32_t val;
-            switch (k) {
-            case 0: dim = ROLLUP_DIM_TOTAL, val = e->empty_id; break;
-            case 1: dim = ROLLUP_DIM_PAGE, val = x->path; break;
-            case 2: dim = ROLLUP_DIM_HOSTNAME, val = x->host; break;
-            case 3: dim = ROLLUP_DIM_NAME, val = x->name; break;
-            default: dim = ROLLUP_DIM_PROP, val = x->props[k - 4]; break;
-            }
-            struct cdelta *d = cell_at(e, g, st->id, bk, dim, val);
+            struct cdelta *d = cell_at(e, g, st->id, bk, (int)(key_b[k] >> 32), (uint32_t)key_b[k]);
             if (!d) return;
             d->pv += ev->pageview ? 1 : 0;
             d->ev += 1;
