@@ -1382,6 +1382,18 @@ static void bulk_key(char *k, uint32_t i)
     snprintf(k, 16, "bulk%08u", i);
 }
 
+/* Waits (up to 60 s) until no memtable waits for a flush and none runs. */
+static void flushes_settle(struct store *s)
+{
+    for (int i = 0; i < 3000; i++) {
+        char imm[32] = "", run[32] = "";
+        store_property(s, STORE_CF_ROLLUPS, "rocksdb.num-immutable-mem-table", imm, sizeof imm);
+        store_property(s, STORE_CF_ROLLUPS, "rocksdb.num-running-flushes", run, sizeof run);
+        if (strcmp(imm, "0") == 0 && strcmp(run, "0") == 0) return;
+        usleep(20 * 1000);
+    }
+}
+
 static _Noreturn void bulk_child(const char *dir, uint32_t batches)
 {
     struct store_options o;
@@ -1402,7 +1414,7 @@ static _Noreturn void bulk_child(const char *dir, uint32_t batches)
         store_batch_put(b, STORE_CF_ROLLUPS, k, strlen(k), val, sizeof val);
         store_batch_put_u64(b, "bulk.cursor", i);
         if (store_write(s, b) != 0) _exit(3);
-        if (i == batches - 200) usleep(300 * 1000); /* let the background flushes finish */
+        if (i == batches - 200) flushes_settle(s);
     }
     _exit(0); /* no store_close: the memtables die with the process */
 }
