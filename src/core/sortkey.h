@@ -14,12 +14,14 @@
  * adversarial). The smaller side is recursed into and the larger one looped on, so the stack
  * depth is at most log2(n) frames. Not stable: equal elements may come out in any order.
  *
- * Header-only, no allocation; any thread (the array belongs to the caller).
+ * Header-only, no allocation; any thread (the array belongs to the caller). sortkey_u64 is
+ * the one instance for plain 64-bit integers.
  */
 #ifndef TALLY_CORE_SORTKEY_H
 #define TALLY_CORE_SORTKEY_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #define SORTKEY_SMALL 16
 
@@ -60,7 +62,7 @@
             name##_sift_(a, 0, end);                                                               \
         }                                                                                          \
     }                                                                                              \
-    static void name##_intro_(T *a, size_t n, unsigned depth)                                      \
+    static inline void name##_intro_(T *a, size_t n, unsigned depth)                               \
     {                                                                                              \
         while (n > SORTKEY_SMALL) {                                                                \
             if (depth-- == 0) {                                                                    \
@@ -105,5 +107,9 @@
             depth += 2;                                                                            \
         name##_intro_(a, n, depth);                                                                \
     }
+
+/* Plain 64-bit integers, ascending (visitor ids: cells and sketches). */
+#define SORTKEY_U64_LESS(a, b) (*(a) < *(b))
+SORTKEY_DEFINE(sortkey_u64, uint64_t, SORTKEY_U64_LESS)
 
 #endif

@@ -135,14 +135,12 @@ static void ms_resample(struct cell *c)
     }
 }
 
-#define U64_LESS(a, b) (*(a) < *(b))
 #define MENTRY_LESS(a, b) ((a)->visitor < (b)->visitor)
-SORTKEY_DEFINE(sort_u64_, uint64_t, U64_LESS)
 SORTKEY_DEFINE(sort_mentries_, struct cell_mentry, MENTRY_LESS)
 
 void cell_sort_u64(uint64_t *v, size_t n)
 {
-    sort_u64_(v, n);
+    sortkey_u64(v, n);
 }
 
 void cell_sort_mentries(struct cell_mentry *d, size_t n)
@@ -552,7 +550,7 @@ static size_t part_count(const uint64_t *b, size_t m, int bits, uint64_t *t, int
 static int64_t part_sorted(uint64_t *b, size_t m, int bits, uint64_t *out, int64_t k)
 {
     if (m <= 32) {
-        sort_u64_(b, m);
+        sortkey_u64(b, m);
         for (size_t i = 0; i < m; i++)
             if (i == 0 || b[i] != b[i - 1]) out[k++] = b[i];
         return k;
@@ -567,7 +565,7 @@ static int64_t part_sorted(uint64_t *b, size_t m, int bits, uint64_t *out, int64
     for (int d = 0; d < 256; d++) {
         size_t n = cnt[d] - start;
         uint64_t *p = tmp + start;
-        sort_u64_(p, n);
+        sortkey_u64(p, n);
         for (size_t i = 0; i < n; i++)
             if (i == 0 || p[i] != p[i - 1]) out[k++] = p[i];
         start = cnt[d];

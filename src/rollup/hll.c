@@ -180,9 +180,6 @@ static int merge_sorted(struct hll *h, const uint64_t *b, size_t nb)
     return TALLY_OK;
 }
 
-#define U64_LESS(a, b) (*(a) < *(b))
-SORTKEY_DEFINE(sort_u64, uint64_t, U64_LESS)
-
 int hll_add_many(struct hll *h, uint64_t *items, size_t n)
 {
     if (n == 0) return TALLY_OK;
@@ -190,7 +187,7 @@ int hll_add_many(struct hll *h, uint64_t *items, size_t n)
         for (size_t i = 0; i < n; i++) reg_add(h->reg, items[i]);
         return TALLY_OK;
     }
-    sort_u64(items, n);
+    sortkey_u64(items, n);
     size_t u = 1;
     for (size_t i = 1; i < n; i++)
         if (items[i] != items[u - 1]) items[u++] = items[i];
