@@ -369,6 +369,13 @@ static bool cmap_rehash(struct cmap *m, size_t nslots)
     return true;
 }
 
+/* Starts loading the slot where cmap_at's probe for (a, b) begins, so that lookups made one
+ * after another find their slots in cache instead of waiting for each miss in turn. */
+static inline void cmap_prefetch(const struct cmap *m, uint64_t a, uint64_t b)
+{
+    if (m->nslots) __builtin_prefetch(&m->slots[cmap_hash(a, b) & (m->nslots - 1)]);
+}
+
 /* Index of the delta for (a, b), created when absent; UINT32_MAX on OOM. */
 static uint32_t cmap_at(struct cmap *m, uint64_t a, uint64_t b)
 {
@@ -874,10 +881,8 @@ static bool window_insert(struct vstate *vs, struct visit *v)
  * window is empty); sets complete when there is none. */
 static int load_older(struct engine *e, struct vstate *vs)
 {
-    if (e->fjob) { /* the visits of the flush in flight must be in the store first */
-        int rc = engine_sync(e);
-        if (rc) return rc;
-    }
+    int rc = engine_sync(e); /* the visits of a flush in flight must be in the store first */
+    if (rc) return rc;
     uint8_t lo[12], hi[SESSION_KEY_BYTES], target[SESSION_KEY_BYTES];
     store_put_be32(lo, vs->site);
     store_put_be64(lo + 4, vs->visitor);
@@ -897,7 +902,6 @@ static int load_older(struct engine *e, struct vstate *vs)
                 store_iter_prev(it);
         }
     }
-    int rc = TALLY_OK;
     if (!store_iter_valid(it)) {
         rc = store_iter_status(it);
         vs->complete = true;
@@ -1008,19 +1012,14 @@ static inline uint32_t bucket_min(int64_t ms)
     return (uint32_t)(ms / 60000);
 }
 
-/* Starts loading the hash slots of the visit dimensions' cells of (site, bucket), so that the
- * lookups that follow find them in cache instead of waiting for each in turn. */
+/* cmap_prefetch for the visit dimensions' cells of (site, bucket). */
 static inline void visit_cells_prefetch(struct engine *e, int gran, uint32_t site, uint32_t bucket,
                                         const struct visit *v)
 {
-    const struct cmap *m = &e->w->cm[gran];
-    if (!m->nslots) return;
-    const size_t mask = m->nslots - 1;
     const uint64_t a = (uint64_t)site << 32 | bucket;
-    for (int s = 0; s < ROLLUP_VISIT_DIMS; s++) {
-        uint64_t b = (uint64_t)(ROLLUP_DIM_FIRST_VISIT + s) << 32 | v->attr[s];
-        __builtin_prefetch(&m->slots[cmap_hash(a, b) & mask]);
-    }
+    for (int s = 0; s < ROLLUP_VISIT_DIMS; s++)
+        cmap_prefetch(&e->w->cm[gran], a,
+                      (uint64_t)(ROLLUP_DIM_FIRST_VISIT + s) << 32 | v->attr[s]);
 }
 
 static void visit_cells(struct engine *e, int gran, uint32_t site, uint32_t bucket,
@@ -1140,11 +1139,9 @@ static void event_cells(struct engine *e, const struct esite *st, struct vstate 
     for (int g = GRAN_M; g <= GRAN_H; g++) {
         uint32_t bk = bucket_min(b[g]);
         if (g == GRAN_M && bk < mcut) continue;
-        const struct cmap *m = &e->w->cm[g];
         const uint64_t a = (uint64_t)st->id << 32 | bk;
-        if (m->nslots)
-            for (uint32_t k = 0; k < n; k++)
-                __builtin_prefetch(&m->slots[cmap_hash(a, key_b[k]) & (m->nslots - 1)]);
+        for (uint32_t k = 0; k < n; k++)
+            cmap_prefetch(&e->w->cm[g], a, key_b[k]);
         for (uint32_t k = 0; k < n; k++) {
             struct cdelta *d = cell_at(e, g, st->id, bk, (int)(key_b[k] >> 32), (uint32_t)key_b[k]);
             if (!d) return;
