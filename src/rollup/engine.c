@@ -152,7 +152,7 @@ struct keyref {
  * the engine's current set; at a flush the set, with its keys built and its batch holding the
  * visits and the state, goes to the writing side (the engine's flush thread with flush_async,
  * else the flushing caller), which reads the cells, applies the deltas, writes the batch and
- * clears nothing: the adding side collects and clears the set (engine_sync). The writing side
+ * clears nothing: the adding side collects and clears the set (collect). The writing side
  * touches only its set, e->s, e->o, e->cbloom and e->warned_negative. */
 struct flushset {
     struct cmap cm[TZ_GRAN_COUNT];
