@@ -23,7 +23,8 @@
 # Environment: BENCH_SECONDS (default 10) per run, BENCH_WARMUP_SECONDS (2) for http_load,
 # BENCH_RUNS (3) wrk runs per target, BENCH_SINGLE_CONNECTIONS (256), TALLY (./tally, else
 # build/rel/tally), NGINX (/usr/sbin/nginx), WRK (wrk), HTTP_LOAD (build/rel/bench/http_load),
-# TMPDIR.
+# TMPDIR, BENCH_TALLY_STORAGE (extra lines for tally's [storage] section, for A/B runs, e.g.
+# "direct_write_min_bytes = 0").
 
 set -u
 
@@ -226,8 +227,8 @@ say "nginx (pid $NGINX_PID) on port $NGINX_PORT"
 TALLY_PORT=$(free_port)
 while [ "$TALLY_PORT" = "$NGINX_PORT" ]; do TALLY_PORT=$(free_port); done
 TALLY_OK=0
-printf '[server]\nlisten = 127.0.0.1:%s\nthreads = 2\n[storage]\nfsync = always\n' \
-    "$TALLY_PORT" >"$T/tally.ini"
+printf '[server]\nlisten = 127.0.0.1:%s\nthreads = 2\n[storage]\nfsync = always\n%s\n' \
+    "$TALLY_PORT" "${BENCH_TALLY_STORAGE:-}" >"$T/tally.ini"
 if [ -x "$TALLY" ]; then
     "$TALLY" --config "$T/tally.ini" --data-dir "$T/data" >"$T/tally.log" 2>&1 &
     TALLY_PID=$!

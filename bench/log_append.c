@@ -20,6 +20,8 @@
  * p99_fsyncs is p99 latency divided by the raw fdatasync time; cpu_us_per_record is the
  * process's CPU time (all threads) per record. A last line (window=1) shows the latency of an
  * unsaturated log: one producer with one append in flight. `only` may be -1 for just that line.
+ * BENCH_DIRECT_MIN_BYTES sets the log's direct_min_bytes (0: every write through the page
+ * cache, as before direct writes), for A/B runs of the same binary.
  */
 #include "log/seglog.h"
 #include "tally/error.h"
@@ -282,6 +284,8 @@ static int run_config(const char *base, int producers, int data, int window, dou
     seglog_options_default(&o);
     o.dir = dir;
     o.fsync = SEGLOG_FSYNC_ALWAYS;
+    const char *dmin = getenv("BENCH_DIRECT_MIN_BYTES");
+    if (dmin) o.direct_min_bytes = (uint32_t)strtoul(dmin, NULL, 10);
     struct seglog *log;
     int r = seglog_open(&o, &log, NULL);
     if (r) {

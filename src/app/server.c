@@ -103,6 +103,7 @@ static void log_options(const struct tally_config *cfg, const char *dir,
     o->record_bytes_max = 256u << 10; /* > EVENT_ENCODED_BYTES_MAX */
     o->retention_age_ms = (uint64_t)cfg->retention_days * 86400000ULL;
     o->retention_bytes = (uint64_t)cfg->retention_bytes;
+    o->direct_min_bytes = (uint32_t)cfg->direct_write_min_bytes;
 }
 
 static int open_log(const struct tally_config *cfg, const struct datadir *dd, bool repair,
@@ -384,7 +385,8 @@ static void warn_restart_keys(const struct tally_config *o, const struct tally_c
     CHANGED(o->segment_bytes != n->segment_bytes || o->retention_days != n->retention_days ||
                 o->retention_bytes != n->retention_bytes ||
                 o->queue_events_max != n->queue_events_max ||
-                o->queue_bytes_max != n->queue_bytes_max,
+                o->queue_bytes_max != n->queue_bytes_max ||
+                o->direct_write_min_bytes != n->direct_write_min_bytes,
             "[storage] log settings");
     CHANGED(o->salt_rotation_hours != n->salt_rotation_hours, "salt_rotation_hours");
     CHANGED(!str_eq(o->tracker_path, n->tracker_path), "tracker_path");

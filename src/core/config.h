@@ -84,6 +84,7 @@ struct tally_config {
     int64_t retention_bytes;
     int64_t queue_events_max;
     int64_t queue_bytes_max;
+    int64_t direct_write_min_bytes;
     /* [privacy] */
     int64_t salt_rotation_hours;
     /* [auth] */

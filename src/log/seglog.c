@@ -43,6 +43,7 @@ void seglog_options_default(struct seglog_options *o)
     o->batch_bytes_max = 256u << 10;
     o->record_bytes_max = 128u << 10;
     o->compress_threads = 1;
+    o->direct_min_bytes = 512u << 10;
     o->index_interval_bytes = 16u << 10;
     o->compress = 1;
     o->verify = SEGLOG_VERIFY_ALL;
@@ -137,6 +138,7 @@ void seglog_free(struct seglog *log)
 {
     if (!log) return;
     if (log->fd >= 0) log->fs->close(log->fs->ctx, log->fd);
+    if (log->dfd >= 0) log->fs->close(log->fs->ctx, log->dfd);
     for (uint32_t i = 0; i < log->nsegs; i++)
         seglog_seg_free(&log->segs[i]);
     free(log->segs);
@@ -176,6 +178,7 @@ int seglog_open(const struct seglog_options *opt, struct seglog **out,
     log->opt.dir = log->dir;
     log->fs = fsio_or_real(opt->fs);
     log->fd = -1;
+    log->dfd = -1;
     pthread_mutex_init(&log->smu, NULL);
     pthread_mutex_init(&log->hmu, NULL);
     /* Producers hold qmu only for a memcpy: spinning briefly beats sleeping on contention. */

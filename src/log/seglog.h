@@ -95,6 +95,10 @@ struct seglog_options {
     int compress;                  /* 1 (default): LZ4 per batch when it helps; 0: store raw */
     uint32_t compress_threads;     /* helper threads that LZ4 a group's batches in parallel
                                       with the writer thread; default 1, [0, 4] */
+    uint32_t direct_min_bytes;     /* a write of a group (or of an 8 MiB chunk of one) at least
+                                      this large sends its 4 KiB-aligned middle through an
+                                      O_DIRECT descriptor: no copy into the page cache; default
+                                      512 KiB, 0 = never; below 8 KiB it acts as 8 KiB */
     enum seglog_verify verify;     /* default SEGLOG_VERIFY_ALL */
     int repair;                    /* quarantine bad closed segments instead of failing */
     int read_only;                 /* no writer: readers only, a snapshot of what is valid at

@@ -42,6 +42,11 @@
 
 #define SEGLOG_PATH_MAX 4096
 
+/* O_DIRECT writes: file offset, length and memory address are multiples of this (4 KiB covers
+ * the logical block size of every common device; a file system that wants more fails the write
+ * with EINVAL and the log goes on through the page cache). */
+#define SEGLOG_DIRECT_ALIGN 4096u
+
 struct seg {
     uint64_t base;
     uint64_t end;      /* offset after the last record written to it */
@@ -178,8 +183,12 @@ struct seglog {
     pthread_t writer;
     int writer_started;
     int fd; /* active segment, O_RDWR; -1 in read-only mode */
+    int dfd;           /* active segment again, O_WRONLY | O_DIRECT, opened at its first large
+                          write (seglog_writer.c); -1 when none */
+    uint64_t dfd_base; /* the segment dfd belongs to */
+    int direct_off;    /* the file system refused O_DIRECT: every write goes through fd */
     uint64_t committed_pos;
-    uint8_t *out;
+    uint8_t *out; /* SEGLOG_DIRECT_ALIGN-aligned (seglog_writer.c: packing) */
     size_t outcap;
     int dirty;            /* interval: written since the last fdatasync */
     int64_t last_sync_ms; /* monotonic */

@@ -12,6 +12,15 @@
  *          writer and the helper threads taking batches from a shared atomic counter;
  *   write  the batches are packed and written with one pwrite per segment (8 MiB chunks at
  *          most), rolling the segment first when a batch would push it past segment_bytes;
+ *          a write of at least direct_min_bytes sends its SEGLOG_DIRECT_ALIGN-aligned middle
+ *          through a second, O_DIRECT descriptor (the device reads it from log->out: no copy
+ *          into the page cache, which was most of the writer's CPU at high load) and its
+ *          unaligned head and tail through log->fd. The O_DIRECT range always starts at or
+ *          after the block holding the previous end, so it never overlaps a page written
+ *          through the cache, and nothing lands beyond the end: the file stays exactly the
+ *          bytes written, as with plain writes. Readers use their own buffered descriptors (the
+ *          kernel drops cached pages a direct write covers). fdatasync on log->fd makes both
+ *          kinds durable: it works on the file, not the descriptor;
  *   sync   ALWAYS: when nothing else is in flight or waiting, the writer fdatasyncs itself
  *          (lowest latency at low load); otherwise the group joins the pending FIFO and the
  *          syncer thread is asked to fdatasync through its end, while the writer already takes,
@@ -187,11 +196,80 @@ static void wstate_load(struct seglog *log, struct wstate *w)
     pthread_mutex_unlock(&log->smu);
 }
 
+static void direct_close(struct seglog *log)
+{
+    if (log->dfd >= 0) log->fs->close(log->fs->ctx, log->dfd);
+    log->dfd = -1;
+}
+
+/* The O_DIRECT descriptor of the active segment (base), opened on first use; -1 when direct
+ * writes are off or the open failed (this write then goes through the page cache). */
+static int direct_fd(struct seglog *log, uint64_t base)
+{
+    if (log->direct_off) return -1;
+    if (log->dfd >= 0 && log->dfd_base == base) return log->dfd;
+    direct_close(log);
+    char path[SEGLOG_PATH_MAX];
+    if (path_of(log, path, base, SEGMENT_SUFFIX)) return -1;
+    int fd = log->fs->open(log->fs->ctx, path, O_WRONLY | O_DIRECT, 0);
+    if (fd == -EINVAL || fd == -EOPNOTSUPP) {
+        log->direct_off = 1;
+        diag_info("seglog: %s: the file system refuses O_DIRECT; all writes go through the "
+                  "page cache",
+                  log->dir);
+        return -1;
+    }
+    if (fd < 0) {
+        diag_warn("seglog: %s: O_DIRECT open failed (%s); this write goes through the page cache",
+                  log->dir, tally_strerror(tally_err_from_errno(-fd)));
+        return -1;
+    }
+    log->dfd = fd;
+    log->dfd_base = base;
+    return fd;
+}
+
+/* Writes buf[0..n) at byte off of the active segment (base): the unaligned head and tail
+ * through log->fd, the aligned middle through the O_DIRECT descriptor when it is worth it and
+ * buf sits at off's offset modulo SEGLOG_DIRECT_ALIGN. A direct write that fails with EINVAL
+ * (alignment the device does not accept; nothing was written) turns direct writes off; one that
+ * is short, or stops at an unaligned count, is finished through the page cache. */
+static int write_at(struct seglog *log, uint64_t base, const uint8_t *buf, size_t n, uint64_t off)
+{
+    const struct fsio *fs = log->fs;
+    const size_t a = SEGLOG_DIRECT_ALIGN;
+    uint32_t min = log->opt.direct_min_bytes;
+    size_t head = (size_t)((a - off % a) % a);
+    size_t mid = n > head ? (n - head) / a * a : 0;
+    int dfd = -1;
+    if (min > 0 && n >= min && n >= 2 * a && mid > 0 && ((uintptr_t)(buf + head) % a) == 0)
+        dfd = direct_fd(log, base);
+    if (dfd < 0) return fsio_write_all(fs, log->fd, buf, n, off);
+    int r = fsio_write_all(fs, log->fd, buf, head, off);
+    if (r) return r;
+    size_t done = head;
+    while (done < head + mid) {
+        ssize_t k = fs->pwrite(fs->ctx, dfd, buf + done, head + mid - done, off + done);
+        if (k == -EINVAL) {
+            log->direct_off = 1;
+            direct_close(log);
+            diag_warn("seglog: %s: an O_DIRECT write was refused (EINVAL); all writes go "
+                      "through the page cache",
+                      log->dir);
+            break;
+        }
+        if (k < 0) return tally_err_from_errno((int)-k);
+        done += (size_t)k;
+        if (k == 0 || (size_t)k % a != 0) break;
+    }
+    return fsio_write_all(fs, log->fd, buf + done, n - done, off + done);
+}
+
 /* Writes buf[0..n) at the end of the active segment and publishes its new size. */
 static int writer_flush(struct seglog *log, struct wstate *w, const uint8_t *buf, size_t n)
 {
     if (n == 0) return TALLY_OK;
-    int r = fsio_write_all(log->fs, log->fd, buf, n, w->bytes);
+    int r = write_at(log, w->base, buf, n, w->bytes);
     if (r) return r;
     w->bytes += n;
     pthread_mutex_lock(&log->smu);
@@ -250,6 +328,7 @@ static int writer_roll(struct seglog *log, struct wstate *w)
     segindex_free(&copy);
     if (!grown) return TALLY_ENOMEM;
 
+    direct_close(log);
     log->fs->close(log->fs->ctx, log->fd);
     log->fd = -1;
     if ((r = path_of(log, path, w->next, SEGMENT_SUFFIX))) return r;
@@ -270,8 +349,10 @@ static int out_reserve(struct seglog *log, size_t need)
     size_t cap = log->outcap ? log->outcap : 1u << 20;
     while (cap < need)
         cap *= 2;
-    uint8_t *n = realloc(log->out, cap);
-    if (!n) return TALLY_ENOMEM;
+    /* Nothing in log->out lives across groups: a fresh block, aligned for O_DIRECT. */
+    void *n = NULL;
+    if (posix_memalign(&n, SEGLOG_DIRECT_ALIGN, cap)) return TALLY_ENOMEM;
+    free(log->out);
     log->out = n;
     log->outcap = cap;
     return TALLY_OK;
@@ -316,12 +397,13 @@ static int cut_add(struct seglog *log, struct bjob *cur, size_t *dst, const uint
     return TALLY_OK;
 }
 
-/* Cuts a taken queue buffer into batches (log->jobs), offsets from first; reserves log->out. */
-static int writer_cut(struct seglog *log, const struct qbuf *b, uint64_t first)
+/* Cuts a taken queue buffer into batches (log->jobs), offsets from first, their places in
+ * log->out from byte `start` on; reserves log->out. */
+static int writer_cut(struct seglog *log, const struct qbuf *b, uint64_t first, size_t start)
 {
     log->njobs = 0;
     struct bjob cur = {.base_offset = first};
-    size_t dst = 0;
+    size_t dst = start;
     const uint8_t *p = b->bytes;
     int r = TALLY_OK;
     for (uint32_t i = 0; i < b->napps && !r; i++) {
@@ -433,23 +515,28 @@ static void *helper_main(void *arg)
 static int writer_write(struct seglog *log, const struct qbuf *b, struct wstate *w)
 {
     wstate_load(log, w);
-    int r = writer_cut(log, b, w->next);
+    /* Batches are encoded at their reserved places from `start` on and packed towards it as
+     * they are written: log->out[pend, outlen) is packed, not yet written. `start` is the file
+     * position modulo SEGLOG_DIRECT_ALIGN, which puts the file's block boundaries on aligned
+     * addresses of log->out (the O_DIRECT part of a write). A batch stored raw fills its
+     * reservation exactly and stays in place; one that LZ4 shrank moves the next ones towards
+     * the start (never forwards: a batch takes at most its reservation). */
+    size_t start = (size_t)(w->bytes % SEGLOG_DIRECT_ALIGN);
+    int r = writer_cut(log, b, w->next, start);
     if (r) return r;
     writer_encode(log);
-    /* Batches were encoded at their reserved places; they are packed towards the start of the
-     * buffer as they are written. log->out[pend, outlen): packed, not yet written. */
-    size_t pend = 0, outlen = 0;
+    size_t pend = start, outlen = start;
     for (uint32_t i = 0; i < log->njobs; i++) {
         const struct bjob *j = &log->jobs[i];
         uint64_t at = w->bytes + (outlen - pend);
         if (at > 0 && at + j->enc_len > log->opt.segment_bytes) {
             if ((r = writer_flush(log, w, log->out + pend, outlen - pend))) return r;
-            pend = outlen = 0;
             syncer_hold(log);
             uint64_t synced = w->next;
             r = writer_roll(log, w);
             syncer_release(log, r == 0 && log->opt.fsync != SEGLOG_FSYNC_NONE ? synced : 0);
             if (r) return r;
+            pend = outlen = 0; /* a new segment starts at byte 0, an aligned address */
             at = 0;
         }
         if (outlen != j->dst) memmove(log->out + outlen, log->out + j->dst, j->enc_len);
@@ -466,7 +553,7 @@ static int writer_write(struct seglog *log, const struct qbuf *b, struct wstate 
         atomic_fetch_add_explicit(&log->st_records, j->count, memory_order_relaxed);
         if (outlen - pend >= WRITE_CHUNK_BYTES) {
             if ((r = writer_flush(log, w, log->out + pend, outlen - pend))) return r;
-            pend = outlen = 0;
+            pend = outlen; /* the file position moved as far as the buffer's */
         }
     }
     return writer_flush(log, w, log->out + pend, outlen - pend);
@@ -593,6 +680,7 @@ static int writer_rollback(struct seglog *log)
     uint64_t cbase = log->committed_seg;
     uint64_t active_base = log->segs[log->nsegs - 1].base;
     pthread_mutex_unlock(&log->smu);
+    direct_close(log);
     if (active_base != cbase && log->fd >= 0) {
         fs->close(fs->ctx, log->fd);
         log->fd = -1;
