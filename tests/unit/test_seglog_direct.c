@@ -95,16 +95,54 @@ static ssize_t chk_pwrite(void *ctx, int fd, const void *buf, size_t n, uint64_t
     return r;
 }
 
+/* The other calls go to the base table with the base's own context. */
+#define CHK_BASE(ctx) (((struct chk *)(ctx))->base)
+static ssize_t chk_pread(void *ctx, int fd, void *buf, size_t n, uint64_t off)
+{
+    return CHK_BASE(ctx)->pread(CHK_BASE(ctx)->ctx, fd, buf, n, off);
+}
+static int chk_fdatasync(void *ctx, int fd)
+{
+    return CHK_BASE(ctx)->fdatasync(CHK_BASE(ctx)->ctx, fd);
+}
+static int chk_ftruncate(void *ctx, int fd, uint64_t len)
+{
+    return CHK_BASE(ctx)->ftruncate(CHK_BASE(ctx)->ctx, fd, len);
+}
+static int chk_fstat(void *ctx, int fd, struct stat *st)
+{
+    return CHK_BASE(ctx)->fstat(CHK_BASE(ctx)->ctx, fd, st);
+}
+static int chk_rename(void *ctx, const char *from, const char *to)
+{
+    return CHK_BASE(ctx)->rename(CHK_BASE(ctx)->ctx, from, to);
+}
+static int chk_unlink(void *ctx, const char *path)
+{
+    return CHK_BASE(ctx)->unlink(CHK_BASE(ctx)->ctx, path);
+}
+static int chk_mkdir(void *ctx, const char *path, unsigned mode)
+{
+    return CHK_BASE(ctx)->mkdir(CHK_BASE(ctx)->ctx, path, mode);
+}
+static int chk_fsync_dir(void *ctx, const char *path)
+{
+    return CHK_BASE(ctx)->fsync_dir(CHK_BASE(ctx)->ctx, path);
+}
+static int chk_list_dir(void *ctx, const char *path, int (*each)(void *arg, const char *name),
+                        void *arg)
+{
+    return CHK_BASE(ctx)->list_dir(CHK_BASE(ctx)->ctx, path, each, arg);
+}
+
 static void chk_init(struct chk *c, const struct fsio *base, enum chk_mode mode)
 {
     memset(c, 0, sizeof *c);
     c->base = fsio_or_real(base);
     c->mode = mode;
-    c->fs = *c->base;
-    c->fs.ctx = c;
-    c->fs.open = chk_open;
-    c->fs.close = chk_close;
-    c->fs.pwrite = chk_pwrite;
+    c->fs = (struct fsio){
+        c,         chk_open,   chk_close,  chk_pwrite, chk_pread,     chk_fdatasync, chk_ftruncate,
+        chk_fstat, chk_rename, chk_unlink, chk_mkdir,  chk_fsync_dir, chk_list_dir};
 }
 
 /* Appends `groups` appends of `per` records and waits for each: each is one large group (the
