@@ -159,6 +159,9 @@ static void render_log_stats(struct app *app, struct evbuffer *b)
           (double)st.batches_written);
     gauge(b, "tally_log_written_bytes_total", "Encoded batch bytes written.", "counter",
           (double)st.bytes_written);
+    gauge(b, "tally_log_direct_written_bytes_total",
+          "Of those, bytes written with O_DIRECT (groups of direct_write_min_bytes or more).",
+          "counter", (double)st.direct_bytes_written);
     gauge(b, "tally_log_appends_rejected_full_total", "Appends refused: queue full.", "counter",
           (double)st.appends_rejected_full);
     gauge(b, "tally_log_poisoned", "1 when the log writer failed and refuses writes.", "gauge",

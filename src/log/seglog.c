@@ -418,6 +418,7 @@ void seglog_stats(struct seglog *log, struct seglog_stats *st)
     st->batches_written = atomic_load(&log->st_batches);
     st->bytes_written = atomic_load(&log->st_bytes);
     st->raw_bytes_written = atomic_load(&log->st_raw_bytes);
+    st->direct_bytes_written = atomic_load(&log->st_direct_bytes);
     st->fsync_count = atomic_load(&log->st_fsyncs);
     st->fsync_sum_us = atomic_load(&log->st_fsync_sum_us);
     for (int i = 0; i < SEGLOG_FSYNC_BUCKETS; i++)

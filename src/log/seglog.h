@@ -292,6 +292,7 @@ struct seglog_stats {
     uint64_t batches_written;
     uint64_t bytes_written;     /* encoded batch bytes */
     uint64_t raw_bytes_written; /* the same batches before compression */
+    uint64_t direct_bytes_written; /* of bytes_written, those written with O_DIRECT */
     uint64_t fsync_count;
     uint64_t fsync_hist[SEGLOG_FSYNC_BUCKETS];
     uint64_t fsync_sum_us;

@@ -195,6 +195,7 @@ struct seglog {
 
     /* statistics */
     _Atomic uint64_t st_appends, st_rejected_full, st_records, st_batches, st_bytes, st_raw_bytes;
+    _Atomic uint64_t st_direct_bytes;
     _Atomic uint64_t st_fsyncs, st_fsync_sum_us;
     _Atomic uint64_t st_fsync_hist[SEGLOG_FSYNC_BUCKETS];
 };

@@ -260,6 +260,7 @@ static int write_at(struct seglog *log, uint64_t base, const uint8_t *buf, size_
         }
         if (k < 0) return tally_err_from_errno((int)-k);
         done += (size_t)k;
+        atomic_fetch_add_explicit(&log->st_direct_bytes, (uint64_t)k, memory_order_relaxed);
         if (k == 0 || (size_t)k % a != 0) break;
     }
     return fsio_write_all(fs, log->fd, buf + done, n - done, off + done);

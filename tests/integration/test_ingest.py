@@ -304,6 +304,8 @@ def healthz_metrics_and_graceful_stop():
                      "tally_log_queue_records"):
             check(name in m, "metric %s missing" % name)
         check('tally_events_accepted_total 1' in m, m)
+        # One small event: nothing went around the page cache.
+        check("\ntally_log_direct_written_bytes_total 0\n" in m, m)
         t0 = time.time()
         eq(t.stop(), 0)
         check(time.time() - t0 < 10, "stopped within 10 s")

@@ -27,6 +27,7 @@ struct chk {
     _Atomic int shadow_fd[CHK_FDS]; /* the same file without O_DIRECT (for CHK_SHORT) */
     _Atomic uint64_t direct_opens, direct_bytes, direct_writes, cached_bytes, misaligned;
     _Atomic uint64_t short_seq;
+    uint64_t stat_direct_bytes; /* what the logs of round_trip reported (seglog_stats) */
 };
 
 static int chk_open(void *ctx, const char *path, int flags, unsigned mode)
@@ -191,6 +192,7 @@ static void round_trip(struct chk *c, uint32_t direct_min)
     struct seglog_stats st;
     seglog_stats(log, &st);
     ASSERT_TRUE(st.segment_count >= 4);
+    c->stat_direct_bytes = st.direct_bytes_written;
     seglog_close(log);
 
     struct seglog_open_report rep;
@@ -203,6 +205,8 @@ static void round_trip(struct chk *c, uint32_t direct_min)
     /* Appending after a reopen continues at an unaligned end. */
     ASSERT_EQ(append_groups(log, 7, 5, 150, 3000), 0);
     ASSERT_EQ(tu_read_check(log, 0, 7, 3000), 45 * 150);
+    seglog_stats(log, &st);
+    c->stat_direct_bytes += st.direct_bytes_written;
     seglog_close(log);
     ASSERT_EQ(atomic_load(&c->misaligned), 0);
 }
@@ -216,6 +220,7 @@ TEST(large_writes_go_direct_aligned_and_read_back)
     /* Most bytes bypass the cache; heads and tails (< 4 KiB each) and indexes do not. */
     uint64_t d = atomic_load(&c.direct_bytes), b = atomic_load(&c.cached_bytes);
     ASSERT_TRUE(d > 8 * b);
+    ASSERT_EQ(c.stat_direct_bytes, d);
 }
 
 TEST(direct_min_bytes_zero_never_opens_direct)
