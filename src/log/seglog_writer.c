@@ -241,8 +241,8 @@ static int write_at(struct seglog *log, uint64_t base, const uint8_t *buf, size_
     uint32_t min = log->opt.direct_min_bytes;
     size_t head = (size_t)((a - off % a) % a);
     size_t mid = n > head ? (n - head) / a * a : 0;
-    int dfd = -1;
-    if (min > 0 && n >= min && n >= 2 * a && mid > 0 && ((uintptr_t)(buf + head) % a) == 0)
+    int dfd = -1; /* n >= 2 * a leaves a non-empty middle (head < a) */
+    if (min > 0 && n >= min && n >= 2 * a && ((uintptr_t)(buf + head) % a) == 0)
         dfd = direct_fd(log, base);
     if (dfd < 0) return fsio_write_all(fs, log->fd, buf, n, off);
     int r = fsio_write_all(fs, log->fd, buf, head, off);

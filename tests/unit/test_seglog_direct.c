@@ -25,7 +25,7 @@ struct chk {
     enum chk_mode mode;
     _Atomic int direct_fd[CHK_FDS];
     _Atomic int shadow_fd[CHK_FDS]; /* the same file without O_DIRECT (for CHK_SHORT) */
-    _Atomic uint64_t direct_opens, direct_bytes, direct_writes, cached_bytes, misaligned;
+    _Atomic uint64_t direct_opens, direct_bytes, cached_bytes, misaligned;
     _Atomic uint64_t short_seq;
     uint64_t stat_direct_bytes; /* what the logs of round_trip reported (seglog_stats) */
 };
@@ -83,16 +83,12 @@ static ssize_t chk_pwrite(void *ctx, int fd, const void *buf, size_t n, uint64_t
                                 (const uint8_t *)buf + aligned, 100, off + aligned);
             if (r != 100) return r < 0 ? r : -EIO;
             atomic_fetch_add(&c->direct_bytes, aligned + 100);
-            atomic_fetch_add(&c->direct_writes, 1);
             return (ssize_t)(aligned + 100);
         }
         if (n == 0) n = ALIGN;
     }
     ssize_t r = c->base->pwrite(c->base->ctx, fd, buf, n, off);
-    if (r > 0) {
-        atomic_fetch_add(&c->direct_bytes, (uint64_t)r);
-        atomic_fetch_add(&c->direct_writes, 1);
-    }
+    if (r > 0) atomic_fetch_add(&c->direct_bytes, (uint64_t)r);
     return r;
 }
 
