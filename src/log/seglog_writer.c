@@ -25,10 +25,9 @@
  *          (lowest latency at low load); otherwise the group joins the pending FIFO and the
  *          syncer thread is asked to fdatasync through its end, while the writer already takes,
  *          encodes and writes the next group (at most SEGLOG_PIPELINE_MAX groups written and not
- *          yet durable). A group large enough for O_DIRECT is written only after the
- *          fdatasyncs requested before it ended (wait_for_flush_before_direct): the flush
- *          overlaps its encoding, not its write. INTERVAL and NONE: the group is complete after
- *          the write;
+ *          yet durable). A direct write starts only after the fdatasyncs requested before it
+ *          ended (wait_for_flush_before_direct): the flush overlaps the next group's encoding,
+ *          not its write. INTERVAL and NONE: the group is complete after the write;
  *   complete in offset order: the committed (and durable) offset is published, the queue
  *          bounds released, then every append's callback is called. ALWAYS: on the completer
  *          thread as soon as the syncer made a group durable, so that the writer goes on
@@ -232,6 +231,21 @@ static int direct_fd(struct seglog *log, uint64_t base)
     return fd;
 }
 
+/* ALWAYS: before a direct write, waits until the fdatasyncs requested so far have ended (or
+ * failed). A device flush running beside a megabyte-sized direct write slowed both (fdatasync
+ * 150 -> 450 us); this way the flush of group N runs while the writer encodes group N+1, and
+ * the direct write of N+1 starts after it. Cached writes do not wait: they only fill the page
+ * cache. Writer thread. */
+static void wait_for_flush_before_direct(struct seglog *log)
+{
+    if (log->opt.fsync != SEGLOG_FSYNC_ALWAYS) return;
+    pthread_mutex_lock(&log->qmu);
+    while (log->sync_done_end < log->sync_req_end && !log->sync_err &&
+           !atomic_load(&log->poison_err))
+        pthread_cond_wait(&log->qcv, &log->qmu);
+    pthread_mutex_unlock(&log->qmu);
+}
+
 /* Writes buf[0..n) at byte off of the active segment (base): the unaligned head and tail
  * through log->fd, the aligned middle through the O_DIRECT descriptor when it is worth it and
  * buf sits at off's offset modulo SEGLOG_DIRECT_ALIGN. A direct write that fails with EINVAL
@@ -250,6 +264,7 @@ static int write_at(struct seglog *log, uint64_t base, const uint8_t *buf, size_
     if (dfd < 0) return fsio_write_all(fs, log->fd, buf, n, off);
     int r = fsio_write_all(fs, log->fd, buf, head, off);
     if (r) return r;
+    wait_for_flush_before_direct(log);
     size_t done = head;
     while (done < head + mid) {
         ssize_t k = fs->pwrite(fs->ctx, dfd, buf + done, head + mid - done, off + done);
@@ -514,26 +529,6 @@ static void *helper_main(void *arg)
     return NULL;
 }
 
-/* ALWAYS: before a group that will go through O_DIRECT, waits until the fdatasyncs requested
- * so far have ended (or failed). A device flush running beside a megabyte-sized direct write
- * slowed both (fdatasync 150 -> 450 us); this way the flush of group N runs while the writer
- * encodes group N+1, and the write of N+1 starts after it. Cached groups do not wait: their
- * writes only fill the page cache. Writer thread. */
-static void wait_for_flush_before_direct(struct seglog *log)
-{
-    if (log->opt.fsync != SEGLOG_FSYNC_ALWAYS || log->direct_off || !log->opt.direct_min_bytes)
-        return;
-    uint64_t bytes = 0;
-    for (uint32_t i = 0; i < log->njobs; i++)
-        bytes += log->jobs[i].enc_len;
-    if (bytes < log->opt.direct_min_bytes) return;
-    pthread_mutex_lock(&log->qmu);
-    while (log->sync_done_end < log->sync_req_end && !log->sync_err &&
-           !atomic_load(&log->poison_err))
-        pthread_cond_wait(&log->qcv, &log->qmu);
-    pthread_mutex_unlock(&log->qmu);
-}
-
 /* Cuts, encodes and writes one taken queue buffer. On success *w is the state after it.
  * 0 or TALLY_E*. */
 static int writer_write(struct seglog *log, const struct qbuf *b, struct wstate *w)
@@ -549,7 +544,6 @@ static int writer_write(struct seglog *log, const struct qbuf *b, struct wstate 
     int r = writer_cut(log, b, w->next, start);
     if (r) return r;
     writer_encode(log);
-    wait_for_flush_before_direct(log);
     size_t pend = start, outlen = start;
     for (uint32_t i = 0; i < log->njobs; i++) {
         const struct bjob *j = &log->jobs[i];
