@@ -153,9 +153,13 @@ static void render_log_stats(struct app *app, struct evbuffer *b)
           (double)st.queue_records);
     gauge(b, "tally_log_queue_bytes", "Bytes waiting for the log writer.", "gauge",
           (double)st.queue_bytes);
+    gauge(b, "tally_log_queue_capacity_bytes",
+          "Memory held by the log's queue buffers (bounded by 4 x the queue bounds).", "gauge",
+          (double)st.queue_capacity_bytes);
     gauge(b, "tally_log_records_written_total", "Records written to the log.", "counter",
           (double)st.records_written);
-    gauge(b, "tally_log_batches_written_total", "Batches (group commits) written.", "counter",
+    gauge(b, "tally_log_batches_written_total",
+          "Batches written (a group commit writes one or more).", "counter",
           (double)st.batches_written);
     gauge(b, "tally_log_written_bytes_total", "Encoded batch bytes written.", "counter",
           (double)st.bytes_written);

@@ -5,13 +5,34 @@
  * the shared struct and its lock/invariant rules are in seglog_int.h; the format in batch.h,
  * segment.h and segindex.h.
  *
- * Queue design. SEGLOG_QBUFS buffers (struct qbuf): one is filling, the others are with the
- * writer (being written, or written and waiting for their fdatasync). A producer memcpys its
- * records, already in the batch's raw record form, into the filling buffer under qmu and notes
- * the append (callback, record count, bytes, timestamp range); no allocation happens once the
- * buffers have grown to their working size, and qmu is held only for that copy. The queue
- * bounds count every record from seglog_append until its completion, so the records held in
- * all buffers together never exceed queue_records_max / queue_bytes_max.
+ * Queue design. SEGLOG_QBUFS groups: one is filling, the others are with the writer (being
+ * written, or written and waiting for their fdatasync). Each group is split into SEGLOG_QSHARDS
+ * shard buffers (struct qbuf), and each producer thread appends to one shard, picked once per
+ * thread (round robin over the threads that append), so producers on different shards never
+ * share a lock or a cache line. A producer memcpys its records, already in the batch's raw
+ * record form, into its shard's filling buffer under the shard's mutex and notes the append
+ * (callback, record count, bytes, timestamp range); no allocation happens once the buffers have
+ * grown to their working size, and the mutex is held only for that copy. The writer takes a
+ * group by switching every shard to the next free group, holding every shard's mutex at once,
+ * so a take is one cut through all shards; the group's offsets follow shard order, then append
+ * order within a shard.
+ *
+ * Order: appends from one thread get increasing offsets (one shard, FIFO). Appends from
+ * different threads that are in flight together get offsets in either order (they did before
+ * too: they raced for the queue lock); an append made after another one's completion always
+ * lands after it.
+ *
+ * Bounds. The queue bounds count every record from seglog_append until its completion
+ * (lock-free counters: add, and take back when over), so the records held in all buffers
+ * together never exceed queue_records_max / queue_bytes_max. The buffers' capacity is counted
+ * too and held to qcap_max_bytes: 4 times the bounds' own worth (the 4 groups a single queue had)
+ * plus every buffer's minimum size; a buffer that outgrew its use is freed after its group
+ * completes (seglog_qbuf_recycle).
+ *
+ * Waking the writer. A producer whose append is the first in its shard's filling buffer reads
+ * writer_idle after publishing its fill_apps (both seq_cst), and the writer sets writer_idle
+ * before it checks every shard's fill_apps one last time (seq_cst too): either the writer sees
+ * the append, or the producer sees the idle writer and signals qcv under qmu.
  */
 #include "log/seglog_int.h"
 
@@ -142,8 +163,14 @@ void seglog_free(struct seglog *log)
     for (uint32_t i = 0; i < log->nsegs; i++)
         seglog_seg_free(&log->segs[i]);
     free(log->segs);
-    for (int i = 0; i < SEGLOG_QBUFS; i++)
-        qbuf_free(&log->q[i]);
+    if (log->sh) {
+        for (int s = 0; s < SEGLOG_QSHARDS; s++) {
+            for (int i = 0; i < SEGLOG_QBUFS; i++)
+                qbuf_free(&log->sh[s].q[i]);
+            pthread_mutex_destroy(&log->sh[s].mu);
+        }
+        free(log->sh);
+    }
     free(log->out);
     free(log->jobs);
     pthread_mutex_destroy(&log->smu);
@@ -172,7 +199,13 @@ int seglog_open(const struct seglog_options *opt, struct seglog **out,
         return r;
     }
     struct seglog *log = calloc(1, sizeof *log);
-    if (!log) return TALLY_ENOMEM;
+    void *shm = NULL;
+    if (!log || posix_memalign(&shm, 64, SEGLOG_QSHARDS * sizeof *log->sh)) {
+        free(log);
+        return TALLY_ENOMEM;
+    }
+    memset(shm, 0, SEGLOG_QSHARDS * sizeof *log->sh);
+    log->sh = shm;
     log->opt = *opt;
     snprintf(log->dir, sizeof log->dir, "%s", opt->dir);
     log->opt.dir = log->dir;
@@ -181,12 +214,19 @@ int seglog_open(const struct seglog_options *opt, struct seglog **out,
     log->dfd = -1;
     pthread_mutex_init(&log->smu, NULL);
     pthread_mutex_init(&log->hmu, NULL);
-    /* Producers hold qmu only for a memcpy: spinning briefly beats sleeping on contention. */
+    pthread_mutex_init(&log->qmu, NULL);
+    /* Shards on their own cache lines. Producers hold a shard's mutex only for a memcpy:
+     * spinning briefly beats sleeping when two of them meet there. */
     pthread_mutexattr_t ma;
     pthread_mutexattr_init(&ma);
     pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
-    pthread_mutex_init(&log->qmu, &ma);
+    for (int s = 0; s < SEGLOG_QSHARDS; s++)
+        pthread_mutex_init(&log->sh[s].mu, &ma);
     pthread_mutexattr_destroy(&ma);
+    log->qcap_max_bytes =
+        4 * (opt->queue_bytes_max + (uint64_t)opt->queue_records_max * sizeof(struct qappend)) +
+        (uint64_t)SEGLOG_QSHARDS * SEGLOG_QBUFS *
+            (SEGLOG_QBUF_BYTES_MIN + SEGLOG_QBUF_APPS_MIN * sizeof(struct qappend));
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -210,25 +250,95 @@ int seglog_open(const struct seglog_options *opt, struct seglog **out,
 
 /* ---- producers ---------------------------------------------------------------------------- */
 
-static int qbuf_reserve(struct qbuf *b, size_t bytes, size_t bytes_max)
+/* Counts delta more bytes of queue buffer capacity; 0 when that would pass qcap_max_bytes. */
+static int qcap_grow(struct seglog *log, uint64_t delta)
 {
+    uint64_t now = atomic_fetch_add(&log->qcap_bytes, delta) + delta;
+    if (now <= log->qcap_max_bytes) return 1;
+    atomic_fetch_sub(&log->qcap_bytes, delta);
+    return 0;
+}
+
+/* Makes room in b for one more append of `bytes`. 0, TALLY_ENOMEM, or TALLY_EFULL when the
+ * buffers' capacity is at qcap_max_bytes. Under the shard's mu. */
+static int qbuf_reserve(struct seglog *log, struct qbuf *b, size_t bytes)
+{
+    size_t bytes_max = (size_t)log->opt.queue_bytes_max;
     if (b->len + bytes > b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 64u << 10;
+        size_t cap = b->cap ? b->cap * 2 : SEGLOG_QBUF_BYTES_MIN;
         if (cap < b->len + bytes) cap = b->len + bytes;
         if (cap > bytes_max && bytes_max >= b->len + bytes) cap = bytes_max;
+        if (!qcap_grow(log, cap - b->cap)) return TALLY_EFULL;
         uint8_t *n = realloc(b->bytes, cap);
-        if (!n) return TALLY_ENOMEM;
+        if (!n) {
+            atomic_fetch_sub(&log->qcap_bytes, cap - b->cap);
+            return TALLY_ENOMEM;
+        }
         b->bytes = n;
         b->cap = cap;
     }
     if (b->napps == b->capapps) {
-        uint32_t cap = b->capapps ? b->capapps * 2 : 256;
+        uint32_t cap = b->capapps ? b->capapps * 2 : SEGLOG_QBUF_APPS_MIN;
+        uint64_t delta = (uint64_t)(cap - b->capapps) * sizeof(struct qappend);
+        if (!qcap_grow(log, delta)) return TALLY_EFULL;
         struct qappend *n = realloc(b->apps, (size_t)cap * sizeof *n);
-        if (!n) return TALLY_ENOMEM;
+        if (!n) {
+            atomic_fetch_sub(&log->qcap_bytes, delta);
+            return TALLY_ENOMEM;
+        }
         b->apps = n;
         b->capapps = cap;
     }
     return TALLY_OK;
+}
+
+void seglog_qbuf_recycle(struct seglog *log, struct qbuf *b)
+{
+    if (b->cap > SEGLOG_QBUF_BYTES_MIN && b->len < b->cap / 4) {
+        free(b->bytes);
+        b->bytes = NULL;
+        atomic_fetch_sub(&log->qcap_bytes, b->cap);
+        b->cap = 0;
+    }
+    if (b->capapps > SEGLOG_QBUF_APPS_MIN && b->napps < b->capapps / 4) {
+        free(b->apps);
+        b->apps = NULL;
+        atomic_fetch_sub(&log->qcap_bytes, (uint64_t)b->capapps * sizeof(struct qappend));
+        b->capapps = 0;
+    }
+    b->len = 0;
+    b->napps = 0;
+    b->records = 0;
+}
+
+/* The calling thread's queue shard: threads take shards round robin at their first append (to
+ * any log) and keep it. */
+static uint32_t my_shard(void)
+{
+    static _Atomic uint32_t next_shard;
+    static _Thread_local uint32_t shard_plus1;
+    if (!shard_plus1)
+        shard_plus1 =
+            atomic_fetch_add_explicit(&next_shard, 1, memory_order_relaxed) % SEGLOG_QSHARDS + 1;
+    return shard_plus1 - 1;
+}
+
+/* Takes n records and `bytes` into the queue bounds; 0 when they do not fit. */
+static int bounds_take(struct seglog *log, uint32_t n, uint64_t bytes)
+{
+    uint64_t rec = atomic_fetch_add(&log->queued_records, n) + n;
+    uint64_t by = atomic_fetch_add(&log->queued_bytes, bytes) + bytes;
+    if (rec <= log->opt.queue_records_max && by <= log->opt.queue_bytes_max) return 1;
+    atomic_fetch_sub(&log->queued_records, n);
+    atomic_fetch_sub(&log->queued_bytes, bytes);
+    return 0;
+}
+
+int seglog_fill_has_work(struct seglog *log)
+{
+    for (int s = 0; s < SEGLOG_QSHARDS; s++)
+        if (atomic_load(&log->sh[s].fill_apps) > 0) return 1;
+    return 0;
 }
 
 int seglog_append(struct seglog *log, const struct seglog_rec *recs, uint32_t n,
@@ -244,19 +354,19 @@ int seglog_append(struct seglog *log, const struct seglog_rec *recs, uint32_t n,
     }
     if (n > log->opt.queue_records_max || bytes > log->opt.queue_bytes_max) return TALLY_ETOOBIG;
 
-    pthread_mutex_lock(&log->qmu);
+    struct qshard *sh = &log->sh[my_shard()];
+    int first = 0, taken = 0;
+    pthread_mutex_lock(&sh->mu);
     int r = TALLY_OK;
     if (log->closing) {
         r = TALLY_ECLOSED;
     } else if ((r = atomic_load_explicit(&log->poison_err, memory_order_relaxed)) != 0) {
         /* fail fast with the original cause */
-    } else if (log->queued_records + n > log->opt.queue_records_max ||
-               log->queued_bytes + bytes > log->opt.queue_bytes_max) {
+    } else if (!(taken = bounds_take(log, n, bytes))) {
         r = TALLY_EFULL;
-        atomic_fetch_add_explicit(&log->st_rejected_full, 1, memory_order_relaxed);
     } else {
-        struct qbuf *b = &log->q[log->qfill];
-        r = qbuf_reserve(b, (size_t)bytes, (size_t)log->opt.queue_bytes_max);
+        struct qbuf *b = &sh->q[sh->fill];
+        r = qbuf_reserve(log, b, (size_t)bytes);
         if (!r) {
             uint8_t *p = b->bytes + b->len;
             int64_t tmin = INT64_MAX, tmax = INT64_MIN;
@@ -268,16 +378,31 @@ int seglog_append(struct seglog *log, const struct seglog_rec *recs, uint32_t n,
             b->len += (size_t)bytes;
             b->records += n;
             b->apps[b->napps++] = (struct qappend){done, arg, n, (uint32_t)bytes, tmin, tmax};
-            log->queued_records += n;
-            log->queued_bytes += bytes;
-            /* Only the first append of a buffer wakes an idle writer: an idle writer that
-             * finds work waiting is held back by the pipeline (the completer wakes it) or a
-             * reset, and a signal per append would cost a futex call under qmu each. */
-            if (log->writer_idle && b->napps == 1) pthread_cond_signal(&log->qcv);
+            /* Only the first append's store must be seq_cst ("Waking the writer"): the writer
+             * only asks whether fill_apps > 0, and a full fence per append cost more than the
+             * copy. */
+            first = b->napps == 1;
+            atomic_store_explicit(&sh->fill_apps, b->napps,
+                                  first ? memory_order_seq_cst : memory_order_relaxed);
+            atomic_store_explicit(&sh->appends,
+                                  atomic_load_explicit(&sh->appends, memory_order_relaxed) + 1,
+                                  memory_order_relaxed);
         }
     }
-    pthread_mutex_unlock(&log->qmu);
-    if (!r) atomic_fetch_add_explicit(&log->st_appends, 1, memory_order_relaxed);
+    pthread_mutex_unlock(&sh->mu);
+    if (r && taken) {
+        atomic_fetch_sub(&log->queued_records, n);
+        atomic_fetch_sub(&log->queued_bytes, bytes);
+    }
+    if (r == TALLY_EFULL)
+        atomic_fetch_add_explicit(&log->st_rejected_full, 1, memory_order_relaxed);
+    /* Only the first append of a shard's buffer wakes an idle writer: an idle writer that finds
+     * work waiting is held back by the pipeline (the completer wakes it) or a reset. */
+    if (first && atomic_load(&log->writer_idle)) {
+        pthread_mutex_lock(&log->qmu);
+        pthread_cond_signal(&log->qcv);
+        pthread_mutex_unlock(&log->qmu);
+    }
     return r;
 }
 
@@ -383,7 +508,11 @@ void seglog_close(struct seglog *log)
     }
     if (log->writer_started) {
         pthread_mutex_lock(&log->qmu);
+        for (int s = 0; s < SEGLOG_QSHARDS; s++)
+            pthread_mutex_lock(&log->sh[s].mu);
         log->closing = 1;
+        for (int s = SEGLOG_QSHARDS - 1; s >= 0; s--)
+            pthread_mutex_unlock(&log->sh[s].mu);
         pthread_cond_signal(&log->qcv);
         pthread_mutex_unlock(&log->qmu);
         pthread_join(log->writer, NULL);
@@ -405,14 +534,15 @@ void seglog_stats(struct seglog *log, struct seglog_stats *st)
     for (uint32_t i = 0; i < log->nsegs; i++)
         st->bytes_on_disk += log->segs[i].bytes;
     pthread_mutex_unlock(&log->smu);
-    pthread_mutex_lock(&log->qmu);
-    st->queue_records = log->queued_records;
-    st->queue_bytes = log->queued_bytes;
-    pthread_mutex_unlock(&log->qmu);
+    st->queue_records = atomic_load(&log->queued_records);
+    st->queue_bytes = atomic_load(&log->queued_bytes);
+    st->queue_capacity_bytes = atomic_load(&log->qcap_bytes);
+    st->queue_capacity_max_bytes = log->qcap_max_bytes;
     st->end_offset = atomic_load(&log->written_end);
     st->committed_offset = atomic_load(&log->committed_end);
     st->durable_offset = atomic_load(&log->durable_end);
-    st->appends_total = atomic_load(&log->st_appends);
+    for (int s = 0; s < SEGLOG_QSHARDS; s++)
+        st->appends_total += atomic_load_explicit(&log->sh[s].appends, memory_order_relaxed);
     st->appends_rejected_full = atomic_load(&log->st_rejected_full);
     st->records_written = atomic_load(&log->st_records);
     st->batches_written = atomic_load(&log->st_batches);

@@ -29,6 +29,8 @@
  * they may call seglog_append, never seglog_close, seglog_reset_poison or seglog_wait.
  * Producers hop back to their own thread themselves (the HTTP server posts to its event loop,
  * the bench bumps an atomic counter and wakes its thread only when needed).
+ * Order: the queue is sharded by calling thread (seglog.c). Appends from one thread get
+ * increasing offsets; appends from threads racing each other get them in either order.
  * A segment is rolled (closed, fdatasync'ed unless policy none, its index written, a new one
  * created and the directory fsync'ed) before a batch would push it past segment_bytes; a
  * batch never straddles segments.
@@ -286,6 +288,8 @@ struct seglog_stats {
     uint32_t segment_count;
     uint64_t queue_records; /* waiting or being written */
     uint64_t queue_bytes;
+    uint64_t queue_capacity_bytes;     /* memory held by the queue buffers (seglog.c: Bounds) */
+    uint64_t queue_capacity_max_bytes; /* its limit: 4 x the queue bounds' worth + minimums */
     uint64_t appends_total;         /* accepted by seglog_append */
     uint64_t appends_rejected_full; /* TALLY_EFULL answers */
     uint64_t records_written;

@@ -4,9 +4,11 @@
  * seglog_int.h; the public contract in seglog.h.
  *
  * Group commit, one group at a time through these steps:
- *   take   the writer swaps the filling queue buffer for a free one (O(1) under qmu);
- *   cut    the buffer is cut into batches at append boundaries (record boundaries inside an
- *          append larger than batch_bytes_max); producers recorded each append's size and
+ *   take   the writer switches every queue shard from the filling group to a free one, holding
+ *          qmu and all shard mutexes (O(shards));
+ *   cut    the group's shard buffers are cut into batches, shard by shard, at append
+ *          boundaries (record boundaries inside an append larger than batch_bytes_max; a batch
+ *          never spans two shard buffers); producers recorded each append's size and
  *          timestamp range, so the writer does not walk the records;
  *   encode each batch is LZ4'd (or copied raw) into its reserved slot of one output buffer, the
  *          writer and the helper threads taking batches from a shared atomic counter;
@@ -29,7 +31,8 @@
  *          ended (wait_for_flush_before_direct): the flush overlaps the next group's encoding,
  *          not its write. INTERVAL and NONE: the group is complete after the write;
  *   complete in offset order: the committed (and durable) offset is published, the queue
- *          bounds released, then every append's callback is called. ALWAYS: on the completer
+ *          bounds released, then every append's callback is called (shard by shard, as cut),
+ *          and the group's buffers are recycled (seglog_qbuf_recycle). ALWAYS: on the completer
  *          thread as soon as the syncer made a group durable, so that the writer goes on
  *          writing while callbacks run (a callback that wakes a producer thread often yields
  *          its CPU to it; on the writer that stalled the whole pipeline); an inline-synced group
@@ -390,19 +393,27 @@ static int jobs_push(struct seglog *log, const struct bjob *j)
     return TALLY_OK;
 }
 
+/* Ends the batch being cut (if it holds anything) and starts the next one after it. */
+static int cut_close(struct seglog *log, struct bjob *cur, size_t *dst)
+{
+    if (cur->count == 0) return TALLY_OK;
+    cur->dst = *dst;
+    *dst += batch_encode_bound(cur->raw_len);
+    int r = jobs_push(log, cur);
+    uint64_t next = cur->base_offset + cur->count;
+    memset(cur, 0, sizeof *cur);
+    cur->base_offset = next;
+    return r;
+}
+
 /* Adds a unit (one append, or one record of an append too big for a batch) to the batch being
  * cut, closing that batch first when the unit would push it past batch_bytes_max. */
 static int cut_add(struct seglog *log, struct bjob *cur, size_t *dst, const uint8_t *p,
                    uint32_t bytes, uint32_t count, int64_t tmin, int64_t tmax)
 {
     if (cur->count > 0 && (uint64_t)cur->raw_len + bytes > log->opt.batch_bytes_max) {
-        cur->dst = *dst;
-        *dst += batch_encode_bound(cur->raw_len);
-        int r = jobs_push(log, cur);
+        int r = cut_close(log, cur, dst);
         if (r) return r;
-        uint64_t next = cur->base_offset + cur->count;
-        memset(cur, 0, sizeof *cur);
-        cur->base_offset = next;
     }
     if (cur->count == 0) {
         cur->src = p;
@@ -416,33 +427,33 @@ static int cut_add(struct seglog *log, struct bjob *cur, size_t *dst, const uint
     return TALLY_OK;
 }
 
-/* Cuts a taken queue buffer into batches (log->jobs), offsets from first, their places in
- * log->out from byte `start` on; reserves log->out. */
-static int writer_cut(struct seglog *log, const struct qbuf *b, uint64_t first, size_t start)
+/* Cuts taken group qi into batches (log->jobs), shard by shard (a batch never spans two shard
+ * buffers), offsets from first, their places in log->out from byte `start` on; reserves
+ * log->out. */
+static int writer_cut(struct seglog *log, int qi, uint64_t first, size_t start)
 {
     log->njobs = 0;
     struct bjob cur = {.base_offset = first};
     size_t dst = start;
-    const uint8_t *p = b->bytes;
     int r = TALLY_OK;
-    for (uint32_t i = 0; i < b->napps && !r; i++) {
-        const struct qappend *a = &b->apps[i];
-        if (a->bytes <= log->opt.batch_bytes_max) {
-            r = cut_add(log, &cur, &dst, p, a->bytes, a->nrec, a->ts_min_ms, a->ts_max_ms);
-            p += a->bytes;
-            continue;
+    for (int s = 0; s < SEGLOG_QSHARDS && !r; s++) {
+        const struct qbuf *b = &log->sh[s].q[qi];
+        const uint8_t *p = b->bytes;
+        for (uint32_t i = 0; i < b->napps && !r; i++) {
+            const struct qappend *a = &b->apps[i];
+            if (a->bytes <= log->opt.batch_bytes_max) {
+                r = cut_add(log, &cur, &dst, p, a->bytes, a->nrec, a->ts_min_ms, a->ts_max_ms);
+                p += a->bytes;
+                continue;
+            }
+            for (uint32_t k = 0; k < a->nrec && !r; k++) {
+                uint32_t rs = BATCH_RECORD_HEADER_BYTES + batch_get_u32(p);
+                int64_t ts = (int64_t)batch_get_u64(p + 4);
+                r = cut_add(log, &cur, &dst, p, rs, 1, ts, ts);
+                p += rs;
+            }
         }
-        for (uint32_t k = 0; k < a->nrec && !r; k++) {
-            uint32_t rs = BATCH_RECORD_HEADER_BYTES + batch_get_u32(p);
-            int64_t ts = (int64_t)batch_get_u64(p + 4);
-            r = cut_add(log, &cur, &dst, p, rs, 1, ts, ts);
-            p += rs;
-        }
-    }
-    if (!r && cur.count > 0) {
-        cur.dst = dst;
-        dst += batch_encode_bound(cur.raw_len);
-        r = jobs_push(log, &cur);
+        if (!r) r = cut_close(log, &cur, &dst);
     }
     if (!r) r = out_reserve(log, dst);
     return r;
@@ -529,9 +540,9 @@ static void *helper_main(void *arg)
     return NULL;
 }
 
-/* Cuts, encodes and writes one taken queue buffer. On success *w is the state after it.
+/* Cuts, encodes and writes taken group qi. On success *w is the state after it.
  * 0 or TALLY_E*. */
-static int writer_write(struct seglog *log, const struct qbuf *b, struct wstate *w)
+static int writer_write(struct seglog *log, int qi, struct wstate *w)
 {
     wstate_load(log, w);
     /* Batches are encoded at their reserved places from `start` on and packed towards it as
@@ -541,7 +552,7 @@ static int writer_write(struct seglog *log, const struct qbuf *b, struct wstate 
      * reservation exactly and stays in place; one that LZ4 shrank moves the next ones towards
      * the start (never forwards: a batch takes at most its reservation). */
     size_t start = (size_t)(w->bytes % SEGLOG_DIRECT_ALIGN);
-    int r = writer_cut(log, b, w->next, start);
+    int r = writer_cut(log, qi, w->next, start);
     if (r) return r;
     writer_encode(log);
     size_t pend = start, outlen = start;
@@ -592,23 +603,27 @@ static void commit(struct seglog *log, uint64_t end, uint64_t seg_base, uint64_t
     seglog_notify_committed(log);
 }
 
-/* Releases the queue bounds of buffer qi, calls its callbacks, frees the buffer; with pop, also
- * removes the group (pend[0]) from the pipeline and ends `completing`, at the same moment. */
+/* Releases the queue bounds of group qi, calls its callbacks (in offset order: shard by
+ * shard), empties its buffers; with pop, also removes the group (pend[0]) from the pipeline and
+ * ends `completing`, at the same moment. */
 static void finish_group_pop(struct seglog *log, int qi, int err, uint64_t first, int pop)
 {
-    struct qbuf *b = &log->q[qi];
-    pthread_mutex_lock(&log->qmu);
-    log->queued_records -= b->records;
-    log->queued_bytes -= b->len;
-    pthread_mutex_unlock(&log->qmu);
-    uint64_t off = first;
-    for (uint32_t i = 0; i < b->napps; i++) {
-        b->apps[i].done(b->apps[i].arg, err, err ? 0 : off);
-        off += b->apps[i].nrec;
+    uint64_t records = 0, bytes = 0;
+    for (int s = 0; s < SEGLOG_QSHARDS; s++) {
+        records += log->sh[s].q[qi].records;
+        bytes += log->sh[s].q[qi].len;
     }
-    b->len = 0;
-    b->napps = 0;
-    b->records = 0;
+    atomic_fetch_sub(&log->queued_records, records);
+    atomic_fetch_sub(&log->queued_bytes, bytes);
+    uint64_t off = first;
+    for (int s = 0; s < SEGLOG_QSHARDS; s++) {
+        struct qbuf *b = &log->sh[s].q[qi];
+        for (uint32_t i = 0; i < b->napps; i++) {
+            b->apps[i].done(b->apps[i].arg, err, err ? 0 : off);
+            off += b->apps[i].nrec;
+        }
+        seglog_qbuf_recycle(log, b);
+    }
     pthread_mutex_lock(&log->qmu);
     log->qbusy[qi] = 0;
     if (pop) {
@@ -821,10 +836,9 @@ static void writer_interval_sync(struct seglog *log)
     atomic_store(&log->durable_end, atomic_load(&log->committed_end));
 }
 
-/* Writes taken buffer qi; ALWAYS: hands it to the syncer, else completes it. */
+/* Writes taken group qi; ALWAYS: hands it to the syncer, else completes it. */
 static void writer_group(struct seglog *log, int qi)
 {
-    struct qbuf *b = &log->q[qi];
     uint64_t first = atomic_load(&log->written_end);
     int err = atomic_load(&log->poison_err);
     if (err) {
@@ -833,7 +847,7 @@ static void writer_group(struct seglog *log, int qi)
         return;
     }
     struct wstate w;
-    err = writer_write(log, b, &w);
+    err = writer_write(log, qi, &w);
     if (err) {
         writer_fail(log, err, qi, first);
         return;
@@ -843,7 +857,7 @@ static void writer_group(struct seglog *log, int qi)
         /* Nothing else in flight and nothing waiting: fdatasync and complete right here, which
          * saves thread hand-offs of latency (npend == 0: the completer is idle too). Otherwise
          * the syncer overlaps it with the next group, and the completer completes it. */
-        int inline_sync = log->npend == 0 && !log->sync_busy && log->q[log->qfill].napps == 0;
+        int inline_sync = log->npend == 0 && !log->sync_busy && !seglog_fill_has_work(log);
         if (!inline_sync) {
             log->pend[log->npend++] = (struct pgroup){qi, first, w.next, w.base, w.bytes};
             log->sync_req_end = w.next;
@@ -893,14 +907,29 @@ static void writer_finish(struct seglog *log)
     segindex_free(&copy);
 }
 
-/* Under qmu: takes the filling buffer (a free one becomes the filling one). */
+/* Under qmu: takes the filling group (the next free one, in turn, becomes the filling one, so
+ * that every group's buffers are recycled every SEGLOG_QBUFS takes), switching every shard while
+ * holding all their mutexes, so that the take is one cut through the queue. */
 static int take_buffer(struct seglog *log)
 {
     int qi = log->qfill;
     log->qbusy[qi] = 1;
-    for (int i = 0; i < SEGLOG_QBUFS; i++)
-        if (!log->qbusy[i]) log->qfill = i;
+    for (int k = 1; k < SEGLOG_QBUFS; k++) {
+        int i = (qi + k) % SEGLOG_QBUFS;
+        if (!log->qbusy[i]) {
+            log->qfill = i;
+            break;
+        }
+    }
     TALLY_ASSERT(log->qfill != qi);
+    for (int s = 0; s < SEGLOG_QSHARDS; s++)
+        pthread_mutex_lock(&log->sh[s].mu);
+    for (int s = 0; s < SEGLOG_QSHARDS; s++) {
+        log->sh[s].fill = log->qfill;
+        atomic_store_explicit(&log->sh[s].fill_apps, 0, memory_order_relaxed);
+    }
+    for (int s = SEGLOG_QSHARDS - 1; s >= 0; s--)
+        pthread_mutex_unlock(&log->sh[s].mu);
     return qi;
 }
 
@@ -929,20 +958,24 @@ static void *writer_main(void *arg)
             pthread_cond_broadcast(&log->resetcv);
             continue;
         }
-        if (log->q[log->qfill].napps > 0 && log->npend < SEGLOG_PIPELINE_MAX &&
-            !log->reset_pending) {
+        if (log->npend < SEGLOG_PIPELINE_MAX && !log->reset_pending && seglog_fill_has_work(log)) {
             int qi = take_buffer(log);
             pthread_mutex_unlock(&log->qmu);
             writer_group(log, qi);
             pthread_mutex_lock(&log->qmu);
             continue;
         }
-        if (log->closing && log->q[log->qfill].napps == 0 && log->npend == 0) break;
-        log->writer_idle = 1;
+        if (log->closing && log->npend == 0 && !seglog_fill_has_work(log)) break;
+        atomic_store(&log->writer_idle, 1);
+        /* Last look after setting writer_idle (seglog.c, "Waking the writer"). */
+        if (log->npend < SEGLOG_PIPELINE_MAX && !log->reset_pending && seglog_fill_has_work(log)) {
+            atomic_store(&log->writer_idle, 0);
+            continue;
+        }
         if (log->opt.fsync == SEGLOG_FSYNC_INTERVAL && log->dirty) {
             int64_t wait_ms = log->last_sync_ms + log->opt.fsync_interval_ms - seglog_mono_ms();
             if (wait_ms <= 0) {
-                log->writer_idle = 0;
+                atomic_store(&log->writer_idle, 0);
                 pthread_mutex_unlock(&log->qmu);
                 writer_interval_sync(log);
                 pthread_mutex_lock(&log->qmu);
@@ -954,7 +987,7 @@ static void *writer_main(void *arg)
         } else {
             pthread_cond_wait(&log->qcv, &log->qmu);
         }
-        log->writer_idle = 0;
+        atomic_store(&log->writer_idle, 0);
     }
     pthread_mutex_unlock(&log->qmu);
     writer_finish(log);
@@ -993,6 +1026,8 @@ int seglog_writer_start(struct seglog *log)
     uint64_t end = atomic_load(&log->committed_end);
     log->sync_req_end = log->sync_done_end = end;
     log->qfill = 0;
+    for (int s = 0; s < SEGLOG_QSHARDS; s++)
+        log->sh[s].fill = 0;
     int e = 0;
     uint32_t want = log->opt.compress ? log->opt.compress_threads : 0;
     for (uint32_t i = 0; i < want && !e; i++)

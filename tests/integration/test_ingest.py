@@ -301,7 +301,7 @@ def healthz_metrics_and_graceful_stop():
         m = raw.decode()
         for name in ("tally_http_requests_total", "tally_events_accepted_total",
                      "tally_log_bytes", "tally_log_fsync_seconds_bucket",
-                     "tally_log_queue_records"):
+                     "tally_log_queue_records", "tally_log_queue_capacity_bytes"):
             check(name in m, "metric %s missing" % name)
         check('tally_events_accepted_total 1' in m, m)
         # One small event: nothing went around the page cache.

@@ -222,40 +222,6 @@ TEST(index_missing_or_damaged_is_rebuilt)
     free(orig1);
 }
 
-struct blocker {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int entered, release;
-    int completions;
-    int errors;
-};
-
-static void blocker_done(void *arg, int err, uint64_t off)
-{
-    (void)off;
-    struct blocker *b = arg;
-    pthread_mutex_lock(&b->mu);
-    b->entered = 1;
-    pthread_cond_broadcast(&b->cv);
-    while (!b->release)
-        pthread_cond_wait(&b->cv, &b->mu);
-    b->completions++;
-    if (err) b->errors++;
-    pthread_cond_broadcast(&b->cv);
-    pthread_mutex_unlock(&b->mu);
-}
-
-static void count_done(void *arg, int err, uint64_t off)
-{
-    (void)off;
-    struct blocker *b = arg;
-    pthread_mutex_lock(&b->mu);
-    b->completions++;
-    if (err) b->errors++;
-    pthread_cond_broadcast(&b->cv);
-    pthread_mutex_unlock(&b->mu);
-}
-
 TEST(queue_full_is_answered_not_blocked)
 {
     const char *dir = test_tmpdir();

@@ -387,10 +387,12 @@ TEST(direct_writes_never_run_beside_an_fdatasync)
     seglog_stats(log, &st);
     seglog_close(log);
     /* The load did what the test is about: many direct writes, many more fdatasyncs than the
-     * few a lone producer's inline syncs would explain, groups of several appends. */
+     * few a lone producer's inline syncs would explain, groups of several appends (one
+     * fdatasync per group; the 8 producers sit on 8 queue shards, so a group's batches do not
+     * tell). */
     ASSERT_TRUE(atomic_load(&c.direct_bytes) > (1u << 20));
     ASSERT_TRUE(atomic_load(&c.syncs) >= 20);
-    ASSERT_TRUE(st.batches_written < (uint64_t)FL_THREADS * FL_APPENDS);
+    ASSERT_TRUE(atomic_load(&c.syncs) < (uint64_t)FL_THREADS * FL_APPENDS / 2);
     ASSERT_EQ(atomic_load(&c.overlaps), 0);
     ASSERT_EQ(atomic_load(&c.misaligned), 0);
 }

@@ -61,6 +61,42 @@ static inline int append_sync(struct seglog *log, const struct seglog_rec *recs,
     return r;
 }
 
+/* A completion that blocks the completing thread (the writer under policy none) until released,
+ * and one that only counts; both on a struct blocker. */
+struct blocker {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int entered, release;
+    int completions;
+    int errors;
+};
+
+static inline void blocker_done(void *arg, int err, uint64_t off)
+{
+    (void)off;
+    struct blocker *b = arg;
+    pthread_mutex_lock(&b->mu);
+    b->entered = 1;
+    pthread_cond_broadcast(&b->cv);
+    while (!b->release)
+        pthread_cond_wait(&b->cv, &b->mu);
+    b->completions++;
+    if (err) b->errors++;
+    pthread_cond_broadcast(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+}
+
+static inline void count_done(void *arg, int err, uint64_t off)
+{
+    (void)off;
+    struct blocker *b = arg;
+    pthread_mutex_lock(&b->mu);
+    b->completions++;
+    if (err) b->errors++;
+    pthread_cond_broadcast(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+}
+
 static inline uint64_t tu_rng(uint64_t *s)
 {
     uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
