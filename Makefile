@@ -33,7 +33,7 @@ BENCH_BIN := $(patsubst bench/%.c,$(O)/bench/%,$(wildcard bench/*.c))
 LIB := $(O)/libtally.a
 
 .PHONY: all deps run test test-only unit asan fuzz bench crash upgrade clean data format compat \
-        cluster-test
+        cluster-test tsan
 all: tally
 
 deps:
@@ -86,13 +86,26 @@ unit: data $(UNIT_BIN) $(FUZZ_REPLAY) $(BENCH_BIN) $(O)/tally
 asan:
 	@$(MAKE) --no-print-directory BUILD=asan unit
 
+# ThreadSanitizer over the log's tests: its queue shards, writer, syncer and completer hand work
+# over partly without locks (seglog.c, seglog_writer.c). Built straight from the log's sources.
+TSAN_TESTS := test_seglog test_seglog_queue test_seglog_direct test_seglog_faults
+TSAN_SRC := $(wildcard src/log/seglog*.c) src/log/batch.c src/log/segindex.c src/log/segment.c \
+            src/core/diag.c src/core/error.c src/core/fsio.c src/core/fsio_fault.c src/core/sched.c
+tsan: $(TSAN_TESTS:%=build/tsan/tests/%)
+
+build/tsan/tests/%: tests/unit/%.c $(wildcard tests/unit/*.h src/log/*.h src/core/*.h) $(TSAN_SRC)
+	@mkdir -p $(dir $@)
+	@echo "  LD    $@ (tsan)"
+	$(Q)$(CC) -std=c11 -D_GNU_SOURCE -pthread $(WARN) -O1 -g -fsanitize=thread -Iinclude -Isrc \
+	    -Itests/unit $(PKG_CFLAGS) -o $@ $< $(TSAN_SRC) $(LDLIBS)
+
 run: deps tally
 	./tally
 
 test: deps
 	@$(MAKE) --no-print-directory test-only
 
-test-only: tally unit asan compat
+test-only: tally unit asan tsan compat
 	@sh tests/run.sh
 
 # The peers' official client libraries (tests/compat/package.json, pinned, integrity-checked by

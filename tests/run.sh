@@ -58,6 +58,12 @@ for variant in rel asan; do
     done
 done
 
+# The log's tests under ThreadSanitizer (make tsan): a report is a failure.
+export TSAN_OPTIONS="${TSAN_OPTIONS:+$TSAN_OPTIONS:}halt_on_error=1:exitcode=66"
+for t in build/tsan/tests/test_*; do
+    [ -x "$t" ] && run_one "tsan/unit/$(basename "$t")" "$t"
+done
+
 for t in tests/integration/test_*.py; do
     [ -f "$t" ] && TALLY_BIN=./tally run_one "integration/$(basename "$t")" python3 "$t"
 done

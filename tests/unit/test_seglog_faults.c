@@ -402,7 +402,7 @@ static void fault_round(const char *base, uint64_t seed, int mode)
         seglog_close(look);
         fsio_fault_space_limit(f, -1);
         ASSERT_EQ(seglog_reset_poison(log), 0);
-        uint64_t extra, ykey = pc_key(99, 0);
+        uint64_t extra = 0, ykey = pc_key(99, 0);
         uint8_t ybuf[600];
         uint32_t ylen = tu_len(ykey, 600);
         tu_fill(ybuf, ylen, ykey);
@@ -443,7 +443,7 @@ static void fault_round(const char *base, uint64_t seed, int mode)
     for (uint64_t i = 1; i < count; i++)
         ASSERT_TRUE(keys[i] != keys[i - 1]);
     /* Offsets are dense and in order (checked while reading) and a fresh append continues. */
-    uint64_t first;
+    uint64_t first = 0;
     ASSERT_EQ(append_sync(log, &(struct seglog_rec){"z", 1, 1}, 1, &first), 0);
     ASSERT_EQ(first, count);
     seglog_close(log);
