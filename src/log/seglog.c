@@ -172,6 +172,7 @@ void seglog_free(struct seglog *log)
         free(log->sh);
     }
     free(log->out);
+    free(log->stage);
     free(log->jobs);
     pthread_mutex_destroy(&log->smu);
     pthread_mutex_destroy(&log->qmu);

@@ -96,6 +96,10 @@ struct bjob {
  * group completes, a buffer that used less than a quarter of a capacity above these is freed
  * (seglog_writer.c), so that capacity follows the load rather than its peak. */
 #define SEGLOG_QBUF_BYTES_MIN (64u << 10)
+
+/* A group of at most this many bytes spread over several shards is copied together before it is
+ * cut, so that it makes one batch rather than one per shard (seglog_writer.c: stage_group). */
+#define SEGLOG_STAGE_BYTES (64u << 10)
 #define SEGLOG_QBUF_APPS_MIN 256u
 
 /* A group written under FSYNC_ALWAYS: waiting for the syncer to make it durable, then for the
@@ -224,6 +228,7 @@ struct seglog {
     int direct_off;    /* the file system refused O_DIRECT: every write goes through fd */
     uint64_t committed_pos;
     uint8_t *out; /* SEGLOG_DIRECT_ALIGN-aligned (seglog_writer.c: packing) */
+    uint8_t *stage; /* SEGLOG_STAGE_BYTES, allocated at the first staged group */
     size_t outcap;
     int dirty;            /* interval: written since the last fdatasync */
     int64_t last_sync_ms; /* monotonic */

@@ -427,18 +427,45 @@ static int cut_add(struct seglog *log, struct bjob *cur, size_t *dst, const uint
     return TALLY_OK;
 }
 
-/* Cuts taken group qi into batches (log->jobs), shard by shard (a batch never spans two shard
- * buffers), offsets from first, their places in log->out from byte `start` on; reserves
- * log->out. */
+/* A small group whose appends sit in several shard buffers: their bytes are copied, in shard
+ * order, into log->stage, and cut from there as if from one buffer. Without it a group got a
+ * batch per shard, and every batch costs its header, an LZ4 call and each consumer's per-batch
+ * work: at 35k single-event requests a second tally's CPU per event grew by 5 %. Large groups are
+ * cut in place (a shard's part then holds many records per batch anyway). */
+static int stage_group(struct seglog *log, int qi)
+{
+    size_t total = 0;
+    int parts = 0;
+    for (int s = 0; s < SEGLOG_QSHARDS; s++) {
+        total += log->sh[s].q[qi].len;
+        parts += log->sh[s].q[qi].napps > 0;
+    }
+    if (parts < 2 || total > SEGLOG_STAGE_BYTES) return 0;
+    if (!log->stage && !(log->stage = malloc(SEGLOG_STAGE_BYTES))) return 0;
+    size_t at = 0;
+    for (int s = 0; s < SEGLOG_QSHARDS; s++) {
+        const struct qbuf *b = &log->sh[s].q[qi];
+        if (b->len) memcpy(log->stage + at, b->bytes, b->len);
+        at += b->len;
+    }
+    return 1;
+}
+
+/* Cuts taken group qi into batches (log->jobs), shard by shard, offsets from first, their places
+ * in log->out from byte `start` on; reserves log->out. A batch spans shard buffers only when
+ * the group was staged (stage_group); otherwise each shard's part ends its last batch. */
 static int writer_cut(struct seglog *log, int qi, uint64_t first, size_t start)
 {
     log->njobs = 0;
     struct bjob cur = {.base_offset = first};
     size_t dst = start;
     int r = TALLY_OK;
+    int staged = stage_group(log, qi);
+    const uint8_t *next_part = log->stage;
     for (int s = 0; s < SEGLOG_QSHARDS && !r; s++) {
         const struct qbuf *b = &log->sh[s].q[qi];
-        const uint8_t *p = b->bytes;
+        const uint8_t *p = staged ? next_part : b->bytes;
+        if (staged) next_part += b->len;
         for (uint32_t i = 0; i < b->napps && !r; i++) {
             const struct qappend *a = &b->apps[i];
             if (a->bytes <= log->opt.batch_bytes_max) {
@@ -453,8 +480,9 @@ static int writer_cut(struct seglog *log, int qi, uint64_t first, size_t start)
                 p += rs;
             }
         }
-        if (!r) r = cut_close(log, &cur, &dst);
+        if (!r && !staged) r = cut_close(log, &cur, &dst);
     }
+    if (!r) r = cut_close(log, &cur, &dst);
     if (!r) r = out_reserve(log, dst);
     return r;
 }

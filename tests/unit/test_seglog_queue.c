@@ -8,7 +8,9 @@
  * - an idle writer is always woken: threads append one record at a time, each waiting for its
  *   completion with a deadline, so that a lost wake-up fails instead of hanging;
  * - the queue buffers' capacity stays under its limit, follows a burst up and comes back down
- *   once the load is small again.
+ *   once the load is small again;
+ * - a small group spread over shards is staged into one batch (or batches that span shards);
+ *   a large one is cut per shard, in place.
  */
 #include "test.h"
 #include "test_seglog_util.h"
@@ -326,6 +328,107 @@ TEST(queue_capacity_follows_the_load)
     pthread_cond_destroy(&g.cv);
 }
 
+#define STAGE_THREADS 8 /* fresh threads: they take 8 consecutive shards, i.e. all of them */
+
+struct stage_thread {
+    struct seglog *log;
+    uint32_t len;
+    uint8_t tag;
+    struct blocker *b;
+    int err;
+};
+
+static void *stage_main(void *arg)
+{
+    struct stage_thread *t = arg;
+    uint8_t buf[10000];
+    memset(buf, t->tag, t->len);
+    struct seglog_rec rec = {buf, t->len, t->tag};
+    t->err = seglog_append(t->log, &rec, 1, count_done, t->b);
+    return NULL;
+}
+
+/* One group with one append from each of 8 threads (8 shards), behind a blocked writer; returns
+ * the batches it was written as, after checking every record's content and that the group's
+ * records are in shard order (the threads' tags, which follow their shards). */
+static uint64_t stage_round(uint32_t len, uint32_t batch_bytes_max)
+{
+    const char *dir = test_tmpdir();
+    struct seglog_options o;
+    tu_opts(&o, dir);
+    o.fsync = SEGLOG_FSYNC_NONE;
+    o.batch_bytes_max = batch_bytes_max;
+    o.record_bytes_max = len;
+    struct seglog *log;
+    ASSERT_EQ(seglog_open(&o, &log, NULL), 0);
+    struct blocker b = {.entered = 0};
+    pthread_mutex_init(&b.mu, NULL);
+    pthread_cond_init(&b.cv, NULL);
+    struct seglog_rec one = {"x", 1, 0};
+    ASSERT_EQ(seglog_append(log, &one, 1, blocker_done, &b), 0);
+    pthread_mutex_lock(&b.mu);
+    while (!b.entered)
+        pthread_cond_wait(&b.cv, &b.mu);
+    pthread_mutex_unlock(&b.mu);
+    struct stage_thread ts[STAGE_THREADS];
+    pthread_t th[STAGE_THREADS];
+    for (int i = 0; i < STAGE_THREADS; i++) {
+        ts[i] = (struct stage_thread){log, len, (uint8_t)('a' + i), &b, 0};
+        ASSERT_EQ(pthread_create(&th[i], NULL, stage_main, &ts[i]), 0);
+        pthread_join(th[i], NULL); /* one after the other: shard order == tag order */
+        ASSERT_EQ(ts[i].err, 0);
+    }
+    struct seglog_stats st0, st;
+    seglog_stats(log, &st0);
+    pthread_mutex_lock(&b.mu);
+    b.release = 1;
+    pthread_cond_broadcast(&b.cv);
+    while (b.completions < 1 + STAGE_THREADS)
+        pthread_cond_wait(&b.cv, &b.mu);
+    pthread_mutex_unlock(&b.mu);
+    ASSERT_EQ(b.errors, 0);
+    seglog_stats(log, &st);
+    struct seglog_reader *rd;
+    ASSERT_EQ(seglog_reader_open(log, 1, &rd), 0);
+    struct seglog_record rec;
+    int n = 0;
+    /* The shards' order in the group starts wherever the round robin stood: the tags come in
+     * a rotation of a..h. */
+    uint8_t first_tag = 0;
+    while (seglog_reader_next(rd, &rec) == 0) {
+        ASSERT_EQ(rec.len, len);
+        uint8_t tag = ((const uint8_t *)rec.data)[0];
+        if (n == 0) first_tag = tag;
+        ASSERT_EQ(tag, 'a' + (first_tag - 'a' + n) % STAGE_THREADS);
+        for (uint32_t k = 0; k < len; k++)
+            ASSERT_EQ(((const uint8_t *)rec.data)[k], tag);
+        n++;
+    }
+    seglog_reader_close(rd);
+    ASSERT_EQ(n, STAGE_THREADS);
+    seglog_close(log);
+    pthread_mutex_destroy(&b.mu);
+    pthread_cond_destroy(&b.cv);
+    return st.batches_written - st0.batches_written;
+}
+
+TEST(a_small_group_from_many_shards_is_one_batch)
+{
+    /* 8 x 500 bytes: one batch, not one per shard */
+    ASSERT_EQ(stage_round(500, 256u << 10), 1);
+    /* 8 x 3000 bytes with 8 KiB batches: 4 batches, each of two records from two shards */
+    ASSERT_EQ(stage_round(3000, 8192), 4);
+    /* 8 x 6000 bytes is 48 KiB, still staged: one 64 KiB batch */
+    ASSERT_EQ(stage_round(6000, 64u << 10), 1);
+}
+
+TEST(a_large_group_is_cut_per_shard)
+{
+    /* 8 x 9000 bytes passes the 64 KiB staging size: each shard's part is cut in place and ends
+     * its own batch */
+    ASSERT_EQ(stage_round(9000, 256u << 10), 8);
+}
+
 int main(void)
 {
     RUN(threads_keep_their_order_and_offsets_are_given_once);
@@ -333,5 +436,7 @@ int main(void)
     RUN(idle_writer_is_always_woken_interval);
     RUN(idle_writer_is_always_woken_always);
     RUN(queue_capacity_follows_the_load);
+    RUN(a_small_group_from_many_shards_is_one_batch);
+    RUN(a_large_group_is_cut_per_shard);
     return test_summary();
 }
