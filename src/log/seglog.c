@@ -9,13 +9,13 @@
  * written, or written and waiting for their fdatasync). Each group is split into SEGLOG_QSHARDS
  * shard buffers (struct qbuf), and each producer thread appends to one shard, picked once per
  * thread (round robin over the threads that append), so producers on different shards never
- * share a lock or a cache line. A producer memcpys its records, already in the batch's raw
- * record form, into its shard's filling buffer under the shard's mutex and notes the append
- * (callback, record count, bytes, timestamp range); no allocation happens once the buffers have
- * grown to their working size, and the mutex is held only for that copy. The writer takes a
- * group by switching every shard to the next free group, holding every shard's mutex at once,
- * so a take is one cut through all shards; the group's offsets follow shard order, then append
- * order within a shard.
+ * share a lock; they share one cache line, the bounds counters'. A producer memcpys its records,
+ * already in the batch's raw record form, into its shard's filling buffer under the shard's mutex
+ * and notes the append (callback, record count, bytes, timestamp range); no allocation happens once
+ * the buffers have grown to their working size, and the mutex is held only for that copy. The
+ * writer takes a group by switching every shard to the next free group, holding every shard's mutex
+ * at once, so a take is one cut through all shards; the group's offsets follow shard order, then
+ * append order within a shard.
  *
  * Order: appends from one thread get increasing offsets (one shard, FIFO). Appends from
  * different threads that are in flight together get offsets in either order (they did before
