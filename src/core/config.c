@@ -131,7 +131,7 @@ static const struct key_def g_keys[] = {
      "delete the oldest closed log segments above this total; 0 = no limit", NULL},
     {"storage", "queue_events_max", KT_INT, CO(queue_events_max), 1000, 100000000, "1000000",
      "events", "events waiting for the log writer; beyond it ingest gets 503", NULL},
-    {"storage", "queue_bytes_max", KT_INT, CO(queue_bytes_max), 1 * MiB, 64 * GiB, "268435456",
+    {"storage", "queue_bytes_max", KT_INT, CO(queue_bytes_max), 1 * MiB, 4 * GiB, "268435456",
      "bytes", "bytes waiting for the log writer; beyond it ingest gets 503", NULL},
     {"storage", "direct_write_min_bytes", KT_INT, CO(direct_write_min_bytes), 0, 1 * GiB, "524288",
      "bytes",

@@ -71,6 +71,9 @@ TEST(errors_name_file_line_and_key)
     expect_error("[site a.com]\nids = X\n[site b.com]\nids = X\n", "'X' already names site");
     expect_error("[server]\nlisten = nocolon\n", "listen: 'nocolon' is not host:port");
     expect_error("[storage]\nsegment_bytes = 99999999999999999999999\n", "not an integer");
+    /* the log's own limit (seglog.c): refused here with file, line and key, not at open */
+    expect_error("[storage]\nqueue_bytes_max = 5368709120\n",
+                 "bad.ini:2: key 'queue_bytes_max': 5368709120 is out of range");
 }
 
 TEST(listen_parsing)
