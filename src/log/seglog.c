@@ -324,14 +324,19 @@ static uint32_t my_shard(void)
     return shard_plus1 - 1;
 }
 
+void seglog_bounds_give(struct seglog *log, uint64_t records, uint64_t bytes)
+{
+    atomic_fetch_sub(&log->queued_records, records);
+    atomic_fetch_sub(&log->queued_bytes, bytes);
+}
+
 /* Takes n records and `bytes` into the queue bounds; 0 when they do not fit. */
 static int bounds_take(struct seglog *log, uint32_t n, uint64_t bytes)
 {
     uint64_t rec = atomic_fetch_add(&log->queued_records, n) + n;
     uint64_t by = atomic_fetch_add(&log->queued_bytes, bytes) + bytes;
     if (rec <= log->opt.queue_records_max && by <= log->opt.queue_bytes_max) return 1;
-    atomic_fetch_sub(&log->queued_records, n);
-    atomic_fetch_sub(&log->queued_bytes, bytes);
+    seglog_bounds_give(log, n, bytes);
     return 0;
 }
 
@@ -391,10 +396,7 @@ int seglog_append(struct seglog *log, const struct seglog_rec *recs, uint32_t n,
         }
     }
     pthread_mutex_unlock(&sh->mu);
-    if (r && taken) {
-        atomic_fetch_sub(&log->queued_records, n);
-        atomic_fetch_sub(&log->queued_bytes, bytes);
-    }
+    if (r && taken) seglog_bounds_give(log, n, bytes);
     if (r == TALLY_EFULL)
         atomic_fetch_add_explicit(&log->st_rejected_full, 1, memory_order_relaxed);
     /* Only the first append of a shard's buffer wakes an idle writer: an idle writer that finds

@@ -255,6 +255,9 @@ int seglog_writer_start(struct seglog *log);
 void seglog_writer_stop(struct seglog *log);
 /* Frees everything open allocated (no thread running). */
 void seglog_free(struct seglog *log);
+/* Gives records and bytes back to the queue bounds (an append refused after taking them, or a
+ * completed group). Any thread, lock-free. */
+void seglog_bounds_give(struct seglog *log, uint64_t records, uint64_t bytes);
 /* 1 when some shard's filling buffer holds an append. Writer thread (lock-free loads). */
 int seglog_fill_has_work(struct seglog *log);
 /* Frees the memory of a completed queue buffer that used less than a quarter of its capacity

@@ -641,8 +641,7 @@ static void finish_group_pop(struct seglog *log, int qi, int err, uint64_t first
         records += log->sh[s].q[qi].records;
         bytes += log->sh[s].q[qi].len;
     }
-    atomic_fetch_sub(&log->queued_records, records);
-    atomic_fetch_sub(&log->queued_bytes, bytes);
+    seglog_bounds_give(log, records, bytes);
     uint64_t off = first;
     for (int s = 0; s < SEGLOG_QSHARDS; s++) {
         struct qbuf *b = &log->sh[s].q[qi];
@@ -961,6 +960,13 @@ static int take_buffer(struct seglog *log)
     return qi;
 }
 
+/* Under qmu: the filling group holds appends and the writer may take it now (room in the
+ * pipeline, no reset waiting). */
+static int can_take(struct seglog *log)
+{
+    return log->npend < SEGLOG_PIPELINE_MAX && !log->reset_pending && seglog_fill_has_work(log);
+}
+
 static void *writer_main(void *arg)
 {
     struct seglog *log = arg;
@@ -986,7 +992,7 @@ static void *writer_main(void *arg)
             pthread_cond_broadcast(&log->resetcv);
             continue;
         }
-        if (log->npend < SEGLOG_PIPELINE_MAX && !log->reset_pending && seglog_fill_has_work(log)) {
+        if (can_take(log)) {
             int qi = take_buffer(log);
             pthread_mutex_unlock(&log->qmu);
             writer_group(log, qi);
@@ -996,7 +1002,7 @@ static void *writer_main(void *arg)
         if (log->closing && log->npend == 0 && !seglog_fill_has_work(log)) break;
         atomic_store(&log->writer_idle, 1);
         /* Last look after setting writer_idle (seglog.c, "Waking the writer"). */
-        if (log->npend < SEGLOG_PIPELINE_MAX && !log->reset_pending && seglog_fill_has_work(log)) {
+        if (can_take(log)) {
             atomic_store(&log->writer_idle, 0);
             continue;
         }

@@ -234,16 +234,11 @@ TEST(queue_full_is_answered_not_blocked)
     o.record_bytes_max = 1000;
     struct seglog *log;
     ASSERT_EQ(seglog_open(&o, &log, NULL), 0);
-    struct blocker b = {.entered = 0};
-    pthread_mutex_init(&b.mu, NULL);
-    pthread_cond_init(&b.cv, NULL);
+    struct blocker b;
+    blocker_init(&b);
     /* The first completion blocks the writer thread inside the callback. */
     struct seglog_rec rec = {"x", 1, 1};
-    ASSERT_EQ(seglog_append(log, &rec, 1, blocker_done, &b), 0);
-    pthread_mutex_lock(&b.mu);
-    while (!b.entered)
-        pthread_cond_wait(&b.cv, &b.mu);
-    pthread_mutex_unlock(&b.mu);
+    ASSERT_EQ(blocker_hold(log, &b, &rec), 0);
     /* Queue bound in records (the writer released the first append's share before calling its
      * callback, so the whole bound is free). */
     int accepted = 0;
@@ -264,31 +259,17 @@ TEST(queue_full_is_answered_not_blocked)
     for (int i = 0; i < 11; i++)
         many[i] = rec;
     ASSERT_EQ(seglog_append(log, many, 11, count_done, &b), TALLY_ETOOBIG);
-    pthread_mutex_lock(&b.mu);
-    b.release = 1;
-    pthread_cond_broadcast(&b.cv);
-    while (b.completions < 11)
-        pthread_cond_wait(&b.cv, &b.mu);
-    pthread_mutex_unlock(&b.mu);
+    blocker_release(&b, 11);
     ASSERT_EQ(b.errors, 0);
     /* Byte bound: 4096 bytes hold four 1000-byte records (+12 each), not five. */
-    b.entered = 0;
-    b.release = 0;
     uint8_t kb[1000] = {0};
     struct seglog_rec big = {kb, 1000, 1};
-    ASSERT_EQ(seglog_append(log, &big, 1, blocker_done, &b), 0);
-    pthread_mutex_lock(&b.mu);
-    while (!b.entered)
-        pthread_cond_wait(&b.cv, &b.mu);
-    pthread_mutex_unlock(&b.mu);
+    ASSERT_EQ(blocker_hold(log, &b, &big), 0);
     accepted = 0;
     for (int i = 0; i < 5; i++)
         accepted += seglog_append(log, &big, 1, count_done, &b) == 0;
     ASSERT_EQ(accepted, 4);
-    pthread_mutex_lock(&b.mu);
-    b.release = 1;
-    pthread_cond_broadcast(&b.cv);
-    pthread_mutex_unlock(&b.mu);
+    blocker_release(&b, 0);
     seglog_close(log); /* drains: every accepted append completes */
     ASSERT_EQ(b.completions, 16);
     ASSERT_EQ(b.errors, 0);

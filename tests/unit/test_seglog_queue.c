@@ -168,23 +168,6 @@ TEST(threads_keep_their_order_and_offsets_are_given_once)
 #define WAKE_APPENDS 1500
 #define WAKE_DEADLINE_S 10
 
-struct wake_sync {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int done, err;
-};
-
-static void wake_done(void *arg, int err, uint64_t first_offset)
-{
-    (void)first_offset;
-    struct wake_sync *s = arg;
-    pthread_mutex_lock(&s->mu);
-    s->done = 1;
-    s->err = err;
-    pthread_cond_signal(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-}
-
 struct wake_thread {
     struct seglog *log;
     uint64_t seed;
@@ -195,7 +178,7 @@ struct wake_thread {
 static void *wake_main(void *arg)
 {
     struct wake_thread *t = arg;
-    struct wake_sync s;
+    struct tsync s; /* its condition variable on CLOCK_MONOTONIC, for the deadline */
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -205,7 +188,7 @@ static void *wake_main(void *arg)
     for (int i = 0; i < WAKE_APPENDS && !t->err && !t->timedout; i++) {
         s.done = 0;
         struct seglog_rec rec = {"w", 1, i};
-        int r = seglog_append(t->log, &rec, 1, wake_done, &s);
+        int r = seglog_append(t->log, &rec, 1, tsync_done, &s);
         if (r) {
             t->err = r;
             break;
@@ -291,15 +274,10 @@ TEST(queue_capacity_follows_the_load)
     ASSERT_EQ(st.queue_capacity_bytes, 0); /* nothing allocated before the first append */
     ASSERT_TRUE(st.queue_capacity_max_bytes >= 4 * o.queue_bytes_max);
 
-    struct blocker g = {.entered = 0};
-    pthread_mutex_init(&g.mu, NULL);
-    pthread_cond_init(&g.cv, NULL);
+    struct blocker g;
+    blocker_init(&g);
     struct seglog_rec one = {"x", 1, 1};
-    ASSERT_EQ(seglog_append(log, &one, 1, blocker_done, &g), 0);
-    pthread_mutex_lock(&g.mu);
-    while (!g.entered)
-        pthread_cond_wait(&g.cv, &g.mu);
-    pthread_mutex_unlock(&g.mu);
+    ASSERT_EQ(blocker_hold(log, &g, &one), 0);
 
     /* A burst of 8 MiB piles up behind the blocked writer, in one group. */
     static uint8_t big[4000];
@@ -312,12 +290,7 @@ TEST(queue_capacity_follows_the_load)
     seglog_stats(log, &st);
     ASSERT_TRUE(st.queue_capacity_bytes >= (8u << 20));
     ASSERT_TRUE(st.queue_capacity_bytes <= st.queue_capacity_max_bytes);
-    pthread_mutex_lock(&g.mu);
-    g.release = 1;
-    pthread_cond_broadcast(&g.cv);
-    while (g.completions < 1 + burst)
-        pthread_cond_wait(&g.cv, &g.mu);
-    pthread_mutex_unlock(&g.mu);
+    blocker_release(&g, 1 + burst);
 
     /* Small appends again: within a few groups every group's buffers were used lightly once,
      * and the burst's buffer was given back. */
@@ -364,15 +337,10 @@ static uint64_t stage_round(uint32_t len, uint32_t batch_bytes_max)
     o.record_bytes_max = len;
     struct seglog *log;
     ASSERT_EQ(seglog_open(&o, &log, NULL), 0);
-    struct blocker b = {.entered = 0};
-    pthread_mutex_init(&b.mu, NULL);
-    pthread_cond_init(&b.cv, NULL);
+    struct blocker b;
+    blocker_init(&b);
     struct seglog_rec one = {"x", 1, 0};
-    ASSERT_EQ(seglog_append(log, &one, 1, blocker_done, &b), 0);
-    pthread_mutex_lock(&b.mu);
-    while (!b.entered)
-        pthread_cond_wait(&b.cv, &b.mu);
-    pthread_mutex_unlock(&b.mu);
+    ASSERT_EQ(blocker_hold(log, &b, &one), 0);
     struct stage_thread ts[STAGE_THREADS];
     pthread_t th[STAGE_THREADS];
     for (int i = 0; i < STAGE_THREADS; i++) {
@@ -383,12 +351,7 @@ static uint64_t stage_round(uint32_t len, uint32_t batch_bytes_max)
     }
     struct seglog_stats st0, st;
     seglog_stats(log, &st0);
-    pthread_mutex_lock(&b.mu);
-    b.release = 1;
-    pthread_cond_broadcast(&b.cv);
-    while (b.completions < 1 + STAGE_THREADS)
-        pthread_cond_wait(&b.cv, &b.mu);
-    pthread_mutex_unlock(&b.mu);
+    blocker_release(&b, 1 + STAGE_THREADS);
     ASSERT_EQ(b.errors, 0);
     seglog_stats(log, &st);
     struct seglog_reader *rd;

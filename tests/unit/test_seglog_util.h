@@ -97,6 +97,42 @@ static inline void count_done(void *arg, int err, uint64_t off)
     pthread_mutex_unlock(&b->mu);
 }
 
+/* A zeroed blocker with its mutex and condition variable ready. */
+static inline void blocker_init(struct blocker *b)
+{
+    memset(b, 0, sizeof *b);
+    pthread_mutex_init(&b->mu, NULL);
+    pthread_cond_init(&b->cv, NULL);
+}
+
+/* Appends rec with blocker_done and returns once that callback holds the completing thread (the
+ * writer under policy none), so that later appends pile up behind it. 0 or the append's error. */
+static inline int blocker_hold(struct seglog *log, struct blocker *b, const struct seglog_rec *rec)
+{
+    pthread_mutex_lock(&b->mu);
+    b->entered = 0;
+    b->release = 0;
+    pthread_mutex_unlock(&b->mu);
+    int r = seglog_append(log, rec, 1, blocker_done, b);
+    if (r) return r;
+    pthread_mutex_lock(&b->mu);
+    while (!b->entered)
+        pthread_cond_wait(&b->cv, &b->mu);
+    pthread_mutex_unlock(&b->mu);
+    return 0;
+}
+
+/* Lets a held callback return, then waits until b counted `completions` completions. */
+static inline void blocker_release(struct blocker *b, int completions)
+{
+    pthread_mutex_lock(&b->mu);
+    b->release = 1;
+    pthread_cond_broadcast(&b->cv);
+    while (b->completions < completions)
+        pthread_cond_wait(&b->cv, &b->mu);
+    pthread_mutex_unlock(&b->mu);
+}
+
 static inline uint64_t tu_rng(uint64_t *s)
 {
     uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
