@@ -75,7 +75,8 @@ def kill9_under_load_loses_and_doubles_nothing():
         counts = Counter()
         logged = 0
         first = gap = None
-        for rid, off in t.dump_log_fields("id", "offset"):
+        for rec in t.iter_log():
+            rid, off = rec["id"], rec["offset"]
             if first is None:
                 first = off
             if gap is None and off != first + logged:
